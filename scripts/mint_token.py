@@ -1,0 +1,14 @@
+#!/usr/bin/env python3
+"""Print a token the running service accepts: ``scripts/mint_token.py USER_ID [--ttl SECONDS]``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from service.mint import main  # noqa: E402
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,92 @@
+"""Every error the service names, each with a stable ``code``.
+
+::
+
+    SignalingError
+    ├── ConfigError                 settings are missing or bad; start-up stops
+    ├── AuthError                   connection refused: message "unauthorized"
+    │   ├── TokenMissing            reason "token_missing"
+    │   ├── TokenInvalid            reason "token_invalid"
+    │   ├── TokenExpired            reason "token_expired"
+    │   └── TokenNotYetValid        reason "token_not_yet_valid"
+    └── RequestError                an event is answered {"ok": false, "error": code}
+        ├── InvalidPayload          "invalid_payload"
+        ├── Forbidden               "forbidden"
+        └── UnknownEvent            "unknown_event"
+
+Codes and reasons are part of the public protocol: clients branch on them, so they
+never change meaning. Messages are for humans and never contain a token or a payload.
+"""
+
+from __future__ import annotations
+
+
+class SignalingError(Exception):
+    """Base of every error the service raises on purpose."""
+
+    code: str = "error"
+
+
+class ConfigError(SignalingError):
+    """One or more settings are missing or invalid; the message lists them all."""
+
+    code = "config_error"
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(f"- {p}" for p in self.problems))
+
+
+class AuthError(SignalingError):
+    """A token was not accepted. ``reason`` tells the client whether to refresh or give up."""
+
+    code = "unauthorized"
+    reason: str = "token_invalid"
+
+
+class TokenMissing(AuthError):
+    """No token in the ``auth`` payload nor in an ``Authorization: Bearer`` header."""
+
+    reason = "token_missing"
+
+
+class TokenInvalid(AuthError):
+    """Malformed, badly signed, wrong algorithm, wrong issuer/audience or missing claims."""
+
+    reason = "token_invalid"
+
+
+class TokenExpired(AuthError):
+    """The token's ``exp`` has passed (beyond the leeway): get a fresh token."""
+
+    reason = "token_expired"
+
+
+class TokenNotYetValid(AuthError):
+    """The token's ``nbf`` or ``iat`` lies in the future (beyond the leeway)."""
+
+    reason = "token_not_yet_valid"
+
+
+class RequestError(SignalingError):
+    """A client event was refused; nothing was relayed and nothing changed."""
+
+    code = "request_error"
+
+
+class InvalidPayload(RequestError):
+    """The event's arguments do not match its schema."""
+
+    code = "invalid_payload"
+
+
+class Forbidden(RequestError):
+    """The event is well formed but the caller may not do it (e.g. join another user's room)."""
+
+    code = "forbidden"
+
+
+class UnknownEvent(RequestError):
+    """The event name is not part of the protocol."""
+
+    code = "unknown_event"

@@ -1,0 +1,196 @@
+"""The event protocol: one parser per client event, turning raw Socket.IO arguments into
+typed values or raising :class:`InvalidPayload`.
+
+Handlers call these at the boundary and never look at a raw argument again. Parsers are
+pure: no I/O, no Socket.IO, no Sanic. Error details name the field that is wrong and never
+echo a value (SDP and ICE candidates reveal IP addresses).
+
+User ids are strings (the JWT ``sub``). A client may send an integer instead (``42``, as a
+JavaScript app with numeric database ids would): it is read as its decimal string (``"42"``).
+Floats, booleans and every other type are refused.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from service.errors import InvalidPayload
+
+MAX_USER_ID_LENGTH: Final = 256
+MAX_SDP_LENGTH: Final = 48 * 1024
+MAX_CANDIDATE_LENGTH: Final = 2048
+MAX_MID_LENGTH: Final = 256
+MAX_UFRAG_LENGTH: Final = 256
+MAX_MLINE_INDEX: Final = 65535
+#: the whole relayed message, as UTF-8 JSON, including pass-through fields
+MAX_RELAY_BYTES: Final = 64 * 1024
+
+JOIN: Final = "JoinSocket"
+LEAVE: Final = "LeaveSocket"
+OFFER: Final = "offer"
+ANSWER: Final = "answer"
+CANDIDATE: Final = "candidate"
+HANGUP: Final = "hangup"
+RELAY_EVENTS: Final = (OFFER, ANSWER, CANDIDATE, HANGUP)
+
+#: which RTCSessionDescription ``type`` each description-carrying event may hold
+_DESCRIPTION_TYPES: Final = {OFFER: ("offer",), ANSWER: ("answer", "pranswer")}
+
+
+@dataclass(frozen=True, slots=True)
+class SessionDescription:
+    """An RTCSessionDescriptionInit: ``type`` and ``sdp``."""
+
+    type: str
+    sdp: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"type": self.type, "sdp": self.sdp}
+
+
+@dataclass(frozen=True, slots=True)
+class IceCandidate:
+    """An RTCIceCandidateInit. ``candidate == ""`` is the end-of-candidates marker."""
+
+    candidate: str
+    sdp_mid: str | None
+    sdp_mline_index: int | None
+    username_fragment: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "candidate": self.candidate,
+            "sdpMid": self.sdp_mid,
+            "sdpMLineIndex": self.sdp_mline_index,
+            "usernameFragment": self.username_fragment,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Relay:
+    """A validated relay event, ready to be stamped with its sender and delivered.
+
+    ``body`` is the message without ``from``: ``to``, the typed part (``offer``,
+    ``answer`` or ``candidate``, normalised) and any other fields the client added.
+    """
+
+    event: str
+    to: str
+    body: Mapping[str, Any]
+
+    def stamped(self, sender: str) -> dict[str, Any]:
+        """The message the peer receives: ``from`` is always the authenticated sender."""
+        return {**self.body, "from": sender}
+
+
+def parse_user_id(value: object, field: str = "userID") -> str:
+    """A user id: a non-empty string of at most 256 characters without control characters,
+    or an integer (read as its decimal string)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise InvalidPayload(f"{field} must be a string")
+    if not 0 < len(value) <= MAX_USER_ID_LENGTH:
+        raise InvalidPayload(f"{field} must be 1 to {MAX_USER_ID_LENGTH} characters")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value) or _has_surrogate(value):
+        raise InvalidPayload(f"{field} must not contain control characters")
+    return value
+
+
+def parse_room_request(args: Sequence[object]) -> str:
+    """``JoinSocket(userID)`` / ``LeaveSocket(userID)``: exactly one user id."""
+    return parse_user_id(_single(args))
+
+
+def parse_relay(event: str, args: Sequence[object]) -> Relay:
+    """``offer``/``answer``/``candidate``/``hangup``: exactly one object with ``to`` and the
+    event's own field."""
+    payload = _single(args)
+    if not isinstance(payload, dict):
+        raise InvalidPayload(f"{event} payload must be an object")
+    to = parse_user_id(payload.get("to"), "to")
+    body: dict[str, Any] = {k: v for k, v in payload.items() if k != "from"}
+    body["to"] = to
+    if event in _DESCRIPTION_TYPES:
+        body[event] = _description(event, payload.get(event)).to_json()
+    elif event == CANDIDATE:
+        body[event] = _candidate(payload.get(event)).to_json()
+    elif event != HANGUP:
+        raise InvalidPayload(f"{event} is not a relay event")
+    _check_size(event, body)
+    return Relay(event=event, to=to, body=body)
+
+
+def _single(args: Sequence[object]) -> object:
+    if len(args) != 1:
+        raise InvalidPayload(f"expected exactly one argument, got {len(args)}")
+    return args[0]
+
+
+def _description(event: str, value: object) -> SessionDescription:
+    if not isinstance(value, dict):
+        raise InvalidPayload(f"{event}.{event} must be an RTCSessionDescriptionInit object")
+    kind, sdp = value.get("type"), value.get("sdp")
+    allowed = _DESCRIPTION_TYPES[event]
+    if kind not in allowed:
+        raise InvalidPayload(f"{event}.{event}.type must be one of {', '.join(allowed)}")
+    if not isinstance(sdp, str) or not sdp:
+        raise InvalidPayload(f"{event}.{event}.sdp must be a non-empty string")
+    if len(sdp) > MAX_SDP_LENGTH:
+        raise InvalidPayload(f"{event}.{event}.sdp is longer than {MAX_SDP_LENGTH} characters")
+    return SessionDescription(type=kind, sdp=sdp)
+
+
+def _candidate(value: object) -> IceCandidate:
+    if not isinstance(value, dict):
+        raise InvalidPayload("candidate.candidate must be an RTCIceCandidateInit object")
+    text = value.get("candidate")
+    if not isinstance(text, str) or len(text) > MAX_CANDIDATE_LENGTH:
+        raise InvalidPayload(
+            f"candidate.candidate.candidate must be a string of at most "
+            f"{MAX_CANDIDATE_LENGTH} characters"
+        )
+    mid = _optional_text(value, "sdpMid", MAX_MID_LENGTH)
+    ufrag = _optional_text(value, "usernameFragment", MAX_UFRAG_LENGTH)
+    index = value.get("sdpMLineIndex")
+    if index is not None and (
+        not isinstance(index, int) or isinstance(index, bool) or not 0 <= index <= MAX_MLINE_INDEX
+    ):
+        raise InvalidPayload(
+            f"candidate.candidate.sdpMLineIndex must be an integer from 0 to {MAX_MLINE_INDEX}"
+        )
+    if mid is None and index is None:
+        raise InvalidPayload("candidate.candidate needs sdpMid or sdpMLineIndex")
+    return IceCandidate(text, mid, index, ufrag)
+
+
+def _optional_text(value: Mapping[str, object], key: str, limit: int) -> str | None:
+    item = value.get(key)
+    if item is None:
+        return None
+    if not isinstance(item, str) or len(item) > limit:
+        raise InvalidPayload(f"candidate.candidate.{key} must be a string of at most {limit}")
+    return item
+
+
+def _check_size(event: str, body: Mapping[str, Any]) -> None:
+    try:
+        size = len(
+            json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+        )
+    except (TypeError, ValueError, RecursionError):
+        # bytes (binary attachments), NaN/Infinity, lone surrogates: not portable JSON
+        raise InvalidPayload(f"{event} payload must be plain JSON text") from None
+    if size > MAX_RELAY_BYTES:
+        raise InvalidPayload(f"{event} payload is larger than {MAX_RELAY_BYTES} bytes")
+
+
+def _has_surrogate(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False

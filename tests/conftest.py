@@ -1,0 +1,168 @@
+"""Shared fixtures: the real service on a free port, and real python-socketio clients."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import socket
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import socketio
+from sanic import Sanic
+
+from service.auth import mint
+from service.config import Secret, Settings
+from service.factory import create_app
+
+SECRET = "test-secret-that-is-long-enough-for-hs256-and-hs512-0123456789abcdef"
+TRANSPORTS = ["websocket", "polling"]
+# Sanic rewrites some methods of its classes at start-up ("touchup"); in test mode it keeps
+# the originals, so that many apps can start in one process, as Sanic's own tests do.
+Sanic.test_mode = True
+_names = itertools.count()
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings(jwt_secret=Secret(SECRET))
+
+
+@dataclass
+class RunningService:
+    app: Sanic
+    url: str
+    settings: Settings
+
+    def token(self, user: str, ttl: int = 600, **claims: Any) -> str:
+        return mint(self.settings, user, ttl, claims=claims)
+
+
+def free_socket() -> socket.socket:
+    """A listening socket on a free port (Sanic reads ``port=0`` as 'the default, 8000')."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    return sock
+
+
+async def start_service(settings: Settings) -> tuple[RunningService, Callable[[], Any]]:
+    app = create_app(settings, name=f"signaling_test_{next(_names)}")
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    server = await app.create_server(sock=sock, return_asyncio_server=True)
+    assert server is not None
+    await server.startup()
+    await server.start_serving()
+
+    async def stop() -> None:
+        await server.close()
+        sock.close()
+
+    return RunningService(app, f"http://127.0.0.1:{port}", settings), stop
+
+
+@pytest.fixture
+async def service(settings: Settings) -> AsyncIterator[RunningService]:
+    running, stop = await start_service(settings)
+    yield running
+    await stop()
+
+
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@dataclass
+class Peer:
+    """A python-socketio client that records every event it receives."""
+
+    url: str
+    transport: str
+    client: socketio.AsyncClient = field(init=False)
+    inbox: defaultdict[str, asyncio.Queue[Any]] = field(init=False)
+    refusals: list[Any] = field(init=False, default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.client = socketio.AsyncClient(reconnection=False)
+        self.inbox = defaultdict(asyncio.Queue)
+        self.client.on("*", self._record)
+        self.client.on("connect_error", self._refused)
+
+    async def _record(self, event: str, *args: Any) -> None:
+        self.inbox[event].put_nowait(args[0] if len(args) == 1 else args)
+
+    async def _refused(self, data: Any) -> None:
+        self.refusals.append(data)
+
+    async def connect(self, token: str | None = None, *, header: bool = False,
+                      auth: Any = None, headers: dict[str, str] | None = None) -> None:
+        all_headers = dict(headers or {})
+        if token is not None and header:
+            all_headers["Authorization"] = f"Bearer {token}"
+        elif token is not None:
+            auth = {"token": token}
+        await self.client.connect(self.url, auth=auth, headers=all_headers,
+                                  transports=[self.transport], wait_timeout=5)
+
+    async def call(self, event: str, *args: Any) -> Any:
+        return await self.client.call(event, args[0] if len(args) == 1 else args or None,
+                                      timeout=5)
+
+    async def next(self, event: str, timeout: float = 3) -> Any:
+        return await asyncio.wait_for(self.inbox[event].get(), timeout)
+
+    async def silent(self, event: str, wait: float = 0.3) -> bool:
+        """True when no ``event`` arrives within ``wait`` seconds."""
+        await asyncio.sleep(wait)
+        return self.inbox[event].empty()
+
+    async def close(self) -> None:
+        if self.client.connected:
+            await self.client.disconnect()
+
+
+@pytest.fixture
+async def peers(service: RunningService, transport: str) -> AsyncIterator[Callable[..., Any]]:
+    """A factory of connected peers: ``await peers("alice")`` (joined to its own room)."""
+    made: list[Peer] = []
+
+    async def make(user: str | None = None, *, join: bool = True,
+                   via: str | None = None) -> Peer:
+        peer = Peer(service.url, via or transport)
+        made.append(peer)
+        if user is not None:
+            await peer.connect(service.token(user))
+            if join:
+                assert await peer.call("JoinSocket", user) == {"ok": True}
+        return peer
+
+    yield make
+    await asyncio.gather(*(p.close() for p in made))
+
+
+@pytest.fixture
+def capture_logs() -> Iterator[list[dict[str, Any]]]:
+    """The service's log records as the dicts it would print."""
+    import json
+    import logging
+
+    from service.logs import LOGGER_NAME, JsonFormatter
+
+    records: list[dict[str, Any]] = []
+    formatter = JsonFormatter()
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(json.loads(formatter.format(record)))
+
+    handler = Collect()
+    logger = logging.getLogger(LOGGER_NAME)
+    logger.addHandler(handler)
+    yield records
+    logger.removeHandler(handler)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from engineio.payload import Payload
 from sanic import Sanic
 
 from service import routes
@@ -14,11 +15,16 @@ from service.signaling import Signaling
 from service.socket_server import SignalingServer
 
 SOCKETIO_PATH: Final = "socket.io"
+#: Engine.IO refuses a long-polling POST carrying more than 16 packets (and the client then
+#: loses all of them); clients batch whatever queued up, and one ICE gathering burst is often
+#: more than 16 events. The POST's byte size stays bounded by ``max_http_buffer_size``.
+MAX_PACKETS_PER_POLL: Final = 256
 
 
 def create_app(settings: Settings, *, name: str = "signaling") -> Sanic:
     """Build the service from ``settings``; reads nothing from the environment."""
     logger = configure_logging(settings.log_level)
+    Payload.max_decode_packets = MAX_PACKETS_PER_POLL  # a class attribute: process-wide
     app = Sanic(name)
     # polling clients would fill an access log with one line per long-poll; connect and
     # disconnect are logged by the service itself

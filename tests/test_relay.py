@@ -1,0 +1,219 @@
+"""Relays (offer, answer, candidate, hangup) between real clients on both transports."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from service.protocol import MAX_RELAY_BYTES, MAX_SDP_LENGTH
+
+SDP = (
+    "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
+    "a=group:BUNDLE 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\n"
+    "a=mid:0\r\na=sendrecv\r\na=rtpmap:111 opus/48000/2\r\n"
+)
+CANDIDATE = {
+    "candidate": "candidate:842163049 1 udp 1677729535 203.0.113.7 46154 typ srflx "
+    "raddr 10.0.0.2 rport 46154 generation 0",
+    "sdpMid": "0",
+    "sdpMLineIndex": 0,
+    "usernameFragment": "EsAw",
+}
+VALID: dict[str, dict[str, Any]] = {
+    "offer": {"to": "bob", "offer": {"type": "offer", "sdp": SDP}},
+    "answer": {"to": "bob", "answer": {"type": "answer", "sdp": SDP}},
+    "candidate": {"to": "bob", "candidate": CANDIDATE},
+    "hangup": {"to": "bob"},
+}
+Peers = Callable[..., Any]
+
+
+@pytest.mark.parametrize("event", list(VALID))
+async def test_relay_reaches_the_peer_with_server_stamped_from(peers: Peers, event: str) -> None:
+    """Each relay event arrives under its own name, ``from`` set to the sender, other fields
+    unchanged, and the sender's ack says it was delivered."""
+    alice, bob = await peers("alice"), await peers("bob")
+    payload = {**VALID[event], "callId": "c-1", "meta": {"video": True}}
+    assert await alice.call(event, payload) == {"ok": True, "delivered": True}
+    assert await bob.next(event) == {**payload, "from": "alice"}
+
+
+@pytest.mark.parametrize("event", list(VALID))
+async def test_spoofed_from_is_overwritten(peers: Peers, event: str) -> None:
+    """Whatever ``from`` the client writes, the peer sees the authenticated sender."""
+    alice, bob = await peers("alice"), await peers("bob")
+    assert (await alice.call(event, {**VALID[event], "from": "carol"}))["ok"] is True
+    assert (await bob.next(event))["from"] == "alice"
+
+
+async def test_relay_across_transports(service: Any) -> None:
+    """A websocket caller and a polling callee talk both ways."""
+    from tests.conftest import Peer
+
+    alice, bob = Peer(service.url, "websocket"), Peer(service.url, "polling")
+    for peer, user in ((alice, "alice"), (bob, "bob")):
+        await peer.connect(service.token(user))
+        assert await peer.call("JoinSocket", user) == {"ok": True}
+    await alice.call("offer", VALID["offer"])
+    assert (await bob.next("offer"))["from"] == "alice"
+    await bob.call("answer", {"to": "alice", "answer": {"type": "answer", "sdp": SDP}})
+    assert (await alice.next("answer"))["from"] == "bob"
+    await alice.close()
+    await bob.close()
+
+
+async def test_delivered_is_false_when_nobody_joined(peers: Peers) -> None:
+    """A relay to a user with no joined socket acks ``delivered: false``; a connected socket
+    that has not joined that room receives nothing."""
+    alice = await peers("alice")
+    bob = await peers("bob", join=False)
+    assert await alice.call("offer", VALID["offer"]) == {"ok": True, "delivered": False}
+    assert await bob.silent("offer")
+
+
+async def test_sender_does_not_get_its_own_relay(peers: Peers) -> None:
+    """A relay addressed to the sender's own room skips the sending socket but reaches the
+    same user's other devices."""
+    phone, laptop = await peers("alice"), await peers("alice")
+    to_self = {"to": "alice", "offer": {"type": "offer", "sdp": SDP}}
+    assert await phone.call("offer", to_self) == {"ok": True, "delivered": True}
+    assert (await laptop.next("offer"))["from"] == "alice"
+    assert await phone.silent("offer")
+
+
+async def test_lone_device_relaying_to_itself_is_not_delivered(peers: Peers) -> None:
+    """With only the sender in its room, nothing is delivered and nothing comes back."""
+    phone = await peers("alice")
+    assert await phone.call("hangup", {"to": "alice"}) == {"ok": True, "delivered": False}
+    assert await phone.silent("hangup")
+
+
+async def test_every_device_of_the_callee_rings(peers: Peers) -> None:
+    """All sockets that joined the callee's room receive the relay."""
+    alice = await peers("alice")
+    devices = [await peers("bob") for _ in range(3)]
+    await alice.call("offer", VALID["offer"])
+    for device in devices:
+        assert (await device.next("offer"))["from"] == "alice"
+
+
+async def test_relays_from_one_sender_arrive_in_order(peers: Peers) -> None:
+    """A burst of mixed relays (emitted without waiting for acks) arrives in the order sent."""
+    alice, bob = await peers("alice"), await peers("bob")
+    for i in range(150):
+        await alice.client.emit("candidate", {**VALID["candidate"], "seq": i})
+        if i % 50 == 0:
+            await alice.client.emit("offer", {**VALID["offer"], "seq": i})
+    received = [(await bob.next("candidate"))["seq"] for _ in range(150)]
+    assert received == list(range(150))
+    assert [(await bob.next("offer"))["seq"] for _ in range(3)] == [0, 50, 100]
+
+
+def _malformed() -> list[Any]:
+    cases: list[tuple[str, Any, str]] = [
+        ("offer", None, "no-payload"),
+        ("offer", "bob", "payload-is-a-string"),
+        ("offer", ["bob"], "payload-is-a-list"),
+        ("offer", 7, "payload-is-a-number"),
+        ("offer", {"offer": {"type": "offer", "sdp": SDP}}, "missing-to"),
+        ("offer", {"to": "", "offer": {"type": "offer", "sdp": SDP}}, "empty-to"),
+        ("offer", {"to": "b" * 257, "offer": {"type": "offer", "sdp": SDP}}, "to-too-long"),
+        ("offer", {"to": {"id": "bob"}, "offer": {"type": "offer", "sdp": SDP}}, "to-object"),
+        ("offer", {"to": True, "offer": {"type": "offer", "sdp": SDP}}, "to-bool"),
+        ("offer", {"to": 1.5, "offer": {"type": "offer", "sdp": SDP}}, "to-float"),
+        ("offer", {"to": "bo\nb", "offer": {"type": "offer", "sdp": SDP}}, "to-control-char"),
+        ("offer", {"to": "bob"}, "missing-offer"),
+        ("offer", {"to": "bob", "offer": SDP}, "offer-is-a-string"),
+        ("offer", {"to": "bob", "offer": {"type": "answer", "sdp": SDP}}, "offer-typed-answer"),
+        ("offer", {"to": "bob", "offer": {"type": "offer"}}, "offer-without-sdp"),
+        ("offer", {"to": "bob", "offer": {"type": "offer", "sdp": ""}}, "offer-empty-sdp"),
+        ("offer", {"to": "bob", "offer": {"type": "offer", "sdp": 5}}, "offer-sdp-number"),
+        ("offer", {"to": "bob", "offer": {"type": "offer", "sdp": "x" * (MAX_SDP_LENGTH + 1)}},
+         "offer-sdp-too-long"),
+        ("offer", {"to": "bob", "offer": {"type": "offer", "sdp": "v=0\ud800"}},
+         "lone-surrogate-in-sdp"),
+        ("offer", {**VALID["offer"], "pad": "x" * MAX_RELAY_BYTES}, "extra-fields-too-big"),
+        ("offer", {**VALID["offer"], "score": float("nan")}, "nan"),
+        ("offer", {**VALID["offer"], "blob": b"\x00\x01"}, "binary-attachment"),
+        ("answer", {"to": "bob", "answer": {"type": "offer", "sdp": SDP}}, "answer-typed-offer"),
+        ("answer", {"to": "bob", "answer": {"type": "rollback", "sdp": SDP}}, "answer-rollback"),
+        ("answer", {"to": "bob", "offer": {"type": "answer", "sdp": SDP}}, "answer-misnamed"),
+        ("candidate", {"to": "bob"}, "missing-candidate"),
+        ("candidate", {"to": "bob", "candidate": None}, "candidate-null"),
+        ("candidate", {"to": "bob", "candidate": "candidate:1 1 udp 1 1.2.3.4 5 typ host"},
+         "candidate-is-a-string"),
+        ("candidate", {"to": "bob", "candidate": {**CANDIDATE, "candidate": 5}},
+         "candidate-text-number"),
+        ("candidate", {"to": "bob", "candidate": {"candidate": CANDIDATE["candidate"]}},
+         "candidate-without-mid-or-index"),
+        ("candidate", {"to": "bob", "candidate": {**CANDIDATE, "sdpMLineIndex": -1}},
+         "candidate-negative-index"),
+        ("candidate", {"to": "bob", "candidate": {**CANDIDATE, "sdpMLineIndex": "0"}},
+         "candidate-index-string"),
+        ("candidate", {"to": "bob", "candidate": {**CANDIDATE, "sdpMLineIndex": True}},
+         "candidate-index-bool"),
+        ("candidate", {"to": "bob", "candidate": {**CANDIDATE, "sdpMid": 0}},
+         "candidate-mid-number"),
+        ("candidate", {"to": "bob", "candidate": {**CANDIDATE, "candidate": "c" * 3000}},
+         "candidate-too-long"),
+        ("hangup", None, "hangup-no-payload"),
+        ("hangup", {}, "hangup-without-to"),
+        ("hangup", ("bob", "extra"), "two-arguments"),
+    ]
+    return [pytest.param(event, payload, id=name) for event, payload, name in cases]
+
+
+@pytest.mark.parametrize(("event", "payload"), _malformed())
+async def test_malformed_payload_is_refused_and_not_relayed(peers: Peers, event: str,
+                                                            payload: Any) -> None:
+    """A bad payload gets ``invalid_payload``, reaches nobody, and leaves both connections
+    working."""
+    alice, bob = await peers("alice"), await peers("bob")
+    ack = await alice.call(event, payload)
+    assert ack["ok"] is False
+    assert ack["error"] == "invalid_payload"
+    assert isinstance(ack["detail"], str)
+    assert await bob.silent(event, 0.2)
+    assert await alice.call("offer", VALID["offer"]) == {"ok": True, "delivered": True}
+    assert (await bob.next("offer"))["from"] == "alice"
+
+
+async def test_malformed_payload_without_ack_changes_nothing(peers: Peers) -> None:
+    """A bad event sent without asking for an ack is dropped silently; the sender stays
+    connected and well-formed relays still flow."""
+    alice, bob = await peers("alice"), await peers("bob")
+    await alice.client.emit("offer", {"to": "bob", "offer": "not a description"})
+    await alice.client.emit("candidate")
+    assert await bob.silent("offer", 0.2)
+    assert alice.client.connected
+    assert (await alice.call("hangup", {"to": "bob"}))["delivered"] is True
+    assert await bob.next("hangup") == {"to": "bob", "from": "alice"}
+
+
+async def test_candidate_is_normalised_to_rtc_ice_candidate_init(peers: Peers) -> None:
+    """Missing optional candidate fields arrive as null; unknown ones are dropped; the
+    end-of-candidates marker (empty string) is relayed."""
+    alice, bob = await peers("alice"), await peers("bob")
+    await alice.call("candidate", {"to": "bob", "candidate": {
+        "candidate": "", "sdpMLineIndex": 1, "serverUrl": "stun:stun.example.com"}})
+    assert (await bob.next("candidate"))["candidate"] == {
+        "candidate": "", "sdpMid": None, "sdpMLineIndex": 1, "usernameFragment": None}
+
+
+async def test_numeric_user_ids(service: Any, transport: str) -> None:
+    """Integer ids are read as their decimal string: ``JoinSocket(42)`` for ``sub: "42"`` and
+    ``to: 7`` reach user ``"7"``; a float id is refused."""
+    from tests.conftest import Peer
+
+    caller, callee = Peer(service.url, transport), Peer(service.url, transport)
+    await caller.connect(service.token("42"))
+    await callee.connect(service.token("7"))
+    assert await caller.call("JoinSocket", 42) == {"ok": True}
+    assert await callee.call("JoinSocket", "7") == {"ok": True}
+    assert (await caller.call("JoinSocket", 42.0))["error"] == "invalid_payload"
+    assert await caller.call("hangup", {"to": 7}) == {"ok": True, "delivered": True}
+    assert await callee.next("hangup") == {"to": "7", "from": "42"}
+    await caller.close()
+    await callee.close()

@@ -107,8 +107,18 @@ class Peer:
             all_headers["Authorization"] = f"Bearer {token}"
         elif token is not None:
             auth = {"token": token}
-        await self.client.connect(self.url, auth=auth, headers=all_headers,
-                                  transports=[self.transport], wait_timeout=5)
+        try:
+            await self.client.connect(self.url, auth=auth, headers=all_headers,
+                                      transports=[self.transport], wait_timeout=5)
+        except socketio.exceptions.ConnectionError:
+            await self._close_http()
+            raise
+
+    async def _close_http(self) -> None:
+        # a refused python-socketio client leaves its aiohttp session open
+        http = getattr(self.client.eio, "http", None)
+        if http is not None and not http.closed:
+            await http.close()
 
     async def call(self, event: str, *args: Any) -> Any:
         return await self.client.call(event, args[0] if len(args) == 1 else args or None,
@@ -125,6 +135,7 @@ class Peer:
     async def close(self) -> None:
         if self.client.connected:
             await self.client.disconnect()
+        await self._close_http()
 
 
 @pytest.fixture
@@ -144,6 +155,15 @@ async def peers(service: RunningService, transport: str) -> AsyncIterator[Callab
 
     yield make
     await asyncio.gather(*(p.close() for p in made))
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 3.0) -> None:
+    """Wait until ``check()`` holds (the server handles a client's goodbye asynchronously)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
 
 
 @pytest.fixture

@@ -1,0 +1,121 @@
+"""Settings are read once, validated, and every problem is named at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.config import Secret, Settings
+from service.errors import ConfigError
+
+GOOD_SECRET = "s" * 32
+
+
+def test_defaults_with_only_a_secret() -> None:
+    """A secret alone is a complete configuration; the rest has safe defaults."""
+    settings = Settings.from_env({"SIGNAL_JWT_SECRET": GOOD_SECRET}, env_file=None)
+    assert settings.jwt_secret.reveal() == GOOD_SECRET
+    assert (settings.jwt_issuer, settings.jwt_audience) == (None, None)
+    assert settings.jwt_leeway == 5
+    assert settings.cors_origins == ()
+    assert settings.log_level == "INFO"
+
+
+def test_every_setting_is_read() -> None:
+    """Each documented variable lands in its field, normalised."""
+    settings = Settings.from_env({
+        "SIGNAL_JWT_SECRET": GOOD_SECRET,
+        "SIGNAL_JWT_ISSUER": "https://idp.example.com/",
+        "SIGNAL_JWT_AUDIENCE": "signaling",
+        "SIGNAL_JWT_LEEWAY": "30",
+        "SIGNAL_CORS_ORIGINS": "https://App.example.com, http://localhost:3000,",
+        "SIGNAL_LOG_LEVEL": "debug",
+    }, env_file=None)
+    assert settings.jwt_issuer == "https://idp.example.com/"
+    assert settings.jwt_audience == "signaling"
+    assert settings.jwt_leeway == 30
+    assert settings.cors_origins == ("https://app.example.com", "http://localhost:3000")
+    assert settings.log_level == "DEBUG"
+
+
+def test_all_problems_are_reported_together() -> None:
+    """One error lists every bad variable by name, and never prints the secret."""
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({
+            "SIGNAL_JWT_SECRET": "too-short-secret",
+            "SIGNAL_JWT_LEEWAY": "soon",
+            "SIGNAL_CORS_ORIGINS": "app.example.com",
+            "SIGNAL_LOG_LEVEL": "LOUD",
+            "SIGNAL_JWT_SECRETT": "typo",
+        }, env_file=None)
+    message = str(caught.value)
+    for var in ("SIGNAL_JWT_SECRET is too short", "SIGNAL_JWT_LEEWAY", "SIGNAL_CORS_ORIGINS",
+                "SIGNAL_LOG_LEVEL", "SIGNAL_JWT_SECRETT"):
+        assert var in message
+    assert "too-short-secret" not in message
+    assert len(caught.value.problems) == 5
+
+
+def test_missing_secret_is_named() -> None:
+    """Without SIGNAL_JWT_SECRET start-up stops and says so."""
+    with pytest.raises(ConfigError, match="SIGNAL_JWT_SECRET is missing"):
+        Settings.from_env({}, env_file=None)
+
+
+@pytest.mark.parametrize("leeway", ["-1", "301", "1.5", "five"])
+def test_leeway_bounds(leeway: str) -> None:
+    """Leeway is a whole number of seconds from 0 to 300."""
+    with pytest.raises(ConfigError, match="SIGNAL_JWT_LEEWAY"):
+        Settings.from_env({"SIGNAL_JWT_SECRET": GOOD_SECRET, "SIGNAL_JWT_LEEWAY": leeway},
+                          env_file=None)
+
+
+@pytest.mark.parametrize("origin", ["https://app.example.com/path", "ftp://x.example.com",
+                                    "https://", "https://u:p@app.example.com"])
+def test_origins_must_be_scheme_and_host(origin: str) -> None:
+    """An origin with a path, another scheme, no host or credentials is refused."""
+    with pytest.raises(ConfigError, match="SIGNAL_CORS_ORIGINS"):
+        Settings.from_env({"SIGNAL_JWT_SECRET": GOOD_SECRET, "SIGNAL_CORS_ORIGINS": origin},
+                          env_file=None)
+
+
+def test_env_file_is_read_and_environment_wins(tmp_path: Path) -> None:
+    """``.env`` supplies values; a real environment variable overrides it."""
+    env_file = tmp_path / ".env"
+    env_file.write_text(f"SIGNAL_JWT_SECRET={GOOD_SECRET}\nSIGNAL_JWT_LEEWAY=10\n")
+    settings = Settings.from_env({"SIGNAL_JWT_LEEWAY": "20"}, env_file=env_file)
+    assert settings.jwt_secret.reveal() == GOOD_SECRET
+    assert settings.jwt_leeway == 20
+
+
+def test_env_file_can_be_named_by_variable(tmp_path: Path) -> None:
+    """``SIGNAL_ENV_FILE`` points at another file."""
+    other = tmp_path / "prod.env"
+    other.write_text(f"SIGNAL_JWT_SECRET={GOOD_SECRET}\nSIGNAL_JWT_AUDIENCE=calls\n")
+    settings = Settings.from_env({"SIGNAL_ENV_FILE": str(other)}, env_file=None)
+    assert settings.jwt_audience == "calls"
+
+
+def test_secret_never_shows_in_repr() -> None:
+    """Neither ``repr`` nor ``str`` of the settings reveals the secret."""
+    settings = Settings(jwt_secret=Secret(GOOD_SECRET))
+    assert GOOD_SECRET not in repr(settings)
+    assert GOOD_SECRET not in str(settings)
+    assert "**********" in repr(settings)
+
+
+def test_direct_construction_refuses_a_short_secret() -> None:
+    """Tests and embedders building Settings by hand get the same secret check."""
+    with pytest.raises(ConfigError, match="too short"):
+        Settings(jwt_secret=Secret("short"))
+
+
+def test_env_example_documents_every_setting() -> None:
+    """Every variable the service reads appears in .env.example, and nothing else does."""
+    from service.config import KNOWN
+
+    text = (Path(__file__).parent.parent / ".env.example").read_text()
+    documented = {line.lstrip("# ").split("=")[0][len("SIGNAL_"):]
+                  for line in text.splitlines() if line.lstrip("# ").startswith("SIGNAL_")}
+    assert documented == set(KNOWN)

@@ -1,0 +1,79 @@
+"""HTTP surface: health, and browser origins on the Socket.IO endpoint."""
+
+from __future__ import annotations
+
+import pytest
+import socketio
+
+from service.config import Secret, Settings
+from service.factory import create_app
+from tests.conftest import SECRET, Peer, start_service
+
+HANDSHAKE = "/socket.io/?EIO=4&transport=polling"
+
+
+@pytest.fixture
+def app_with_origins() -> object:
+    settings = Settings(jwt_secret=Secret(SECRET), cors_origins=("https://app.example.com",))
+    return create_app(settings, name="signaling_http_origins")
+
+
+async def test_healthz(settings: Settings) -> None:
+    """``GET /healthz`` answers 200 JSON with the version."""
+    app = create_app(settings, name="signaling_http_health")
+    _, response = await app.asgi_client.get("/healthz")
+    assert response.status == 200
+    assert response.json["status"] == "ok"
+    assert response.json["version"]
+
+
+async def test_allowed_origin_gets_cors_headers(app_with_origins: object) -> None:
+    """A configured browser origin may open a polling session and is told so."""
+    _, response = await app_with_origins.asgi_client.get(  # type: ignore[attr-defined]
+        HANDSHAKE, headers={"Origin": "https://app.example.com"})
+    assert response.status == 200
+    assert response.headers["access-control-allow-origin"] == "https://app.example.com"
+
+
+@pytest.mark.parametrize("origin", ["https://evil.example.com", "https://app.example.com.evil.io",
+                                    "http://app.example.com", "null"])
+async def test_other_origins_are_refused_on_polling(app_with_origins: object, origin: str) -> None:
+    """Any other Origin, including look-alikes, gets 400 and no session."""
+    _, response = await app_with_origins.asgi_client.get(  # type: ignore[attr-defined]
+        HANDSHAKE, headers={"Origin": origin})
+    assert response.status == 400
+    assert "access-control-allow-origin" not in response.headers
+
+
+async def test_no_cross_origin_by_default(settings: Settings) -> None:
+    """With no origins configured, only the service's own origin is accepted."""
+    app = create_app(settings, name="signaling_http_default_origins")
+    _, response = await app.asgi_client.get(HANDSHAKE, headers={"Origin": "https://app.example.com"})
+    assert response.status == 400
+
+
+async def test_native_clients_send_no_origin(settings: Settings) -> None:
+    """Without an Origin header (mobile apps, servers) the handshake is allowed."""
+    app = create_app(settings, name="signaling_http_no_origin")
+    _, response = await app.asgi_client.get(HANDSHAKE)
+    assert response.status == 200
+
+
+@pytest.mark.parametrize("origin", ["https://evil.example.com", "https://app.example.com"])
+async def test_origin_is_checked_on_websocket_too(transport: str, origin: str) -> None:
+    """A real client sending a foreign Origin cannot connect on either transport; the allowed
+    origin can."""
+    settings = Settings(jwt_secret=Secret(SECRET), cors_origins=("https://app.example.com",))
+    running, stop = await start_service(settings)
+    try:
+        peer = Peer(running.url, transport)
+        if origin == "https://app.example.com":
+            await peer.connect(running.token("alice"), headers={"Origin": origin})
+            assert peer.client.connected
+            await peer.close()
+        else:
+            with pytest.raises(socketio.exceptions.ConnectionError):
+                await peer.connect(running.token("alice"), headers={"Origin": origin})
+            assert not peer.client.connected
+    finally:
+        await stop()

@@ -1,0 +1,105 @@
+// The official socket.io-client v4 against the running service. Started by
+// tests/test_js_client.py, which passes SIGNAL_URL and tokens in the environment.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { io } from "socket.io-client";
+
+const URL = process.env.SIGNAL_URL;
+const TOKENS = JSON.parse(process.env.SIGNAL_TOKENS);
+const SDP = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n";
+const CANDIDATE = {
+  candidate: "candidate:1 1 udp 2122260223 192.0.2.10 54321 typ host",
+  sdpMid: "0",
+  sdpMLineIndex: 0,
+  usernameFragment: "abcd",
+};
+
+function connect(token, { transport, mode }) {
+  const options = { transports: [transport], reconnection: false, forceNew: true, timeout: 5000 };
+  if (mode === "auth") options.auth = { token };
+  else options.extraHeaders = { Authorization: `Bearer ${token}` };
+  const socket = io(URL, options);
+  return new Promise((resolve, reject) => {
+    socket.once("connect", () => resolve(socket));
+    socket.once("connect_error", (err) => {
+      socket.close();
+      reject(err);
+    });
+  });
+}
+
+function next(socket, event, ms = 3000) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no ${event} within ${ms} ms`)), ms);
+    socket.once(event, (payload) => {
+      clearTimeout(timer);
+      resolve(payload);
+    });
+  });
+}
+
+for (const transport of ["websocket", "polling"]) {
+  for (const mode of ["auth", "extraHeaders"]) {
+    test(`a full call over ${transport} with the token in ${mode}`, async () => {
+      const alice = await connect(TOKENS.alice, { transport, mode });
+      const bob = await connect(TOKENS.bob, { transport, mode });
+      try {
+        assert.equal(alice.io.engine.transport.name, transport);
+        assert.deepEqual(await alice.timeout(3000).emitWithAck("JoinSocket", "alice"), { ok: true });
+        assert.deepEqual(await bob.timeout(3000).emitWithAck("JoinSocket", "bob"), { ok: true });
+
+        const offered = next(bob, "offer");
+        const ack = await alice.timeout(3000).emitWithAck("offer", {
+          to: "bob", from: "mallory", offer: { type: "offer", sdp: SDP }, callId: "c1",
+        });
+        assert.deepEqual(ack, { ok: true, delivered: true });
+        assert.deepEqual(await offered, {
+          to: "bob", from: "alice", offer: { type: "offer", sdp: SDP }, callId: "c1",
+        });
+
+        const answered = next(alice, "answer");
+        await bob.timeout(3000).emitWithAck("answer", { to: "alice", answer: { type: "answer", sdp: SDP } });
+        assert.equal((await answered).from, "bob");
+
+        const candidates = next(bob, "candidate");
+        alice.emit("candidate", { to: "bob", candidate: CANDIDATE });
+        assert.deepEqual((await candidates).candidate, CANDIDATE);
+
+        const bad = await alice.timeout(3000).emitWithAck("offer", { to: "bob", offer: "nope" });
+        assert.equal(bad.ok, false);
+        assert.equal(bad.error, "invalid_payload");
+
+        const foreign = await alice.timeout(3000).emitWithAck("JoinSocket", "bob");
+        assert.equal(foreign.error, "forbidden");
+
+        const hungUp = next(bob, "hangup");
+        await alice.timeout(3000).emitWithAck("hangup", { to: "bob" });
+        assert.deepEqual(await hungUp, { to: "bob", from: "alice" });
+      } finally {
+        alice.close();
+        bob.close();
+      }
+    });
+
+    test(`refusals reach connect_error over ${transport} with ${mode}`, async () => {
+      await assert.rejects(connect(TOKENS.expired, { transport, mode }), (err) => {
+        assert.equal(err.message, "unauthorized");
+        assert.deepEqual(err.data, { reason: "token_expired" });
+        return true;
+      });
+      await assert.rejects(connect("not-a-jwt", { transport, mode }), (err) => {
+        assert.equal(err.message, "unauthorized");
+        assert.deepEqual(err.data, { reason: "token_invalid" });
+        return true;
+      });
+    });
+  }
+}
+
+test("no token at all is token_missing", async () => {
+  const socket = io(URL, { transports: ["websocket"], reconnection: false, forceNew: true });
+  const err = await next(socket, "connect_error");
+  socket.close();
+  assert.equal(err.message, "unauthorized");
+  assert.deepEqual(err.data, { reason: "token_missing" });
+});

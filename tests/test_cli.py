@@ -1,0 +1,182 @@
+"""The two entry points as an operator uses them: ``sanic service.app`` and
+``scripts/mint_token.py``, in real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from service.auth import TokenVerifier
+from service.config import Settings
+from service.mint import main as mint_main
+from tests.conftest import SECRET, Peer, free_socket
+from tests.test_relay import SDP
+
+ROOT = Path(__file__).resolve().parent.parent
+SANIC = str(Path(sys.executable).with_name("sanic"))
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """An empty directory with a ``.env``, and no SIGNAL_ variables inherited."""
+    for name in list(os.environ):
+        if name.startswith("SIGNAL_"):
+            monkeypatch.delenv(name)
+    (tmp_path / ".env").write_text(f"SIGNAL_JWT_SECRET={SECRET}\nSIGNAL_JWT_ISSUER=dev\n")
+    monkeypatch.chdir(tmp_path)
+    yield tmp_path
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIGNAL_")}
+    env.update(extra)
+    return env
+
+
+def test_mint_prints_a_token_the_service_accepts(workdir: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """``main([USER_ID, --ttl])`` prints, as its last line, a token that verifies with the
+    settings from ``.env`` (issuer included) and lives ``--ttl`` seconds."""
+    assert mint_main(["alice", "--ttl", "120"]) == 0
+    token = capsys.readouterr().out.strip().splitlines()[-1]
+    identity = TokenVerifier(Settings.from_env()).verify(token)
+    assert identity.user_id == "alice"
+    import jwt
+
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert claims["iss"] == "dev"
+    assert claims["exp"] - claims["iat"] == 120
+
+
+@pytest.mark.parametrize("argv", [["alice", "--ttl", "0"], ["bad\nid"], []])
+def test_mint_refuses_bad_arguments(workdir: Path, argv: list[str]) -> None:
+    """A non-positive ttl, an unusable user id, or no user id exits with usage status 2."""
+    with pytest.raises(SystemExit) as caught:
+        mint_main(argv)
+    assert caught.value.code == 2
+
+
+def test_mint_without_settings_explains(workdir: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Without a secret the script says which variable is missing and prints no token."""
+    (workdir / ".env").unlink()
+    assert mint_main(["alice"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "SIGNAL_JWT_SECRET is missing" in captured.err
+
+
+@dataclass
+class Process:
+    proc: asyncio.subprocess.Process
+    url: str
+    lines: list[str]
+
+
+async def _start(workdir: Path, *args: str) -> Process:
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    proc = await asyncio.create_subprocess_exec(
+        SANIC, "service.app", "--host", "127.0.0.1", "--port", str(port), *args,
+        cwd=workdir, env=_clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    running = Process(proc, f"http://127.0.0.1:{port}", [])
+
+    async def pump() -> None:
+        assert proc.stdout is not None
+        async for raw in proc.stdout:
+            running.lines.append(raw.decode(errors="replace").rstrip())
+
+    asyncio.get_running_loop().create_task(pump())
+    async with aiohttp.ClientSession() as http:
+        for _ in range(200):
+            try:
+                async with http.get(f"{running.url}/healthz") as response:
+                    if response.status == 200:
+                        return running
+            except aiohttp.ClientError:
+                pass
+            if proc.returncode is not None:
+                break
+            await asyncio.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    raise AssertionError("service did not start:\n" + "\n".join(running.lines))
+
+
+@pytest.fixture
+async def sanic_process(workdir: Path) -> AsyncIterator[Process]:
+    running = await _start(workdir)
+    yield running
+    if running.proc.returncode is None:
+        os.killpg(running.proc.pid, signal.SIGINT)
+        try:
+            await asyncio.wait_for(running.proc.wait(), 10)
+        except TimeoutError:
+            os.killpg(running.proc.pid, signal.SIGKILL)
+            await running.proc.wait()
+
+
+async def _mint(workdir: Path, user: str) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(ROOT / "scripts" / "mint_token.py"), user, cwd=workdir,
+        env=_clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    return out.decode().strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+async def test_sanic_cli_serves_a_call_with_minted_tokens(workdir: Path, sanic_process: Process,
+                                                          transport: str) -> None:
+    """``sanic service.app`` started from a directory with a ``.env`` accepts tokens from
+    ``scripts/mint_token.py``; two clients exchange an offer; the process logs JSON lines
+    without tokens or SDP."""
+    tokens = {user: await _mint(workdir, user) for user in ("alice", "bob")}
+    alice, bob = Peer(sanic_process.url, transport), Peer(sanic_process.url, transport)
+    try:
+        for user, peer in (("alice", alice), ("bob", bob)):
+            await peer.connect(tokens[user])
+            assert await peer.call("JoinSocket", user) == {"ok": True}
+        offer = {"to": "bob", "offer": {"type": "offer", "sdp": SDP}}
+        assert await alice.call("offer", offer) == {"ok": True, "delivered": True}
+        assert (await bob.next("offer"))["from"] == "alice"
+    finally:
+        await alice.close()
+        await bob.close()
+    for _ in range(100):
+        if sum('"event": "disconnect"' in line for line in sanic_process.lines) == 2:
+            break
+        await asyncio.sleep(0.05)
+    records = [json.loads(line) for line in sanic_process.lines if line.startswith("{")]
+    assert [r["user"] for r in records if r["event"] == "connect"] == ["alice", "bob"]
+    assert sum(r["event"] == "disconnect" for r in records) == 2
+    output = "\n".join(sanic_process.lines)
+    assert tokens["alice"] not in output and tokens["bob"] not in output
+    assert "a=rtpmap" not in output
+
+
+async def test_bad_settings_stop_startup_naming_the_variable(workdir: Path) -> None:
+    """A short secret stops ``sanic service.app`` with a message that names the variable and
+    does not print the secret."""
+    (workdir / ".env").write_text("SIGNAL_JWT_SECRET=hunter2\nSIGNAL_JWT_LEEWAY=later\n")
+    proc = await asyncio.create_subprocess_exec(
+        SANIC, "service.app", "--port", "1", cwd=workdir, env=_clean_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    text = out.decode()
+    assert proc.returncode != 0
+    assert "SIGNAL_JWT_SECRET is too short" in text
+    assert "SIGNAL_JWT_LEEWAY" in text
+    assert "hunter2" not in text

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import jwt
+from jwt.types import Options
 
 from service.config import Settings
 from service.errors import (
@@ -52,7 +53,7 @@ class TokenVerifier:
             required.append("iss")
         if self._audience is not None:
             required.append("aud")
-        self._options: dict[str, Any] = {
+        self._options: Options = {
             "require": required,
             # without a configured audience, a token's own "aud" is not ours to judge
             "verify_aud": self._audience is not None,

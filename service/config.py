@@ -24,6 +24,7 @@ MAX_LEEWAY_SECONDS = 300
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 T = TypeVar("T")
+_NO_ORIGINS: tuple[str, ...] = ()
 
 
 class Secret:
@@ -127,7 +128,7 @@ def _parse(values: Mapping[str, str]) -> Settings:
         "jwt_issuer": field("JWT_ISSUER", _text, None),
         "jwt_audience": field("JWT_AUDIENCE", _text, None),
         "jwt_leeway": field("JWT_LEEWAY", _leeway, 5),
-        "cors_origins": field("CORS_ORIGINS", _origins, ()),
+        "cors_origins": field("CORS_ORIGINS", _origins, _NO_ORIGINS),
         "log_level": field("LOG_LEVEL", _log_level, "INFO"),
     }
     if problems:

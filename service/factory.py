@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 from engineio.payload import Payload
 from sanic import Sanic
@@ -21,7 +21,7 @@ SOCKETIO_PATH: Final = "socket.io"
 MAX_PACKETS_PER_POLL: Final = 256
 
 
-def create_app(settings: Settings, *, name: str = "signaling") -> Sanic:
+def create_app(settings: Settings, *, name: str = "signaling") -> Sanic[Any, Any]:
     """Build the service from ``settings``; reads nothing from the environment."""
     logger = configure_logging(settings.log_level)
     Payload.max_decode_packets = MAX_PACKETS_PER_POLL  # a class attribute: process-wide

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sanic import Request, Sanic
 from sanic.response import HTTPResponse, json
 
 from service import __version__
 
 
-def register(app: Sanic) -> None:
+def register(app: Sanic[Any, Any]) -> None:
     """Add the service's HTTP routes to ``app``."""
 
     @app.get("/healthz")

@@ -1,69 +1,20 @@
-"""Shared fixtures: the real service on a free port, and real python-socketio clients."""
+"""Fixtures: the real service on a free port, and factories of real clients."""
 
 from __future__ import annotations
 
 import asyncio
-import itertools
-import socket
-from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-import socketio
-from sanic import Sanic
 
-from service.auth import mint
 from service.config import Secret, Settings
-from service.factory import create_app
-
-SECRET = "test-secret-that-is-long-enough-for-hs256-and-hs512-0123456789abcdef"
-TRANSPORTS = ["websocket", "polling"]
-# Sanic rewrites some methods of its classes at start-up ("touchup"); in test mode it keeps
-# the originals, so that many apps can start in one process, as Sanic's own tests do.
-Sanic.test_mode = True
-_names = itertools.count()
+from tests.support import SECRET, TRANSPORTS, Peer, RunningService, start_service
 
 
 @pytest.fixture
 def settings() -> Settings:
     return Settings(jwt_secret=Secret(SECRET))
-
-
-@dataclass
-class RunningService:
-    app: Sanic
-    url: str
-    settings: Settings
-
-    def token(self, user: str, ttl: int = 600, **claims: Any) -> str:
-        return mint(self.settings, user, ttl, claims=claims)
-
-
-def free_socket() -> socket.socket:
-    """A listening socket on a free port (Sanic reads ``port=0`` as 'the default, 8000')."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    return sock
-
-
-async def start_service(settings: Settings) -> tuple[RunningService, Callable[[], Any]]:
-    app = create_app(settings, name=f"signaling_test_{next(_names)}")
-    sock = free_socket()
-    port = sock.getsockname()[1]
-    server = await app.create_server(sock=sock, return_asyncio_server=True)
-    assert server is not None
-    await server.startup()
-    await server.start_serving()
-
-    async def stop() -> None:
-        await server.close()
-        sock.close()
-
-    return RunningService(app, f"http://127.0.0.1:{port}", settings), stop
 
 
 @pytest.fixture
@@ -76,66 +27,6 @@ async def service(settings: Settings) -> AsyncIterator[RunningService]:
 @pytest.fixture(params=TRANSPORTS)
 def transport(request: pytest.FixtureRequest) -> str:
     return str(request.param)
-
-
-@dataclass
-class Peer:
-    """A python-socketio client that records every event it receives."""
-
-    url: str
-    transport: str
-    client: socketio.AsyncClient = field(init=False)
-    inbox: defaultdict[str, asyncio.Queue[Any]] = field(init=False)
-    refusals: list[Any] = field(init=False, default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.client = socketio.AsyncClient(reconnection=False)
-        self.inbox = defaultdict(asyncio.Queue)
-        self.client.on("*", self._record)
-        self.client.on("connect_error", self._refused)
-
-    async def _record(self, event: str, *args: Any) -> None:
-        self.inbox[event].put_nowait(args[0] if len(args) == 1 else args)
-
-    async def _refused(self, data: Any) -> None:
-        self.refusals.append(data)
-
-    async def connect(self, token: str | None = None, *, header: bool = False,
-                      auth: Any = None, headers: dict[str, str] | None = None) -> None:
-        all_headers = dict(headers or {})
-        if token is not None and header:
-            all_headers["Authorization"] = f"Bearer {token}"
-        elif token is not None:
-            auth = {"token": token}
-        try:
-            await self.client.connect(self.url, auth=auth, headers=all_headers,
-                                      transports=[self.transport], wait_timeout=5)
-        except socketio.exceptions.ConnectionError:
-            await self._close_http()
-            raise
-
-    async def _close_http(self) -> None:
-        # a refused python-socketio client leaves its aiohttp session open
-        http = getattr(self.client.eio, "http", None)
-        if http is not None and not http.closed:
-            await http.close()
-
-    async def call(self, event: str, *args: Any) -> Any:
-        return await self.client.call(event, args[0] if len(args) == 1 else args or None,
-                                      timeout=5)
-
-    async def next(self, event: str, timeout: float = 3) -> Any:
-        return await asyncio.wait_for(self.inbox[event].get(), timeout)
-
-    async def silent(self, event: str, wait: float = 0.3) -> bool:
-        """True when no ``event`` arrives within ``wait`` seconds."""
-        await asyncio.sleep(wait)
-        return self.inbox[event].empty()
-
-    async def close(self) -> None:
-        if self.client.connected:
-            await self.client.disconnect()
-        await self._close_http()
 
 
 @pytest.fixture
@@ -155,15 +46,6 @@ async def peers(service: RunningService, transport: str) -> AsyncIterator[Callab
 
     yield make
     await asyncio.gather(*(p.close() for p in made))
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 3.0) -> None:
-    """Wait until ``check()`` holds (the server handles a client's goodbye asynchronously)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import pytest
 from service.auth import TokenVerifier
 from service.config import Settings
 from service.mint import main as mint_main
-from tests.conftest import SECRET, Peer, free_socket
+from tests.support import SECRET, Peer, free_socket
 from tests.test_relay import SDP
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -180,3 +180,40 @@ async def test_bad_settings_stop_startup_naming_the_variable(workdir: Path) -> N
     assert "SIGNAL_JWT_SECRET is too short" in text
     assert "SIGNAL_JWT_LEEWAY" in text
     assert "hunter2" not in text
+
+
+async def test_readme_walkthrough_two_peers_call(workdir: Path, sanic_process: Process) -> None:
+    """The README's try-it flow: ``peer.py wait`` as bob, ``peer.py call bob`` as alice, with
+    tokens from ``mint_token.py``; both finish successfully and print each step."""
+    peer = [sys.executable, str(ROOT / "scripts" / "peer.py"), "--url", sanic_process.url,
+            "--wait", "20"]
+    bob = await asyncio.create_subprocess_exec(
+        *peer, "--token", await _mint(workdir, "bob"), "wait", env=_clean_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert bob.stdout is not None
+    first = await asyncio.wait_for(bob.stdout.readline(), 20)
+    assert b"joined: {'ok': True}" in first
+    assert b"waiting for a call" in await asyncio.wait_for(bob.stdout.readline(), 20)
+    alice = await asyncio.create_subprocess_exec(
+        *peer, "--token", await _mint(workdir, "alice"), "call", "bob", env=_clean_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    alice_out, _ = await asyncio.wait_for(alice.communicate(), 30)
+    bob_rest, _ = await asyncio.wait_for(bob.communicate(), 30)
+    alice_text, bob_text = alice_out.decode(), bob_rest.decode()
+    assert alice.returncode == 0, alice_text
+    assert bob.returncode == 0, bob_text
+    assert "offer to bob: {'ok': True, 'delivered': True}" in alice_text
+    assert "answer from bob" in alice_text
+    assert "offer from alice; answering" in bob_text
+    assert "hangup from alice" in bob_text
+
+
+async def test_peer_reports_an_offline_callee(workdir: Path, sanic_process: Process) -> None:
+    """Calling a user nobody is signed in as exits 1 and says so."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(ROOT / "scripts" / "peer.py"), "--url", sanic_process.url,
+        "--token", await _mint(workdir, "alice"), "call", "nobody", env=_clean_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 1
+    assert "nobody is not online" in out.decode()

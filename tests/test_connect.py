@@ -12,7 +12,7 @@ import jwt
 import pytest
 import socketio
 
-from tests.conftest import SECRET, Peer, RunningService
+from tests.support import SECRET, Peer, RunningService
 
 
 def _b64(data: dict[str, Any]) -> str:
@@ -131,19 +131,18 @@ async def test_leeway_admits_small_clock_skew(service: RunningService, transport
     await peer.close()
 
 
-@pytest.mark.parametrize("settings_kw", [{"jwt_issuer": "https://idp.example.com"},
-                                         {"jwt_audience": "signaling"}])
-async def test_issuer_and_audience_are_enforced(transport: str,
-                                                settings_kw: dict[str, str]) -> None:
+@pytest.mark.parametrize(("claim", "value"), [("iss", "https://idp.example.com"),
+                                              ("aud", "signaling")])
+async def test_issuer_and_audience_are_enforced(transport: str, claim: str, value: str) -> None:
     """With an issuer or audience configured, tokens without it, or with a near miss, are
     refused; tokens that carry it connect."""
     from service.config import Secret, Settings
-    from tests.conftest import start_service
+    from tests.support import start_service
 
-    running, stop = await start_service(Settings(jwt_secret=Secret(SECRET), **settings_kw))
+    settings = Settings(jwt_secret=Secret(SECRET), jwt_issuer=value if claim == "iss" else None,
+                        jwt_audience=value if claim == "aud" else None)
+    running, stop = await start_service(settings)
     try:
-        claim = "iss" if "jwt_issuer" in settings_kw else "aud"
-        value = next(iter(settings_kw.values()))
         base = {"sub": "alice", "exp": _now() + 600}
         for wrong in ({}, {claim: value[:-1]}, {claim: value + "x"}, {claim: "other"}):
             refusal = await _refusal(running, transport, token=_signed({**base, **wrong}))

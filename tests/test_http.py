@@ -7,7 +7,7 @@ import socketio
 
 from service.config import Secret, Settings
 from service.factory import create_app
-from tests.conftest import SECRET, Peer, start_service
+from tests.support import SECRET, Peer, start_service
 
 HANDSHAKE = "/socket.io/?EIO=4&transport=polling"
 

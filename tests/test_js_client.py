@@ -8,7 +8,7 @@ import os
 import shutil
 from pathlib import Path
 
-from tests.conftest import RunningService
+from tests.support import RunningService
 
 JS = Path(__file__).parent / "js"
 

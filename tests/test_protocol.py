@@ -11,8 +11,9 @@ from service.protocol import parse_relay, parse_room_request, parse_user_id
 from tests.test_relay import CANDIDATE, SDP
 
 
-@pytest.mark.parametrize(("value", "expected"), [("alice", "alice"), (42, "42"), (0, "0"),
-                                                 ("auth0|5f1c", "auth0|5f1c"), ("é" * 256, "é" * 256)])
+@pytest.mark.parametrize(("value", "expected"), [
+    ("alice", "alice"), (42, "42"), (0, "0"), ("auth0|5f1c", "auth0|5f1c"), ("é" * 256, "é" * 256),
+])
 def test_user_ids_accepted(value: object, expected: str) -> None:
     """Strings and integers are user ids; integers read as decimal strings."""
     assert parse_user_id(value) == expected

@@ -50,7 +50,7 @@ async def test_spoofed_from_is_overwritten(peers: Peers, event: str) -> None:
 
 async def test_relay_across_transports(service: Any) -> None:
     """A websocket caller and a polling callee talk both ways."""
-    from tests.conftest import Peer
+    from tests.support import Peer
 
     alice, bob = Peer(service.url, "websocket"), Peer(service.url, "polling")
     for peer, user in ((alice, "alice"), (bob, "bob")):
@@ -205,7 +205,7 @@ async def test_candidate_is_normalised_to_rtc_ice_candidate_init(peers: Peers) -
 async def test_numeric_user_ids(service: Any, transport: str) -> None:
     """Integer ids are read as their decimal string: ``JoinSocket(42)`` for ``sub: "42"`` and
     ``to: 7`` reach user ``"7"``; a float id is refused."""
-    from tests.conftest import Peer
+    from tests.support import Peer
 
     caller, callee = Peer(service.url, transport), Peer(service.url, transport)
     await caller.connect(service.token("42"))

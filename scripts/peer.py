@@ -43,21 +43,17 @@ async def run(url: str, token: str, mode: str, callee: str | None, wait_s: float
     def say(text: str) -> None:
         print(f"[{me}] {text}", flush=True)
 
-    @sio.on("connect_error")
     async def on_refused(data: Any) -> None:
         refused.append(data)
 
-    @sio.on("offer")
     async def on_offer(msg: dict[str, Any]) -> None:
         say(f"offer from {msg['from']}; answering")
         await sio.call("answer", {"to": msg["from"], "answer": {"type": "answer", "sdp": SDP}})
         await sio.call("candidate", {"to": msg["from"], "candidate": CANDIDATE})
 
-    @sio.on("answer")
     async def on_answer(msg: dict[str, Any]) -> None:
         say(f"answer from {msg['from']}")
 
-    @sio.on("candidate")
     async def on_candidate(msg: dict[str, Any]) -> None:
         say(f"candidate from {msg['from']}")
         if mode == "call" and not done.done():
@@ -65,12 +61,16 @@ async def run(url: str, token: str, mode: str, callee: str | None, wait_s: float
             say(f"hung up ({ack})")
             done.set_result(0)
 
-    @sio.on("hangup")
     async def on_hangup(msg: dict[str, Any]) -> None:
         say(f"hangup from {msg['from']}")
         if not done.done():
             done.set_result(0)
 
+    sio.on("connect_error", on_refused)
+    sio.on("offer", on_offer)
+    sio.on("answer", on_answer)
+    sio.on("candidate", on_candidate)
+    sio.on("hangup", on_hangup)
     try:
         await sio.connect(url, auth={"token": token}, wait_timeout=10)
     except socketio.exceptions.ConnectionError:

@@ -19,7 +19,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import socketio
+from engineio.payload import Payload
 
+# python-engineio's client otherwise drops a long-poll response of more than 16 packets
+Payload.max_decode_packets = 1_000_000
 SDP = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=peer.py\r\nt=0 0\r\n"
 CANDIDATE = {"candidate": "", "sdpMid": "0", "sdpMLineIndex": 0}
 

@@ -15,16 +15,19 @@ from service.signaling import Signaling
 from service.socket_server import SignalingServer
 
 SOCKETIO_PATH: Final = "socket.io"
-#: Engine.IO refuses a long-polling POST carrying more than 16 packets (and the client then
-#: loses all of them); clients batch whatever queued up, and one ICE gathering burst is often
-#: more than 16 events. The POST's byte size stays bounded by ``max_http_buffer_size``.
-MAX_PACKETS_PER_POLL: Final = 256
+#: Engine.IO bytes accepted per long-polling POST (its default). It is advertised to clients
+#: as ``maxPayload``, and socket.io-client splits its batches to fit.
+MAX_POLL_BYTES: Final = 1_000_000
 
 
 def create_app(settings: Settings, *, name: str = "signaling") -> Sanic[Any, Any]:
     """Build the service from ``settings``; reads nothing from the environment."""
     logger = configure_logging(settings.log_level)
-    Payload.max_decode_packets = MAX_PACKETS_PER_POLL  # a class attribute: process-wide
+    # Engine.IO also refuses a POST of more than 16 packets, a limit clients are never told:
+    # they batch whatever queued up (one ICE gathering burst is often more than 16 events)
+    # and lose the whole batch. The advertised byte limit is the real bound, and it implies
+    # at most one packet per byte. (A class attribute: process-wide.)
+    Payload.max_decode_packets = MAX_POLL_BYTES
     app = Sanic(name)
     # polling clients would fill an access log with one line per long-poll; connect and
     # disconnect are logged by the service itself
@@ -33,11 +36,15 @@ def create_app(settings: Settings, *, name: str = "signaling") -> Sanic[Any, Any
         async_mode="sanic",
         # None = same origin only; "*" = any origin (development)
         cors_allowed_origins=list(settings.cors_origins) or None,
-        # handlers run inline in Engine.IO's per-message task: one task per event, in order
+        # Socket.IO handlers run inline, not in a task of their own ...
         async_handlers=False,
         logger=False,
         engineio_logger=False,
+        max_http_buffer_size=MAX_POLL_BYTES,
     )
+    # ... and Engine.IO too: each connection's messages are handled one after another, so a
+    # sender's relays go out in the order they came in, with one task fewer per message
+    sio.eio.async_handlers = False
     sio.attach(app, socketio_path=SOCKETIO_PATH)
     signaling = Signaling(sio, TokenVerifier(settings), logger)
     signaling.register()

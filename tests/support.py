@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import socketio
+from engineio.payload import Payload
 from sanic import Sanic
 
 from service.auth import mint
@@ -23,6 +24,11 @@ TRANSPORTS = ["websocket", "polling"]
 # the originals, so that many apps can start in one process, as Sanic's own tests do.
 Sanic.test_mode = True
 _names = itertools.count()
+# python-engineio's *client* drops a long-poll response holding more than 16 packets (the
+# service sends whatever queued up, as the JavaScript server does). The service raises the
+# same class attribute for the POSTs it receives; a python-socketio app on long-polling must
+# raise it too, as scripts/peer.py does. Set here explicitly, not inherited from the factory.
+Payload.max_decode_packets = 1_000_000
 
 
 @dataclass

@@ -74,6 +74,12 @@ class Signaling:
             raise socketio.exceptions.ConnectionRefusedError(
                 exc.code, {"reason": exc.reason}
             ) from None
+        except Exception:
+            # python-socketio would leave the client waiting for an answer that never comes
+            self.log.exception("connect_failed", extra={"fields": {"sid": sid}})
+            raise socketio.exceptions.ConnectionRefusedError(
+                "internal_error", {"reason": "internal_error"}
+            ) from None
         self.sessions[sid] = Session(identity, transport, ip, time.monotonic())
         log_event(self.log, "connect", sid=sid, user=identity.user_id, transport=transport,
                   ip=ip)

@@ -158,3 +158,16 @@ async def test_issuer_and_audience_are_enforced(transport: str, claim: str, valu
         await peer.close()
     finally:
         await stop()
+
+
+async def test_a_bug_in_connect_refuses_promptly(service: RunningService, transport: str,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """If verification itself breaks (a fault injected into our own verifier), the client is
+    refused with ``internal_error`` at once instead of waiting for an answer."""
+
+    def broken(token: str) -> Any:
+        raise RuntimeError("verifier bug")
+
+    monkeypatch.setattr(service.app.ctx.signaling.verifier, "verify", broken)
+    refusal = await _refusal(service, transport, token=service.token("alice"))
+    assert refusal == {"message": "internal_error", "data": {"reason": "internal_error"}}

@@ -10,21 +10,30 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from ipaddress import ip_address
 from pathlib import Path
-from typing import Any, TypeVar
+from types import SimpleNamespace
+from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit
 
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from dotenv import dotenv_values
 
 from service.errors import ConfigError
 
-PREFIX = "SIGNAL_"
-MIN_SECRET_BYTES = 32
-MAX_LEEWAY_SECONDS = 300
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+PREFIX: Final = "SIGNAL_"
+MIN_SECRET_BYTES: Final = 32
+MAX_LEEWAY_SECONDS: Final = 300
+LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
+#: every algorithm the service can verify; ``none`` is never one of them
+SUPPORTED_ALGORITHMS: Final = (
+    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
+    "ES256", "ES384", "ES512", "EdDSA",
+)
+DEFAULT_ALGORITHMS: Final[tuple[str, ...]] = ("HS256", "RS256", "ES256", "EdDSA")
 
 T = TypeVar("T")
-_NO_ORIGINS: tuple[str, ...] = ()
 
 
 class Secret:
@@ -52,21 +61,45 @@ class Secret:
 
 
 @dataclass(frozen=True, slots=True)
+class JwksEndpoint:
+    """A JWKS URL and the one issuer whose tokens its keys may verify."""
+
+    issuer: str
+    url: str
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the service is configured with. Build it with :meth:`from_env` in
-    production, or directly (keyword arguments) in tests."""
+    production, or directly (keyword arguments) in tests; both are validated the same way.
 
-    jwt_secret: Secret
-    jwt_issuer: str | None = None
-    jwt_audience: str | None = None
+    Key sources: HS secrets (current and previous), PEM public keys, and JWKS endpoints, each
+    bound to one issuer. At least one source is required.
+    """
+
+    jwt_secret: Secret | None = None
+    jwt_previous_secret: Secret | None = None
+    jwt_public_keys: tuple[str, ...] = ()
+    jwt_jwks: tuple[JwksEndpoint, ...] = ()
+    jwt_algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
+    jwt_issuers: tuple[str, ...] = ()
+    jwt_audiences: tuple[str, ...] = ()
     jwt_leeway: int = 5
+    jwt_user_claim: str = "sub"
+    jwt_max_lifetime: int = 86400
+    jwt_max_token_bytes: int = 8192
+    jwt_denylist_file: Path | None = None
+    jwks_cache_ttl: int = 300
+    jwks_refresh_interval: int = 30
+    jwks_timeout: float = 5.0
+    token_expiry_warning: int = 60
     cors_origins: tuple[str, ...] = ()
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
-        problems = _check_secret(self.jwt_secret.reveal(), f"{PREFIX}JWT_SECRET")
+        problems = _invariants(self)
         if problems:
-            raise ConfigError([problems])
+            raise ConfigError(problems)
 
     @classmethod
     def from_env(
@@ -86,15 +119,12 @@ class Settings:
         return _parse({k: v for k, v in merged.items() if k.startswith(PREFIX)})
 
 
-KNOWN = {
-    "JWT_SECRET",
-    "JWT_ISSUER",
-    "JWT_AUDIENCE",
-    "JWT_LEEWAY",
-    "CORS_ORIGINS",
-    "LOG_LEVEL",
-    "ENV_FILE",
-}
+KNOWN: Final = frozenset({
+    "JWT_SECRET", "JWT_PREVIOUS_SECRET", "JWT_PUBLIC_KEY", "JWT_JWKS_URL", "JWT_ALGORITHMS",
+    "JWT_ISSUER", "JWT_AUDIENCE", "JWT_LEEWAY", "JWT_USER_CLAIM", "JWT_MAX_LIFETIME",
+    "JWT_MAX_TOKEN_BYTES", "JWT_DENYLIST_FILE", "JWKS_CACHE_TTL", "JWKS_REFRESH_INTERVAL",
+    "JWKS_TIMEOUT", "TOKEN_EXPIRY_WARNING", "CORS_ORIGINS", "LOG_LEVEL", "ENV_FILE",
+})
 
 
 def _parse(values: Mapping[str, str]) -> Settings:
@@ -112,28 +142,71 @@ def _parse(values: Mapping[str, str]) -> Settings:
             return default
 
     for var in sorted(values):
-        if var[len(PREFIX) :] not in KNOWN:
+        if var[len(PREFIX):] not in KNOWN:
             problems.append(f"{var} is not a setting of this service (typo?).")
 
-    secret = values.get(f"{PREFIX}JWT_SECRET", "").strip()
-    if not secret:
-        problems.append(
-            f"{PREFIX}JWT_SECRET is missing, and has no default "
-            "(scripts/run writes a development secret into .env for you)."
-        )
-    elif msg := _check_secret(secret, f"{PREFIX}JWT_SECRET"):
-        problems.append(msg)
-
+    no_text: tuple[str, ...] = ()
+    no_jwks: tuple[JwksEndpoint, ...] = ()
+    issuers = field("JWT_ISSUER", _text_list, no_text)
     kwargs: dict[str, Any] = {
-        "jwt_issuer": field("JWT_ISSUER", _text, None),
-        "jwt_audience": field("JWT_AUDIENCE", _text, None),
-        "jwt_leeway": field("JWT_LEEWAY", _leeway, 5),
-        "cors_origins": field("CORS_ORIGINS", _origins, _NO_ORIGINS),
+        "jwt_secret": field("JWT_SECRET", _secret, None),
+        "jwt_previous_secret": field("JWT_PREVIOUS_SECRET", _secret, None),
+        "jwt_public_keys": field("JWT_PUBLIC_KEY", _public_keys, no_text),
+        "jwt_jwks": field("JWT_JWKS_URL", lambda raw, var: _jwks(raw, var, issuers), no_jwks),
+        "jwt_algorithms": field("JWT_ALGORITHMS", _algorithms, tuple(DEFAULT_ALGORITHMS)),
+        "jwt_issuers": issuers,
+        "jwt_audiences": field("JWT_AUDIENCE", _text_list, no_text),
+        "jwt_leeway": field("JWT_LEEWAY", _int(0, MAX_LEEWAY_SECONDS), 5),
+        "jwt_user_claim": field("JWT_USER_CLAIM", _text, "sub"),
+        "jwt_max_lifetime": field("JWT_MAX_LIFETIME", _int(60, 366 * 86400), 86400),
+        "jwt_max_token_bytes": field("JWT_MAX_TOKEN_BYTES", _int(256, 65536), 8192),
+        "jwt_denylist_file": field("JWT_DENYLIST_FILE", _existing_file, None),
+        "jwks_cache_ttl": field("JWKS_CACHE_TTL", _int(10, 86400), 300),
+        "jwks_refresh_interval": field("JWKS_REFRESH_INTERVAL", _int(1, 3600), 30),
+        "jwks_timeout": float(field("JWKS_TIMEOUT", _int(1, 60), 5)),
+        "token_expiry_warning": field("TOKEN_EXPIRY_WARNING", _int(0, 3600), 60),
+        "cors_origins": field("CORS_ORIGINS", _origins, no_text),
         "log_level": field("LOG_LEVEL", _log_level, "INFO"),
     }
+    problems.extend(_invariants(SimpleNamespace(**kwargs)))
     if problems:
         raise ConfigError(problems)
-    return Settings(jwt_secret=Secret(secret), **kwargs)
+    return Settings(**kwargs)
+
+
+def _invariants(s: Any) -> list[str]:
+    """Rules that involve several settings; shared by ``from_env`` and direct construction."""
+    problems: list[str] = []
+    for var, secret in (("JWT_SECRET", s.jwt_secret), ("JWT_PREVIOUS_SECRET",
+                                                       s.jwt_previous_secret)):
+        if secret is not None and (msg := _check_secret(secret.reveal(), PREFIX + var)):
+            problems.append(msg)
+    if s.jwt_previous_secret is not None and s.jwt_secret is None:
+        problems.append(f"{PREFIX}JWT_PREVIOUS_SECRET is set without {PREFIX}JWT_SECRET.")
+    if s.jwt_secret is None and not s.jwt_public_keys and not s.jwt_jwks:
+        problems.append(
+            f"No key to verify tokens with: set {PREFIX}JWT_SECRET, {PREFIX}JWT_PUBLIC_KEY or "
+            f"{PREFIX}JWT_JWKS_URL (scripts/run writes a development secret into .env for you)."
+        )
+    unsupported = [a for a in s.jwt_algorithms if a not in SUPPORTED_ALGORITHMS]
+    if unsupported or not s.jwt_algorithms:
+        problems.append(
+            f"{PREFIX}JWT_ALGORITHMS must list some of {', '.join(SUPPORTED_ALGORITHMS)}; "
+            f"not supported: {', '.join(unsupported) or '(empty)'}."
+        )
+    issuers = [e.issuer for e in s.jwt_jwks]
+    if len(set(issuers)) != len(issuers):
+        problems.append(f"{PREFIX}JWT_JWKS_URL names an issuer twice.")
+    if s.jwt_issuers:
+        strays = [i for i in issuers if i not in s.jwt_issuers]
+        if strays:
+            problems.append(
+                f"{PREFIX}JWT_JWKS_URL binds keys to issuers not in {PREFIX}JWT_ISSUER: "
+                f"{', '.join(strays)}."
+            )
+    if not s.jwt_user_claim:
+        problems.append(f"{PREFIX}JWT_USER_CLAIM must name a claim.")
+    return problems
 
 
 def _check_secret(secret: str, var: str) -> str | None:
@@ -146,22 +219,116 @@ def _check_secret(secret: str, var: str) -> str | None:
     return None
 
 
+def _secret(raw: str, var: str) -> Secret:
+    return Secret(raw)
+
+
 def _text(raw: str, var: str) -> str:
     if any(ord(c) < 32 for c in raw):
         raise ValueError(f"{var} contains control characters.")
     return raw
 
 
-def _leeway(raw: str, var: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= MAX_LEEWAY_SECONDS:
+def _text_list(raw: str, var: str) -> tuple[str, ...]:
+    return tuple(_text(item.strip(), var) for item in raw.split(",") if item.strip())
+
+
+def _int(low: int, high: int) -> Callable[[str, str], int]:
+    def parse(raw: str, var: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            value = low - 1
+        if not low <= value <= high:
+            raise ValueError(f"{var} must be a whole number from {low} to {high}, got {raw!r}.")
+        return value
+
+    return parse
+
+
+def _algorithms(raw: str, var: str) -> tuple[str, ...]:
+    names = tuple(item.strip() for item in raw.split(",") if item.strip())
+    bad = [n for n in names if n not in SUPPORTED_ALGORITHMS]
+    if bad:
         raise ValueError(
-            f"{var} must be a whole number of seconds from 0 to {MAX_LEEWAY_SECONDS}, got {raw!r}."
+            f"{var} must list some of {', '.join(SUPPORTED_ALGORITHMS)} (exact spelling); "
+            f"not supported: {', '.join(bad)}."
         )
-    return value
+    return names
+
+
+def _public_keys(raw: str, var: str) -> tuple[str, ...]:
+    """Inline PEM (``\\n`` escapes allowed) or the path of a PEM file; several concatenated
+    public keys are allowed (for rotation)."""
+    text = raw.replace("\\n", "\n") if raw.lstrip().startswith("-----BEGIN") else None
+    if text is None:
+        path = Path(raw).expanduser()
+        if not path.is_file():
+            raise ValueError(f"{var} is neither a PEM public key nor the path of a file.")
+        text = path.read_text()
+    if "PRIVATE KEY" in text:
+        raise ValueError(f"{var} holds a private key; give the public key only.")
+    blocks = [f"-----BEGIN{part}" for part in text.split("-----BEGIN")[1:]]
+    if not blocks:
+        raise ValueError(f"{var} holds no PEM block.")
+    for block in blocks:
+        try:
+            key = load_pem_public_key(block.encode())
+        except ValueError:
+            raise ValueError(f"{var} holds a PEM block that is not a public key.") from None
+        if not isinstance(key, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey,
+                                ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)):
+            raise ValueError(f"{var}: only RSA, EC and Ed25519/Ed448 public keys are supported.")
+    return tuple(blocks)
+
+
+def _jwks(raw: str, var: str, issuers: tuple[str, ...]) -> tuple[JwksEndpoint, ...]:
+    """Comma-separated entries, each ``URL`` (bound to the single SIGNAL_JWT_ISSUER) or
+    ``ISSUER URL``."""
+    endpoints = []
+    for entry in (e.strip() for e in raw.split(",")):
+        if not entry:
+            continue
+        parts = entry.split()
+        if len(parts) == 1:
+            if len(issuers) != 1:
+                raise ValueError(
+                    f"{var}: a bare URL needs exactly one {PREFIX}JWT_ISSUER to bind its keys "
+                    f"to; with several issuers write 'ISSUER URL' entries."
+                )
+            issuer, url = issuers[0], parts[0]
+        elif len(parts) == 2:
+            issuer, url = parts
+        else:
+            raise ValueError(f"{var} entries are 'URL' or 'ISSUER URL', got {entry!r}.")
+        _check_url(url, var)
+        endpoints.append(JwksEndpoint(issuer=issuer, url=url))
+    return tuple(endpoints)
+
+
+def _check_url(url: str, var: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return
+    if parts.scheme == "http" and parts.hostname and _is_loopback(parts.hostname):
+        return
+    raise ValueError(f"{var}: {url!r} must be an https:// URL (http:// only for localhost).")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _existing_file(raw: str, var: str) -> Path:
+    path = Path(raw).expanduser()
+    if not path.is_file():
+        raise ValueError(f"{var}: no file at {raw!r}.")
+    return path
 
 
 def _origins(raw: str, var: str) -> tuple[str, ...]:

@@ -8,7 +8,8 @@
     │   ├── TokenMissing            reason "token_missing"
     │   ├── TokenInvalid            reason "token_invalid"
     │   ├── TokenExpired            reason "token_expired"
-    │   └── TokenNotYetValid        reason "token_not_yet_valid"
+    │   ├── TokenNotYetValid        reason "token_not_yet_valid"
+    │   └── TokenRevoked            reason "token_revoked"
     └── RequestError                an event is answered {"ok": false, "error": code}
         ├── InvalidPayload          "invalid_payload"
         ├── Forbidden               "forbidden"
@@ -66,6 +67,12 @@ class TokenNotYetValid(AuthError):
     """The token's ``nbf`` or ``iat`` lies in the future (beyond the leeway)."""
 
     reason = "token_not_yet_valid"
+
+
+class TokenRevoked(AuthError):
+    """The token's ``jti`` is on the deny-list: get a new token (signing in again)."""
+
+    reason = "token_revoked"
 
 
 class RequestError(SignalingError):

@@ -46,8 +46,18 @@ def create_app(settings: Settings, *, name: str = "signaling") -> Sanic[Any, Any
     # sender's relays go out in the order they came in, with one task fewer per message
     sio.eio.async_handlers = False
     sio.attach(app, socketio_path=SOCKETIO_PATH)
-    signaling = Signaling(sio, TokenVerifier(settings), logger)
+    signaling = Signaling(sio, TokenVerifier(settings, logger), logger,
+                          expiry_warning=settings.token_expiry_warning)
     signaling.register()
+
+    @app.after_server_start
+    async def start_background(app: Sanic[Any, Any]) -> None:
+        await signaling.start()
+
+    @app.before_server_stop
+    async def stop_background(app: Sanic[Any, Any]) -> None:
+        await signaling.stop()
+
     routes.register(app)
     app.ctx.settings = settings
     app.ctx.sio = sio

@@ -35,6 +35,9 @@ ANSWER: Final = "answer"
 CANDIDATE: Final = "candidate"
 HANGUP: Final = "hangup"
 RELAY_EVENTS: Final = (OFFER, ANSWER, CANDIDATE, HANGUP)
+REFRESH: Final = "RefreshToken"
+#: a refresh token argument longer than this is refused before the verifier sees it
+MAX_REFRESH_TOKEN_LENGTH: Final = 65536
 
 #: which RTCSessionDescription ``type`` each description-carrying event may hold
 _DESCRIPTION_TYPES: Final = {OFFER: ("offer",), ANSWER: ("answer", "pranswer")}
@@ -103,6 +106,17 @@ def parse_user_id(value: object, field: str = "userID") -> str:
 def parse_room_request(args: Sequence[object]) -> str:
     """``JoinSocket(userID)`` / ``LeaveSocket(userID)``: exactly one user id."""
     return parse_user_id(_single(args))
+
+
+def parse_refresh(args: Sequence[object]) -> str:
+    """``RefreshToken(token)``: the token as a string, or ``{"token": ...}`` like the
+    connection's ``auth`` payload."""
+    value = _single(args)
+    if isinstance(value, dict):
+        value = value.get("token")
+    if not isinstance(value, str) or not value or len(value) > MAX_REFRESH_TOKEN_LENGTH:
+        raise InvalidPayload("RefreshToken takes a token string or {token}")
+    return value
 
 
 def parse_relay(event: str, args: Sequence[object]) -> Relay:

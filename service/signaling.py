@@ -2,10 +2,17 @@
 
 Users are addressed through rooms named ``user:<id>``, never a bare id, so a client cannot
 reach a socket through the per-socket rooms python-socketio names after each sid.
+
+A connection lives as long as its token: ``token_expiring`` is emitted shortly before
+``exp``, ``RefreshToken`` swaps in a new token for the same user, and at ``exp`` (plus leeway),
+or when the token's ``jti`` is revoked, the server emits ``server_disconnect`` with the reason
+and closes the connection.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -15,11 +22,22 @@ from typing import Any, Final
 import socketio
 
 from service.auth import Identity, TokenVerifier, extract_token
-from service.errors import AuthError, Forbidden, RequestError, UnknownEvent
+from service.errors import AuthError, Forbidden, RequestError, TokenExpired, UnknownEvent
+from service.expiry import ExpiryTimers
 from service.logs import log_event
-from service.protocol import JOIN, LEAVE, RELAY_EVENTS, parse_relay, parse_room_request
+from service.protocol import (
+    JOIN,
+    LEAVE,
+    REFRESH,
+    RELAY_EVENTS,
+    parse_refresh,
+    parse_relay,
+    parse_room_request,
+)
 
 NAMESPACE: Final = "/"
+#: how often the jti deny-list file is checked for newly revoked, connected tokens
+REVOCATION_SWEEP_SECONDS: Final = 2.0
 Ack = dict[str, Any]
 Handler = Callable[..., Awaitable[Ack]]
 
@@ -29,7 +47,7 @@ def user_room(user_id: str) -> str:
     return f"user:{user_id}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Session:
     """What the server remembers about one connected socket."""
 
@@ -37,18 +55,36 @@ class Session:
     transport: str
     ip: str
     connected_at: float
+    #: why the server closed it, when it did
+    closing: str | None = None
 
 
 class Signaling:
     """Binds the protocol to a ``socketio.AsyncServer``."""
 
-    def __init__(
-        self, sio: socketio.AsyncServer, verifier: TokenVerifier, logger: logging.Logger
-    ) -> None:
+    def __init__(self, sio: socketio.AsyncServer, verifier: TokenVerifier,
+                 logger: logging.Logger, *, expiry_warning: int) -> None:
         self.sio = sio
         self.verifier = verifier
         self.log = logger
         self.sessions: dict[str, Session] = {}
+        self.timers = ExpiryTimers(warning=expiry_warning, leeway=verifier.leeway,
+                                   warn=self._warn_expiring, expire=self._expire)
+        self._background: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        """Background work while serving: load JWKS, watch the deny-list."""
+        self._background = [asyncio.ensure_future(self.verifier.prefetch())]
+        if self.verifier.denylist is not None:
+            self._background.append(asyncio.ensure_future(self._sweep_revoked()))
+
+    async def stop(self) -> None:
+        self.timers.close()
+        for task in self._background:
+            task.cancel()
+        for task in self._background:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     def register(self) -> None:
         """Install every handler on the server."""
@@ -56,6 +92,7 @@ class Signaling:
         self.sio.on("disconnect", self.disconnect)
         self.sio.on(JOIN, self._answering(JOIN, self.join))
         self.sio.on(LEAVE, self._answering(LEAVE, self.leave))
+        self.sio.on(REFRESH, self._answering(REFRESH, self.refresh))
         for event in RELAY_EVENTS:
             self.sio.on(event, self._answering(event, self._relay_handler(event)))
         self.sio.on("*", self.unknown)
@@ -67,7 +104,7 @@ class Signaling:
         transport = self._transport(sid)
         try:
             token = extract_token(auth, environ.get("HTTP_AUTHORIZATION"))
-            identity = self.verifier.verify(token)
+            identity = await self.verifier.verify(token)
         except AuthError as exc:
             log_event(self.log, "connect_refused", sid=sid, reason=exc.reason,
                       transport=transport, ip=ip)
@@ -81,17 +118,20 @@ class Signaling:
                 "internal_error", {"reason": "internal_error"}
             ) from None
         self.sessions[sid] = Session(identity, transport, ip, time.monotonic())
+        self.timers.arm(sid, identity)
         log_event(self.log, "connect", sid=sid, user=identity.user_id, transport=transport,
-                  ip=ip)
+                  ip=ip, exp=identity.expires_at)
 
     async def disconnect(self, sid: str, reason: str | None = None) -> None:
         """Forget the socket; python-socketio removes it from its rooms."""
         session = self.sessions.pop(sid, None)
+        self.timers.disarm(sid)
         if session is None:
             return
         log_event(
             self.log, "disconnect", sid=sid, user=session.identity.user_id,
-            transport=self._transport(sid, session.transport), reason=str(reason),
+            transport=self._transport(sid, session.transport),
+            reason=session.closing or str(reason),
             duration_s=round(time.monotonic() - session.connected_at, 3),
         )
 
@@ -119,6 +159,53 @@ class Signaling:
             await self.sio.emit(event, relay.stamped(sender), room=room, skip_sid=sid)
         return {"ok": True, "delivered": delivered}
 
+    async def refresh(self, sid: str, *args: object) -> Ack:
+        """``RefreshToken(token)``: replace the connection's token with a newer one for the
+        same user; the expiry timers follow the new ``exp``."""
+        token = parse_refresh(args)
+        session = self._session(sid)
+        identity = await self.verifier.verify(token)
+        if identity.user_id != session.identity.user_id:
+            raise Forbidden("the new token names another user")
+        session.identity = identity
+        self.timers.arm(sid, identity)
+        log_event(self.log, "token_refreshed", sid=sid, user=identity.user_id,
+                  exp=identity.expires_at)
+        return {"ok": True, "exp": identity.expires_at}
+
+    async def close(self, sid: str, reason: str) -> None:
+        """Tell the client why (``server_disconnect``), then disconnect it."""
+        session = self.sessions.get(sid)
+        if session is None or session.closing is not None:
+            return
+        session.closing = reason
+        self.timers.disarm(sid)
+        await self.sio.emit("server_disconnect", {"reason": reason}, to=sid)
+        await self.sio.disconnect(sid)
+
+    async def _warn_expiring(self, sid: str, identity: Identity) -> None:
+        session = self.sessions.get(sid)
+        if session is None or session.identity is not identity:
+            return
+        remaining = max(0, round(identity.expires_at - time.time()))
+        await self.sio.emit("token_expiring", {"exp": identity.expires_at,
+                                               "expires_in": remaining}, to=sid)
+
+    async def _expire(self, sid: str, identity: Identity) -> None:
+        session = self.sessions.get(sid)
+        if session is not None and session.identity is identity:
+            await self.close(sid, TokenExpired.reason)
+
+    async def _sweep_revoked(self) -> None:
+        assert self.verifier.denylist is not None
+        while True:
+            await asyncio.sleep(REVOCATION_SWEEP_SECONDS)
+            if not self.verifier.denylist.reload():
+                continue
+            for sid, session in list(self.sessions.items()):
+                if self.verifier.is_revoked(session.identity):
+                    await self.close(sid, "token_revoked")
+
     async def unknown(self, event: str, sid: str, *args: object) -> Ack:
         """Any event outside the protocol."""
         log_event(self.log, "unknown_event", logging.DEBUG, sid=sid, name=event[:64])
@@ -140,6 +227,8 @@ class Signaling:
                 return await handler(sid, *args)
             except RequestError as exc:
                 return {"ok": False, "error": exc.code, "detail": str(exc)}
+            except AuthError as exc:  # RefreshToken, or a token that expired meanwhile
+                return {"ok": False, "error": exc.reason}
             except Exception:
                 self.log.exception("handler_failed", extra={"fields": {"sid": sid,
                                                                        "name": event}})
@@ -149,8 +238,11 @@ class Signaling:
 
     def _session(self, sid: str) -> Session:
         session = self.sessions.get(sid)
-        if session is None:  # only reachable if a handler runs after disconnect
+        if session is None or session.closing is not None:
             raise Forbidden("not connected")
+        if time.time() > session.identity.expires_at + self.verifier.leeway:
+            # the timer closes it; until then the expired token grants nothing
+            raise TokenExpired("token has expired")
         return session
 
     def _own_id(self, sid: str, user_id: str) -> str:

@@ -57,10 +57,14 @@ async def start_service(settings: Settings) -> tuple[RunningService, Callable[[]
     server = await app.create_server(sock=sock, return_asyncio_server=True)
     assert server is not None
     await server.startup()  # type: ignore[no-untyped-call]
+    await server.before_start()  # type: ignore[no-untyped-call]
     await server.start_serving()  # type: ignore[no-untyped-call]
+    await server.after_start()  # type: ignore[no-untyped-call]
 
     async def stop() -> None:
+        await server.before_stop()  # type: ignore[no-untyped-call]
         await server.close()  # type: ignore[no-untyped-call]
+        await server.after_stop()  # type: ignore[no-untyped-call]
         sock.close()
 
     return RunningService(app, f"http://127.0.0.1:{port}", settings), stop

@@ -43,13 +43,13 @@ def _clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def test_mint_prints_a_token_the_service_accepts(workdir: Path,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+async def test_mint_prints_a_token_the_service_accepts(
+        workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``main([USER_ID, --ttl])`` prints, as its last line, a token that verifies with the
     settings from ``.env`` (issuer included) and lives ``--ttl`` seconds."""
     assert mint_main(["alice", "--ttl", "120"]) == 0
     token = capsys.readouterr().out.strip().splitlines()[-1]
-    identity = TokenVerifier(Settings.from_env()).verify(token)
+    identity = await TokenVerifier(Settings.from_env()).verify(token)
     assert identity.user_id == "alice"
     import jwt
 
@@ -58,7 +58,8 @@ def test_mint_prints_a_token_the_service_accepts(workdir: Path,
     assert claims["exp"] - claims["iat"] == 120
 
 
-@pytest.mark.parametrize("argv", [["alice", "--ttl", "0"], ["bad\nid"], []])
+@pytest.mark.parametrize("argv", [["alice", "--ttl", "0"], ["bad\nid"], [],
+                                  ["alice", "--alg", "none"]])
 def test_mint_refuses_bad_arguments(workdir: Path, argv: list[str]) -> None:
     """A non-positive ttl, an unusable user id, or no user id exits with usage status 2."""
     with pytest.raises(SystemExit) as caught:
@@ -73,7 +74,7 @@ def test_mint_without_settings_explains(workdir: Path,
     assert mint_main(["alice"]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert "SIGNAL_JWT_SECRET is missing" in captured.err
+    assert "No key to verify tokens with: set SIGNAL_JWT_SECRET" in captured.err
 
 
 @dataclass

@@ -139,8 +139,9 @@ async def test_issuer_and_audience_are_enforced(transport: str, claim: str, valu
     from service.config import Secret, Settings
     from tests.support import start_service
 
-    settings = Settings(jwt_secret=Secret(SECRET), jwt_issuer=value if claim == "iss" else None,
-                        jwt_audience=value if claim == "aud" else None)
+    settings = Settings(jwt_secret=Secret(SECRET),
+                        jwt_issuers=(value,) if claim == "iss" else (),
+                        jwt_audiences=(value,) if claim == "aud" else ())
     running, stop = await start_service(settings)
     try:
         base = {"sub": "alice", "exp": _now() + 600}

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import socket
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,12 +63,50 @@ async def start_service(settings: Settings) -> tuple[RunningService, Callable[[]
     await server.after_start()  # type: ignore[no-untyped-call]
 
     async def stop() -> None:
+        # what `sanic` does on shutdown: stop listening, let idle connections close, give
+        # the others a moment, then close them
         await server.before_stop()  # type: ignore[no-untyped-call]
         await server.close()  # type: ignore[no-untyped-call]
+        for conn in list(server.connections):
+            conn.close_if_idle()
+        for _ in range(20):
+            if not server.connections:
+                break
+            await asyncio.sleep(0.05)
+        for conn in list(server.connections):
+            if getattr(conn, "websocket", None):
+                conn.websocket.fail_connection(code=1001)
+            else:
+                conn.abort()
+        # closing transports finish on the next loop iteration
+        await asyncio.sleep(0)
         await server.after_stop()  # type: ignore[no-untyped-call]
         sock.close()
 
     return RunningService(app, f"http://127.0.0.1:{port}", settings), stop
+
+
+@contextlib.asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[RunningService]:
+    """The service, started with ``settings`` for the length of a ``with`` block."""
+    running, stop = await start_service(settings)
+    try:
+        yield running
+    finally:
+        await stop()
+
+
+async def refusal(url: str, transport: str, **connect: Any) -> Any:
+    """Connect with ``connect`` arguments, expect a refusal, and return its data."""
+    peer = Peer(url, transport)
+    try:
+        await peer.connect(**connect)
+    except socketio.exceptions.ConnectionError:
+        assert not peer.client.connected
+        assert len(peer.refusals) == 1, peer.refusals
+        return peer.refusals[0]
+    await peer.close()
+    raise AssertionError("the connection was accepted")
 
 
 @dataclass
@@ -79,6 +118,7 @@ class Peer:
     client: socketio.AsyncClient = field(init=False)
     inbox: defaultdict[str, asyncio.Queue[Any]] = field(init=False)
     refusals: list[Any] = field(init=False, default_factory=list)
+    _http: Any = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.client = socketio.AsyncClient(reconnection=False)
@@ -105,12 +145,14 @@ class Peer:
         except socketio.exceptions.ConnectionError:
             await self._close_http()
             raise
+        self._http = self.client.eio.http
 
     async def _close_http(self) -> None:
-        # a refused python-socketio client leaves its aiohttp session open
-        http = getattr(self.client.eio, "http", None)
-        if http is not None and not http.closed:
-            await http.close()
+        # python-socketio's client leaves its aiohttp session (and its pooled connections)
+        # open when refused, and when the server ends the session
+        for http in (getattr(self.client.eio, "http", None), self._http):
+            if http is not None and not http.closed:
+                await http.close()
 
     async def call(self, event: str, *args: Any) -> Any:
         return await self.client.call(event, args[0] if len(args) == 1 else args or None,
@@ -127,6 +169,14 @@ class Peer:
     async def close(self) -> None:
         if self.client.connected:
             await self.client.disconnect()
+        # after a server-side disconnect python-socketio's client can leave its Engine.IO
+        # loops running (a long-poll in flight); stop them so nothing outlives the test
+        for name in ("read_loop_task", "write_loop_task"):
+            task = getattr(self.client.eio, name, None)
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         await self._close_http()
 
 

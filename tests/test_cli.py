@@ -218,3 +218,42 @@ async def test_peer_reports_an_offline_callee(workdir: Path, sanic_process: Proc
     out, _ = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 1
     assert "nobody is not online" in out.decode()
+
+
+@pytest.mark.parametrize("alg", ["RS256", "ES256", "EdDSA"])
+async def test_mint_signs_like_an_identity_provider(workdir: Path, alg: str,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """``--alg`` creates a key pair in ``--key-dir`` (reused next time), writes the public key
+    as PEM and JWKS, and the token verifies through either, with --iss/--aud/--claim set."""
+    from service.config import JwksEndpoint
+    from tests.idp import JwksServer
+
+    key_dir = workdir / "keys"
+    argv = ["alice", "--alg", alg, "--key-dir", str(key_dir), "--iss", "https://idp.test/",
+            "--aud", "calls", "--claim", 'jti="j-1"', "--claim", "tier=2", "--ttl", "300"]
+    assert mint_main(argv) == 0
+    first = capsys.readouterr().out.strip().splitlines()[-1]
+    assert mint_main(argv) == 0
+    second = capsys.readouterr().out.strip().splitlines()[-1]
+    import jwt
+
+    assert jwt.get_unverified_header(first)["kid"] == jwt.get_unverified_header(second)["kid"]
+    claims = jwt.decode(first, options={"verify_signature": False})
+    assert (claims["iss"], claims["aud"], claims["jti"], claims["tier"]) == (
+        "https://idp.test/", "calls", "j-1", 2)
+    assert oct((key_dir / f"{alg}.pem").stat().st_mode)[-3:] == "600"
+
+    by_pem = Settings(jwt_public_keys=((key_dir / f"{alg}.pub.pem").read_text(),),
+                      jwt_issuers=("https://idp.test/",), jwt_audiences=("calls",))
+    identity = await TokenVerifier(by_pem).verify(first)
+    assert (identity.user_id, identity.jti) == ("alice", "j-1")
+
+    server = JwksServer()
+    await server.start()
+    try:
+        server.documents["idp"] = json.loads((key_dir / "jwks.json").read_text())
+        by_jwks = Settings(jwt_jwks=(JwksEndpoint("https://idp.test/", server.url("idp")),),
+                           jwt_audiences=("calls",))
+        assert (await TokenVerifier(by_jwks).verify(second)).user_id == "alice"
+    finally:
+        await server.stop()

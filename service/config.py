@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from dotenv import dotenv_values
 
 from service.errors import ConfigError
+from service.limits import Rate, parse_networks
 
 PREFIX: Final = "SIGNAL_"
 MIN_SECRET_BYTES: Final = 32
@@ -95,6 +96,21 @@ class Settings:
     token_expiry_warning: int = 60
     cors_origins: tuple[str, ...] = ()
     log_level: str = "INFO"
+    # ---- limits (see README "Limits") ----
+    max_message_bytes: int = 65536
+    limit_relays: Rate = Rate(30, 120)
+    limit_user_relays: Rate = Rate(60, 240)
+    limit_rooms: Rate = Rate(2, 10)
+    limit_refreshes: Rate = Rate(0.2, 3)
+    limit_other: Rate = Rate(2, 10)
+    limit_strikes: Rate = Rate(1, 50)
+    limit_ip_connects: Rate = Rate(5, 30)
+    limit_ip_auth_failures: Rate = Rate(0.2, 10)
+    max_connections_per_user: int = 10
+    auth_timeout: float = 5.0
+    max_queued_messages: int = 512
+    send_timeout: float = 10.0
+    trusted_proxies: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         problems = _invariants(self)
@@ -119,11 +135,24 @@ class Settings:
         return _parse({k: v for k, v in merged.items() if k.startswith(PREFIX)})
 
 
+class _Defaults:
+    """Default values of the limit settings, read from the dataclass fields."""
+
+    def __getattr__(self, name: str) -> Any:
+        return Settings.__dataclass_fields__[name].default
+
+
+_DEFAULTS = _Defaults()
+
 KNOWN: Final = frozenset({
     "JWT_SECRET", "JWT_PREVIOUS_SECRET", "JWT_PUBLIC_KEY", "JWT_JWKS_URL", "JWT_ALGORITHMS",
     "JWT_ISSUER", "JWT_AUDIENCE", "JWT_LEEWAY", "JWT_USER_CLAIM", "JWT_MAX_LIFETIME",
     "JWT_MAX_TOKEN_BYTES", "JWT_DENYLIST_FILE", "JWKS_CACHE_TTL", "JWKS_REFRESH_INTERVAL",
     "JWKS_TIMEOUT", "TOKEN_EXPIRY_WARNING", "CORS_ORIGINS", "LOG_LEVEL", "ENV_FILE",
+    "MAX_MESSAGE_BYTES", "LIMIT_RELAYS", "LIMIT_USER_RELAYS", "LIMIT_ROOMS", "LIMIT_REFRESHES",
+    "LIMIT_OTHER", "LIMIT_STRIKES", "LIMIT_IP_CONNECTS", "LIMIT_IP_AUTH_FAILURES",
+    "MAX_CONNECTIONS_PER_USER", "AUTH_TIMEOUT", "MAX_QUEUED_MESSAGES", "SEND_TIMEOUT",
+    "TRUSTED_PROXIES",
 })
 
 
@@ -167,7 +196,17 @@ def _parse(values: Mapping[str, str]) -> Settings:
         "token_expiry_warning": field("TOKEN_EXPIRY_WARNING", _int(0, 3600), 60),
         "cors_origins": field("CORS_ORIGINS", _origins, no_text),
         "log_level": field("LOG_LEVEL", _log_level, "INFO"),
+        "max_message_bytes": field("MAX_MESSAGE_BYTES", _int(1024, 1_048_576), 65536),
+        "max_connections_per_user": field("MAX_CONNECTIONS_PER_USER", _int(0, 100_000), 10),
+        "auth_timeout": float(field("AUTH_TIMEOUT", _int(1, 300), 5)),
+        "max_queued_messages": field("MAX_QUEUED_MESSAGES", _int(16, 1_000_000), 512),
+        "send_timeout": float(field("SEND_TIMEOUT", _int(1, 300), 10)),
+        "trusted_proxies": field("TRUSTED_PROXIES", _networks, no_text),
     }
+    for name in ("RELAYS", "USER_RELAYS", "ROOMS", "REFRESHES", "OTHER", "STRIKES",
+                 "IP_CONNECTS", "IP_AUTH_FAILURES"):
+        attr = f"limit_{name.lower()}"
+        kwargs[attr] = field(f"LIMIT_{name}", _rate, getattr(_DEFAULTS, attr))
     problems.extend(_invariants(SimpleNamespace(**kwargs)))
     if problems:
         raise ConfigError(problems)
@@ -354,6 +393,28 @@ def _origins(raw: str, var: str) -> tuple[str, ...]:
             )
         origins.append(f"{parts.scheme}://{parts.netloc.lower()}")
     return tuple(origins)
+
+
+def _rate(raw: str, var: str) -> Rate:
+    try:
+        return Rate.parse(raw)
+    except ValueError:
+        raise ValueError(
+            f"{var} must be RATE:BURST (events per second, largest burst), e.g. 30:120, "
+            f"or 0 for no limit; got {raw!r}."
+        ) from None
+
+
+def _networks(raw: str, var: str) -> tuple[str, ...]:
+    items = tuple(item.strip() for item in raw.split(",") if item.strip())
+    try:
+        parse_networks(items)
+    except ValueError:
+        raise ValueError(
+            f"{var} must list IP addresses or CIDR networks, e.g. 10.0.0.0/8,127.0.0.1; "
+            f"got {raw!r}."
+        ) from None
+    return items
 
 
 def _log_level(raw: str, var: str) -> str:

@@ -4,16 +4,20 @@
 
     SignalingError
     ├── ConfigError                 settings are missing or bad; start-up stops
-    ├── AuthError                   connection refused: message "unauthorized"
-    │   ├── TokenMissing            reason "token_missing"
-    │   ├── TokenInvalid            reason "token_invalid"
-    │   ├── TokenExpired            reason "token_expired"
-    │   ├── TokenNotYetValid        reason "token_not_yet_valid"
-    │   └── TokenRevoked            reason "token_revoked"
+    ├── ConnectionRefused           connect_error {message: code, data: {reason}}
+    │   ├── AuthError               message "unauthorized"
+    │   │   ├── TokenMissing        reason "token_missing"
+    │   │   ├── TokenInvalid        reason "token_invalid"
+    │   │   ├── TokenExpired        reason "token_expired"
+    │   │   ├── TokenNotYetValid    reason "token_not_yet_valid"
+    │   │   └── TokenRevoked        reason "token_revoked"
+    │   ├── Throttled               message and reason "rate_limited"
+    │   └── TooManyConnections      message and reason "too_many_connections"
     └── RequestError                an event is answered {"ok": false, "error": code}
         ├── InvalidPayload          "invalid_payload"
         ├── Forbidden               "forbidden"
-        └── UnknownEvent            "unknown_event"
+        ├── UnknownEvent            "unknown_event"
+        └── RateLimited             "rate_limited"
 
 Codes and reasons are part of the public protocol: clients branch on them, so they
 never change meaning. Messages are for humans and never contain a token or a payload.
@@ -38,11 +42,19 @@ class ConfigError(SignalingError):
         super().__init__("\n".join(f"- {p}" for p in self.problems))
 
 
-class AuthError(SignalingError):
+class ConnectionRefused(SignalingError):
+    """A connection is refused: the client's ``connect_error`` has ``message == code`` and
+    ``data == {"reason": reason}``."""
+
+    code = "refused"
+    reason = "refused"
+
+
+class AuthError(ConnectionRefused):
     """A token was not accepted. ``reason`` tells the client whether to refresh or give up."""
 
     code = "unauthorized"
-    reason: str = "token_invalid"
+    reason = "token_invalid"
 
 
 class TokenMissing(AuthError):
@@ -75,6 +87,20 @@ class TokenRevoked(AuthError):
     reason = "token_revoked"
 
 
+class Throttled(ConnectionRefused):
+    """Too many connection attempts or failed authentications from this address: wait."""
+
+    code = "rate_limited"
+    reason = "rate_limited"
+
+
+class TooManyConnections(ConnectionRefused):
+    """The user already has ``SIGNAL_MAX_CONNECTIONS_PER_USER`` connections."""
+
+    code = "too_many_connections"
+    reason = "too_many_connections"
+
+
 class RequestError(SignalingError):
     """A client event was refused; nothing was relayed and nothing changed."""
 
@@ -97,3 +123,9 @@ class UnknownEvent(RequestError):
     """The event name is not part of the protocol."""
 
     code = "unknown_event"
+
+
+class RateLimited(RequestError):
+    """The client sends this kind of event faster than its limit; nothing was done."""
+
+    code = "rate_limited"

@@ -10,29 +10,37 @@ from sanic import Sanic
 from service import routes
 from service.auth import TokenVerifier
 from service.config import Settings
+from service.guard import Guard
 from service.logs import configure_logging
 from service.signaling import Signaling
 from service.socket_server import SignalingServer
 
 SOCKETIO_PATH: Final = "socket.io"
-#: Engine.IO bytes accepted per long-polling POST (its default). It is advertised to clients
-#: as ``maxPayload``, and socket.io-client splits its batches to fit.
-MAX_POLL_BYTES: Final = 1_000_000
+#: room for the HTTP framing around one polling POST of ``max_message_bytes``
+HTTP_OVERHEAD_BYTES: Final = 4096
 
 
 def create_app(settings: Settings, *, name: str = "signaling") -> Sanic[Any, Any]:
     """Build the service from ``settings``; reads nothing from the environment."""
     logger = configure_logging(settings.log_level)
-    # Engine.IO also refuses a POST of more than 16 packets, a limit clients are never told:
-    # they batch whatever queued up (one ICE gathering burst is often more than 16 events)
-    # and lose the whole batch. The advertised byte limit is the real bound, and it implies
-    # at most one packet per byte. (A class attribute: process-wide.)
-    Payload.max_decode_packets = MAX_POLL_BYTES
+    # Engine.IO refuses a polling POST of more than 16 packets, a limit clients are never
+    # told: they batch whatever queued up (one ICE gathering burst is often more than 16
+    # events) and lose the whole batch. The byte limit, advertised to clients as maxPayload,
+    # is the real bound and implies at most one packet per byte. (A class attribute.)
+    Payload.max_decode_packets = settings.max_message_bytes
     app = Sanic(name)
     # polling clients would fill an access log with one line per long-poll; connect and
     # disconnect are logged by the service itself
     app.config.ACCESS_LOG = False
+    # the message size, on both transports: Sanic refuses bigger websocket frames (close
+    # 1009) and bigger request bodies (413) before they are read; Engine.IO checks both again
+    app.config.WEBSOCKET_MAX_SIZE = settings.max_message_bytes
+    app.config.REQUEST_MAX_SIZE = settings.max_message_bytes + HTTP_OVERHEAD_BYTES
     sio = SignalingServer(
+        log=logger,
+        auth_timeout=settings.auth_timeout,
+        max_queued=settings.max_queued_messages,
+        send_timeout=settings.send_timeout,
         async_mode="sanic",
         # None = same origin only; "*" = any origin (development)
         cors_allowed_origins=list(settings.cors_origins) or None,
@@ -40,13 +48,13 @@ def create_app(settings: Settings, *, name: str = "signaling") -> Sanic[Any, Any
         async_handlers=False,
         logger=False,
         engineio_logger=False,
-        max_http_buffer_size=MAX_POLL_BYTES,
+        max_http_buffer_size=settings.max_message_bytes,
     )
     # ... and Engine.IO too: each connection's messages are handled one after another, so a
     # sender's relays go out in the order they came in, with one task fewer per message
     sio.eio.async_handlers = False
     sio.attach(app, socketio_path=SOCKETIO_PATH)
-    signaling = Signaling(sio, TokenVerifier(settings, logger), logger,
+    signaling = Signaling(sio, TokenVerifier(settings, logger), Guard(settings), logger,
                           expiry_warning=settings.token_expiry_warning)
     signaling.register()
 

@@ -25,8 +25,9 @@ MAX_CANDIDATE_LENGTH: Final = 2048
 MAX_MID_LENGTH: Final = 256
 MAX_UFRAG_LENGTH: Final = 256
 MAX_MLINE_INDEX: Final = 65535
-#: the whole relayed message, as UTF-8 JSON, including pass-through fields
-MAX_RELAY_BYTES: Final = 64 * 1024
+#: the whole relayed message, as UTF-8 JSON, including pass-through fields; a little under
+#: the default transport limit (SIGNAL_MAX_MESSAGE_BYTES, 64 KiB), which also counts framing
+MAX_RELAY_BYTES: Final = 60 * 1024
 
 JOIN: Final = "JoinSocket"
 LEAVE: Final = "LeaveSocket"

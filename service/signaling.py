@@ -22,8 +22,19 @@ from typing import Any, Final
 import socketio
 
 from service.auth import Identity, TokenVerifier, extract_token
-from service.errors import AuthError, Forbidden, RequestError, TokenExpired, UnknownEvent
+from service.errors import (
+    AuthError,
+    ConnectionRefused,
+    Forbidden,
+    RateLimited,
+    RequestError,
+    Throttled,
+    TokenExpired,
+    TooManyConnections,
+    UnknownEvent,
+)
 from service.expiry import ExpiryTimers
+from service.guard import OTHER, ConnectionBudget, Guard, event_class
 from service.logs import log_event
 from service.protocol import (
     JOIN,
@@ -38,6 +49,8 @@ from service.protocol import (
 NAMESPACE: Final = "/"
 #: how often the jti deny-list file is checked for newly revoked, connected tokens
 REVOCATION_SWEEP_SECONDS: Final = 2.0
+#: how long a closing client has to take its last messages
+CLOSE_TIMEOUT_SECONDS: Final = 5.0
 Ack = dict[str, Any]
 Handler = Callable[..., Awaitable[Ack]]
 
@@ -55,6 +68,7 @@ class Session:
     transport: str
     ip: str
     connected_at: float
+    budget: ConnectionBudget
     #: why the server closed it, when it did
     closing: str | None = None
 
@@ -62,15 +76,17 @@ class Session:
 class Signaling:
     """Binds the protocol to a ``socketio.AsyncServer``."""
 
-    def __init__(self, sio: socketio.AsyncServer, verifier: TokenVerifier,
+    def __init__(self, sio: socketio.AsyncServer, verifier: TokenVerifier, guard: Guard,
                  logger: logging.Logger, *, expiry_warning: int) -> None:
         self.sio = sio
         self.verifier = verifier
+        self.guard = guard
         self.log = logger
         self.sessions: dict[str, Session] = {}
         self.timers = ExpiryTimers(warning=expiry_warning, leeway=verifier.leeway,
                                    warn=self._warn_expiring, expire=self._expire)
         self._background: list[asyncio.Task[None]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """Background work while serving: load JWKS, watch the deny-list."""
@@ -80,9 +96,10 @@ class Signaling:
 
     async def stop(self) -> None:
         self.timers.close()
-        for task in self._background:
+        tasks = [*self._background, *self._tasks]
+        for task in tasks:
             task.cancel()
-        for task in self._background:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
@@ -95,17 +112,46 @@ class Signaling:
         self.sio.on(REFRESH, self._answering(REFRESH, self.refresh))
         for event in RELAY_EVENTS:
             self.sio.on(event, self._answering(event, self._relay_handler(event)))
-        self.sio.on("*", self.unknown)
+        unknown = self._answering(OTHER, self.unknown)
+
+        async def catch_all(event: str, sid: str, *args: object) -> Ack:
+            return await unknown(sid, event, *args)
+
+        self.sio.on("*", catch_all)
+        self.sio.admit = self.admit_session
+
+    def client_ip(self, environ: dict[str, Any]) -> str:
+        """The client's address: the TCP peer (python-socketio's Sanic driver reports
+        127.0.0.1 for everyone, so it is read off the request), or the forwarded address when
+        the peer is a trusted proxy."""
+        request = environ.get("sanic.request")
+        peer = str(request.ip) if request is not None else "unknown"
+        return self.guard.client_ip(peer, environ.get("HTTP_X_FORWARDED_FOR"))
+
+    def admit_session(self, environ: dict[str, Any]) -> str | None:
+        """Engine.IO asks before opening a session: refuse an address over its limits."""
+        ip = self.client_ip(environ)
+        if self.guard.admit_session(ip):
+            return None
+        log_event(self.log, "session_refused", logging.WARNING, reason=Throttled.reason, ip=ip)
+        return Throttled.reason
 
     async def connect(self, sid: str, environ: dict[str, Any], auth: object = None) -> None:
         """Admit the socket if it presents a valid token; otherwise refuse with a reason."""
-        request = environ.get("sanic.request")
-        ip = (request.remote_addr or request.ip) if request is not None else "unknown"
+        ip = self.client_ip(environ)
         transport = self._transport(sid)
         try:
+            if not self.guard.may_authenticate(ip):
+                raise Throttled("too many failed authentications from this address")
             token = extract_token(auth, environ.get("HTTP_AUTHORIZATION"))
-            identity = await self.verifier.verify(token)
-        except AuthError as exc:
+            try:
+                identity = await self.verifier.verify(token)
+            except AuthError:
+                self.guard.authentication_failed(ip)
+                raise
+            if self.guard.at_capacity(identity.user_id):
+                raise TooManyConnections("user is at its connection limit")
+        except ConnectionRefused as exc:
             log_event(self.log, "connect_refused", sid=sid, reason=exc.reason,
                       transport=transport, ip=ip)
             raise socketio.exceptions.ConnectionRefusedError(
@@ -117,7 +163,8 @@ class Signaling:
             raise socketio.exceptions.ConnectionRefusedError(
                 "internal_error", {"reason": "internal_error"}
             ) from None
-        self.sessions[sid] = Session(identity, transport, ip, time.monotonic())
+        budget = self.guard.connected(identity.user_id, sid)
+        self.sessions[sid] = Session(identity, transport, ip, time.monotonic(), budget)
         self.timers.arm(sid, identity)
         log_event(self.log, "connect", sid=sid, user=identity.user_id, transport=transport,
                   ip=ip, exp=identity.expires_at)
@@ -128,6 +175,7 @@ class Signaling:
         self.timers.disarm(sid)
         if session is None:
             return
+        self.guard.disconnected(session.identity.user_id, sid)
         log_event(
             self.log, "disconnect", sid=sid, user=session.identity.user_id,
             transport=self._transport(sid, session.transport),
@@ -174,14 +222,25 @@ class Signaling:
         return {"ok": True, "exp": identity.expires_at}
 
     async def close(self, sid: str, reason: str) -> None:
-        """Tell the client why (``server_disconnect``), then disconnect it."""
+        """Tell the client why (``server_disconnect``), then disconnect it; a client that
+        does not take its last messages within a few seconds is cut off."""
         session = self.sessions.get(sid)
         if session is None or session.closing is not None:
             return
         session.closing = reason
         self.timers.disarm(sid)
+        eio_sid = self.sio.manager.eio_sid_from_sid(sid, NAMESPACE)
         await self.sio.emit("server_disconnect", {"reason": reason}, to=sid)
-        await self.sio.disconnect(sid)
+        try:
+            await asyncio.wait_for(self.sio.disconnect(sid), CLOSE_TIMEOUT_SECONDS)
+        except TimeoutError:
+            if eio_sid is not None:
+                await self.sio.drop(eio_sid, reason)
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _warn_expiring(self, sid: str, identity: Identity) -> None:
         session = self.sessions.get(sid)
@@ -206,11 +265,12 @@ class Signaling:
                 if self.verifier.is_revoked(session.identity):
                     await self.close(sid, "token_revoked")
 
-    async def unknown(self, event: str, sid: str, *args: object) -> Ack:
-        """Any event outside the protocol."""
-        log_event(self.log, "unknown_event", logging.DEBUG, sid=sid, name=event[:64])
-        error = UnknownEvent()
-        return {"ok": False, "error": error.code}
+    async def unknown(self, sid: str, *args: object) -> Ack:
+        """Any event outside the protocol (the catch-all's event name comes first in
+        ``args``, as :meth:`_answering` passes it on)."""
+        log_event(self.log, "unknown_event", logging.DEBUG, sid=sid,
+                  name=str(args[0])[:64] if args else "")
+        raise UnknownEvent()
 
     def _relay_handler(self, event: str) -> Handler:
         async def handler(sid: str, *args: object) -> Ack:
@@ -222,11 +282,23 @@ class Signaling:
         """Turn refusals into ``{"ok": false, "error": code}`` acks, and never let a bug
         escape into python-socketio without an answer to the client."""
 
+        kind = event_class(event)
+
         async def answered(sid: str, *args: object) -> Ack:
+            session = self.sessions.get(sid)
+            if session is not None and not self.guard.allow(
+                    session.budget, session.identity.user_id, kind):
+                if not self.guard.strike(session.budget):
+                    self._spawn(self.close(sid, RateLimited.code))
+                error = RateLimited(f"too many {kind} events; slow down")
+                return {"ok": False, "error": error.code, "detail": str(error)}
             try:
                 return await handler(sid, *args)
             except RequestError as exc:
-                return {"ok": False, "error": exc.code, "detail": str(exc)}
+                ack: Ack = {"ok": False, "error": exc.code}
+                if str(exc):
+                    ack["detail"] = str(exc)
+                return ack
             except AuthError as exc:  # RefreshToken, or a token that expired meanwhile
                 return {"ok": False, "error": exc.reason}
             except Exception:

@@ -1,48 +1,177 @@
-"""The Socket.IO server class, hardened at the one place python-socketio trusts its clients.
+"""The Socket.IO server class, hardened where python-socketio trusts its clients.
 
-python-socketio dispatches a client's EVENT packet by the name the client wrote. A client
-that emits ``"connect"`` or ``"disconnect"`` would re-run the connection handlers with
-arguments of its choosing, and a packet with no name at all raises inside the library.
-:class:`SignalingServer` drops those packets at the door, answering an ack if one was asked.
-
-It also answers a polling client's pending long-poll as soon as that client says goodbye.
-Engine.IO would hold the request open for ``ping_interval + ping_timeout`` (45 s), keeping a
-handler busy on the server and stalling clients that wait for it, like python-socketio's.
+- **Event names.** python-socketio dispatches an EVENT by the name the client wrote: a client
+  emitting ``"connect"`` or ``"disconnect"`` would re-run the connection handlers, and a
+  packet with no name raises inside the library. Such events are renamed
+  :data:`INVALID_EVENT`, which the catch-all handler answers (and rate-limits) like any
+  unknown event.
+- **Sessions.** Each new Engine.IO session asks ``admit(environ)`` first (per-address
+  throttling), and is closed if it has not authenticated within ``auth_timeout``.
+- **Malformed input.** A packet python-socketio cannot decode (bad JSON, bad type, nesting
+  too deep) drops the session, as the JavaScript server does, with one log line instead of a
+  traceback per frame. Binary events are not part of the protocol: one with an ack id is
+  answered ``invalid_payload`` and its attachments are skipped; too many attachments, or
+  stray binary frames, drop the session.
+- **Slow consumers.** A client whose outgoing queue holds ``max_queued`` messages is dropped
+  (it is not reading); a websocket send that cannot complete within ``send_timeout`` ends
+  the connection.
+- **Long-polls.** A polling client's pending long-poll is answered as soon as it says
+  goodbye; Engine.IO would hold it for ``ping_interval + ping_timeout`` (45 s).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Callable
 from typing import Any, Final
 
 import socketio
 from engineio import packet as eio_packet
+from engineio.async_drivers.sanic import WebSocket as SanicWebSocket
 from socketio import packet
 
-from service.errors import UnknownEvent
+from service.errors import InvalidPayload
+from service.logs import log_event
 
 RESERVED: Final = frozenset({"connect", "disconnect", "connect_error"})
+#: what reserved or nameless client events are renamed to (no client can send this name
+#: through python-socketio's dispatch untouched: it is rewritten here first)
+INVALID_EVENT: Final = "\x00invalid"
+MAX_ATTACHMENTS: Final = 10
+Admit = Callable[[dict[str, Any]], str | None]
+
+
+class TimedWebSocket(SanicWebSocket):  # type: ignore[misc]
+    """Engine.IO's Sanic websocket wrapper with a bound on how long one send may take."""
+
+    send_timeout: float = 10.0
+
+    async def send(self, message: Any) -> None:
+        await asyncio.wait_for(super().send(message), self.send_timeout)
 
 
 class SignalingServer(socketio.AsyncServer):  # type: ignore[misc]
-    """``socketio.AsyncServer`` that refuses reserved and nameless client events."""
+    """``socketio.AsyncServer`` with the guards described in this module's docstring."""
+
+    def __init__(self, *, log: logging.Logger, auth_timeout: float, max_queued: int,
+                 send_timeout: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.log = log
+        self.auth_timeout = auth_timeout
+        self.max_queued = max_queued
+        self.admit: Admit | None = None
+        self._auth_timers: dict[str, asyncio.TimerHandle] = {}
+        self._skip_attachments: dict[str, int] = {}
+        self._dropping: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        websocket = type("TimedWebSocket", (TimedWebSocket,), {"send_timeout": send_timeout})
+        # a copy: the driver table is shared by every server in the process
+        self.eio._async = {**self.eio._async, "websocket": websocket}
+
+    # ---- client events ----
 
     async def _handle_event(self, eio_sid: str, namespace: str | None, id: int | None,
                             data: Any) -> None:
         name = data[0] if isinstance(data, list) and data else None
-        if isinstance(name, str) and name not in RESERVED:
-            await super()._handle_event(eio_sid, namespace, id, data)
-            return
-        namespace = namespace or "/"
+        if not isinstance(name, str) or name in RESERVED or name == INVALID_EVENT:
+            data = [INVALID_EVENT]
+        await super()._handle_event(eio_sid, namespace, id, data)
+
+    async def _handle_eio_message(self, eio_sid: str, data: str | bytes) -> None:
+        try:
+            if isinstance(data, bytes):
+                await self._skip_binary(eio_sid)
+                return
+            if data[:1] in (str(packet.BINARY_EVENT), str(packet.BINARY_ACK)):
+                await self._refuse_binary(eio_sid, data)
+                return
+            await super()._handle_eio_message(eio_sid, data)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError):
+            # python-socketio could not make sense of the packet
+            await self.drop(eio_sid, "protocol_error")
+
+    async def _refuse_binary(self, eio_sid: str, data: str) -> None:
+        pkt = self.packet_class(encoded_packet=data)
+        if not 0 < pkt.attachment_count <= MAX_ATTACHMENTS:
+            raise ValueError("attachment count out of range")
+        self._skip_attachments[eio_sid] = pkt.attachment_count
+        namespace = pkt.namespace or "/"
         sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
-        if id is not None and self.manager.is_connected(sid, namespace):
-            error = UnknownEvent()
+        if (pkt.packet_type == packet.BINARY_EVENT and pkt.id is not None
+                and self.manager.is_connected(sid, namespace)):
+            error = InvalidPayload("binary attachments are not part of the protocol")
             await self._send_packet(eio_sid, self.packet_class(
-                packet.ACK, namespace=namespace, id=id,
-                data=[{"ok": False, "error": error.code}]))
+                packet.ACK, namespace=namespace, id=pkt.id,
+                data=[{"ok": False, "error": error.code, "detail": str(error)}]))
+
+    async def _skip_binary(self, eio_sid: str) -> None:
+        remaining = self._skip_attachments.get(eio_sid, 0)
+        if remaining <= 0:
+            raise ValueError("binary frame without a binary packet")
+        if remaining == 1:
+            del self._skip_attachments[eio_sid]
+        else:
+            self._skip_attachments[eio_sid] = remaining - 1
+
+    # ---- sessions ----
+
+    async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> str | None:
+        refusal = self.admit(environ) if self.admit is not None else None
+        if refusal is not None:
+            return refusal  # Engine.IO answers the handshake 401 {"message": refusal}
+        await super()._handle_eio_connect(eio_sid, environ)
+        self._auth_timers[eio_sid] = asyncio.get_running_loop().call_later(
+            self.auth_timeout, self._check_authenticated, eio_sid)
+        return None
+
+    def _check_authenticated(self, eio_sid: str) -> None:
+        self._auth_timers.pop(eio_sid, None)
+        sid = self.manager.sid_from_eio_sid(eio_sid, "/")
+        if sid is None or not self.manager.is_connected(sid, "/"):
+            task = asyncio.ensure_future(self.drop(eio_sid, "auth_timeout"))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _handle_eio_disconnect(self, eio_sid: str, reason: str) -> None:
+        timer = self._auth_timers.pop(eio_sid, None)
+        if timer is not None:
+            timer.cancel()
+        self._skip_attachments.pop(eio_sid, None)
         await super()._handle_eio_disconnect(eio_sid, reason)
         if reason == self.reason.CLIENT_DISCONNECT:
             sock = self.eio.sockets.get(eio_sid)
             if sock is not None and not sock.upgraded:
                 sock.queue.put_nowait(eio_packet.Packet(eio_packet.CLOSE))
+
+    async def drop(self, eio_sid: str, reason: str) -> None:
+        """Close an Engine.IO session now, without waiting for the client to read anything."""
+        sock = self.eio.sockets.get(eio_sid)
+        if sock is None or sock.closed or sock.closing or eio_sid in self._dropping:
+            return
+        self._dropping.add(eio_sid)
+        try:
+            request = self.environ.get(eio_sid, {}).get("sanic.request")
+            log_event(self.log, "session_dropped", logging.WARNING, eio_sid=eio_sid,
+                      reason=reason, ip=getattr(request, "ip", None))
+            await sock.close(wait=False, abort=True, reason=reason)
+            sock.queue.put_nowait(None)  # ends a pending long-poll or the websocket writer
+        finally:
+            self._dropping.discard(eio_sid)
+
+    # ---- outgoing ----
+
+    async def _send_packet(self, eio_sid: str, pkt: Any) -> None:
+        if await self._has_room(eio_sid):
+            await super()._send_packet(eio_sid, pkt)
+
+    async def _send_eio_packet(self, eio_sid: str, eio_pkt: Any) -> None:
+        if await self._has_room(eio_sid):
+            await super()._send_eio_packet(eio_sid, eio_pkt)
+
+    async def _has_room(self, eio_sid: str) -> bool:
+        sock = self.eio.sockets.get(eio_sid)
+        if sock is None or sock.queue.qsize() < self.max_queued:
+            return True
+        await self.drop(eio_sid, "slow_consumer")
+        return False

@@ -19,6 +19,7 @@ import socketio
 
 from service.auth.minting import sign
 from service.config import JwksEndpoint, Secret, Settings
+from service.limits import Rate
 from tests.idp import IdpKey, JwksServer
 from tests.support import SECRET, Peer, RunningService, refusal, serving
 
@@ -64,6 +65,12 @@ def idp_settings(idp: JwksServer, keys: Keys, **overrides: Any) -> Settings:
         "jwt_max_lifetime": 3600,
         # ES384 is allowed, so that an ES384 header on a P-256 key meets the key-type check
         "jwt_algorithms": ("HS256", "RS256", "ES256", "ES384", "EdDSA"),
+        # room for the 100 KB token to reach the verifier (by default a message that big is
+        # refused by the transport first: tests/test_hostile.py)
+        "max_message_bytes": 262144,
+        # a forgery corpus run would otherwise spend the address's failure budget
+        "limit_ip_auth_failures": Rate(0, 0),
+        "limit_ip_connects": Rate(0, 0),
         **overrides,
     }
     return Settings(**fields)

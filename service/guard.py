@@ -1,0 +1,116 @@
+"""Who may connect and how fast anyone may talk: the limit policy, without I/O.
+
+Per address: new sessions (``limit_ip_connects``) and failed authentications
+(``limit_ip_auth_failures``; an address out of failures may not try again until it refills).
+Per user: simultaneous connections (``max_connections_per_user``) and relays across all of
+the user's connections (``limit_user_relays``). Per connection: one bucket per event class,
+and a bucket of strikes: each refused event spends one, and a connection out of strikes is
+disconnected.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final
+
+from service.config import Settings
+from service.limits import KeyedBuckets, Network, Rate, TokenBucket, client_address, parse_networks
+from service.protocol import JOIN, LEAVE, REFRESH, RELAY_EVENTS
+
+RELAY: Final = "relay"
+ROOM: Final = "room"
+REFRESH_CLASS: Final = "refresh"
+OTHER: Final = "other"
+
+
+def event_class(event: str) -> str:
+    """The limit class an event counts against."""
+    if event in RELAY_EVENTS:
+        return RELAY
+    if event in (JOIN, LEAVE):
+        return ROOM
+    if event == REFRESH:
+        return REFRESH_CLASS
+    return OTHER
+
+
+@dataclass(slots=True)
+class ConnectionBudget:
+    """One connection's buckets."""
+
+    buckets: dict[str, TokenBucket]
+    strikes: TokenBucket
+    refused: int = field(default=0)
+
+
+class Guard:
+    """The limit policy of one service process."""
+
+    def __init__(self, settings: Settings, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._rates: dict[str, Rate] = {
+            RELAY: settings.limit_relays, ROOM: settings.limit_rooms,
+            REFRESH_CLASS: settings.limit_refreshes, OTHER: settings.limit_other,
+        }
+        self._strikes = settings.limit_strikes
+        self._user_relays = KeyedBuckets(settings.limit_user_relays, clock=clock)
+        self._ip_connects = KeyedBuckets(settings.limit_ip_connects, clock=clock)
+        self._ip_failures = KeyedBuckets(settings.limit_ip_auth_failures, clock=clock)
+        self._trusted: tuple[Network, ...] = parse_networks(settings.trusted_proxies)
+        self.max_per_user = settings.max_connections_per_user
+        self._connections: dict[str, set[str]] = {}
+
+    # ---- addresses ----
+
+    def client_ip(self, peer: str, forwarded_for: str | None) -> str:
+        return client_address(peer, forwarded_for, self._trusted)
+
+    def admit_session(self, ip: str) -> bool:
+        """A new Engine.IO session from ``ip``: within its connection rate, and not out of
+        authentication failures."""
+        return self._ip_failures.has(ip) and self._ip_connects.take(ip)
+
+    def may_authenticate(self, ip: str) -> bool:
+        return self._ip_failures.has(ip)
+
+    def authentication_failed(self, ip: str) -> None:
+        self._ip_failures.take(ip)
+
+    # ---- users ----
+
+    def at_capacity(self, user: str) -> bool:
+        return 0 < self.max_per_user <= len(self._connections.get(user, ()))
+
+    def connected(self, user: str, sid: str) -> ConnectionBudget:
+        self._connections.setdefault(user, set()).add(sid)
+        now = self._clock()
+        return ConnectionBudget({name: TokenBucket(rate, now)
+                                 for name, rate in self._rates.items()},
+                                TokenBucket(self._strikes, now))
+
+    def disconnected(self, user: str, sid: str) -> None:
+        sids = self._connections.get(user)
+        if sids is not None:
+            sids.discard(sid)
+            if not sids:
+                del self._connections[user]
+
+    def connections_of(self, user: str) -> int:
+        return len(self._connections.get(user, ()))
+
+    # ---- events ----
+
+    def allow(self, budget: ConnectionBudget, user: str, kind: str) -> bool:
+        """Spend a token for one ``kind`` event of ``user`` on this connection."""
+        now = self._clock()
+        if not budget.buckets[kind].take(now):
+            return False
+        return kind != RELAY or self._user_relays.take(user)
+
+    def strike(self, budget: ConnectionBudget) -> bool:
+        """Record a refused event; False when the connection is out of strikes."""
+        budget.refused += 1
+        return budget.strikes.take(self._clock())

@@ -37,7 +37,8 @@ class JsonFormatter(logging.Formatter):
             entry["traceback"] = [
                 line.rstrip() for line in traceback.format_tb(record.exc_info[2])
             ]
-        return json.dumps(entry, ensure_ascii=False, default=str)
+        # ASCII: a lone surrogate from a client (in an event name, say) cannot break the line
+        return json.dumps(entry, ensure_ascii=True, default=str)
 
 
 def configure_logging(level: str) -> logging.Logger:

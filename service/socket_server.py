@@ -16,7 +16,10 @@
   (it is not reading); a websocket send that cannot complete within ``send_timeout`` ends
   the connection.
 - **Long-polls.** A polling client's pending long-poll is answered as soon as it says
-  goodbye; Engine.IO would hold it for ``ping_interval + ping_timeout`` (45 s).
+  goodbye; Engine.IO would hold it for ``ping_interval + ping_timeout`` (45 s). And closing a
+  polling session no longer waits for a long-poll that is not there: Engine.IO's
+  ``disconnect`` waits until the client has fetched its last packets, which, on the error
+  path of a POST (an unexpected packet type), held that POST open for good.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, Final
 
+import engineio
 import socketio
 from engineio import packet as eio_packet
 from engineio.async_drivers.sanic import WebSocket as SanicWebSocket
@@ -40,6 +44,25 @@ RESERVED: Final = frozenset({"connect", "disconnect", "connect_error"})
 INVALID_EVENT: Final = "\x00invalid"
 MAX_ATTACHMENTS: Final = 10
 Admit = Callable[[dict[str, Any]], str | None]
+#: how long closing a polling session waits for a pending long-poll to take its last packets
+POLL_FLUSH_SECONDS: Final = 2.0
+
+
+class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
+    """Engine.IO server whose ``disconnect`` never waits on a long-poll that is not pending."""
+
+    async def disconnect(self, sid: str | None = None) -> None:
+        sock = self.sockets.get(sid) if sid is not None else None
+        if sock is None or sock.upgraded:
+            await super().disconnect(sid)
+            return
+        await sock.close(wait=False, reason=self.reason.SERVER_DISCONNECT)
+        if getattr(sock.queue, "_getters", True):  # a long-poll is waiting: let it take them
+            try:
+                await asyncio.wait_for(sock.queue.join(), POLL_FLUSH_SECONDS)
+            except TimeoutError:
+                pass
+        self.sockets.pop(sid, None)
 
 
 class TimedWebSocket(SanicWebSocket):  # type: ignore[misc]
@@ -68,6 +91,9 @@ class SignalingServer(socketio.AsyncServer):  # type: ignore[misc]
         websocket = type("TimedWebSocket", (TimedWebSocket,), {"send_timeout": send_timeout})
         # a copy: the driver table is shared by every server in the process
         self.eio._async = {**self.eio._async, "websocket": websocket}
+
+    def _engineio_server_class(self) -> type[EngineServer]:
+        return EngineServer
 
     # ---- client events ----
 

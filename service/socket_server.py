@@ -25,6 +25,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any, Final
@@ -58,10 +59,8 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
             return
         await sock.close(wait=False, reason=self.reason.SERVER_DISCONNECT)
         if getattr(sock.queue, "_getters", True):  # a long-poll is waiting: let it take them
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(sock.queue.join(), POLL_FLUSH_SECONDS)
-            except TimeoutError:
-                pass
         self.sockets.pop(sid, None)
 
 

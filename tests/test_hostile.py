@@ -172,12 +172,11 @@ async def test_connection_attempts_are_throttled_per_address() -> None:
             forged = {"X-Forwarded-For": "198.51.100.7"}
             assert await _handshake(http, service.url, forged) == 401
     settings = limited(limit_ip_connects=Rate(0.01, 2), trusted_proxies=("127.0.0.1",))
-    async with serving(settings) as service:
-        async with aiohttp.ClientSession() as http:
-            for client in ("198.51.100.7", "198.51.100.8"):
-                headers = {"X-Forwarded-For": client}
-                statuses = [await _handshake(http, service.url, headers) for _ in range(3)]
-                assert statuses == [200, 200, 401]
+    async with serving(settings) as service, aiohttp.ClientSession() as http:
+        for client in ("198.51.100.7", "198.51.100.8"):
+            headers = {"X-Forwarded-For": client}
+            statuses = [await _handshake(http, service.url, headers) for _ in range(3)]
+            assert statuses == [200, 200, 401]
 
 
 async def test_failed_authentications_throttle_the_address(

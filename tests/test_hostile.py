@@ -166,11 +166,11 @@ async def test_connection_attempts_are_throttled_per_address() -> None:
     """Past its session budget an address gets 401 ``rate_limited``; behind a trusted proxy
     each forwarded client has its own budget, and a forged header from an untrusted peer is
     ignored."""
-    async with serving(limited(limit_ip_connects=Rate(0.01, 3))) as service:
-        async with aiohttp.ClientSession() as http:
-            assert [await _handshake(http, service.url) for _ in range(4)] == [200] * 3 + [401]
-            forged = {"X-Forwarded-For": "198.51.100.7"}
-            assert await _handshake(http, service.url, forged) == 401
+    first = limited(limit_ip_connects=Rate(0.01, 3))
+    async with serving(first) as service, aiohttp.ClientSession() as http:
+        assert [await _handshake(http, service.url) for _ in range(4)] == [200] * 3 + [401]
+        forged = {"X-Forwarded-For": "198.51.100.7"}
+        assert await _handshake(http, service.url, forged) == 401
     settings = limited(limit_ip_connects=Rate(0.01, 2), trusted_proxies=("127.0.0.1",))
     async with serving(settings) as service, aiohttp.ClientSession() as http:
         for client in ("198.51.100.7", "198.51.100.8"):

@@ -226,7 +226,7 @@ async def test_session_that_never_authenticates_is_closed() -> None:
             sid = await _polling_session(http, service.url)
             ws_url = service.url.replace("http", "ws") + "/socket.io/?EIO=4&transport=websocket"
             async with websockets.connect(ws_url) as ws:
-                assert (await ws.recv()).startswith("0{")
+                assert str(await ws.recv()).startswith("0{")
                 assert len(service.app.ctx.sio.eio.sockets) == 2
                 started = time.monotonic()
                 with pytest.raises(websockets.ConnectionClosed):
@@ -248,7 +248,7 @@ async def test_refused_session_is_closed_after_the_timeout(service: RunningServi
         async with websockets.connect(ws_url) as ws:
             await ws.recv()
             await ws.send('40{"token":"garbage"}')
-            assert (await ws.recv()).startswith("44")  # CONNECT_ERROR
+            assert str(await ws.recv()).startswith("44")  # CONNECT_ERROR
             with pytest.raises(websockets.ConnectionClosed):
                 while True:
                     await asyncio.wait_for(ws.recv(), 5)

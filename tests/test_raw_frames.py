@@ -88,9 +88,9 @@ async def test_raw_websocket_frame(name: str) -> None:
         alice, bob = await _pair(service)
         ws_url = service.url.replace("http", "ws") + "/socket.io/?EIO=4&transport=websocket"
         async with websockets.connect(ws_url, max_size=None) as ws:
-            assert (await ws.recv()).startswith("0{")
+            assert str(await ws.recv()).startswith("0{")
             await ws.send("40" + json.dumps({"token": service.token("mallory")}))
-            assert (await ws.recv()).startswith("40{")
+            assert str(await ws.recv()).startswith("40{")
             await ws.send(FRAMES[name])
             replies = await _drain(ws)
         if name == "binary-event-with-ack":

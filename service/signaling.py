@@ -221,6 +221,15 @@ class Signaling:
                   exp=identity.expires_at)
         return {"ok": True, "exp": identity.expires_at}
 
+    def begin_close(self, sid: str, reason: str) -> None:
+        """From now on the connection's events are refused; :meth:`close` runs in the
+        background."""
+        session = self.sessions.get(sid)
+        if session is None or session.closing is not None:
+            return
+        session.closing = reason
+        self._spawn(self._close(sid, reason))
+
     async def close(self, sid: str, reason: str) -> None:
         """Tell the client why (``server_disconnect``), then disconnect it; a client that
         does not take its last messages within a few seconds is cut off."""
@@ -228,6 +237,9 @@ class Signaling:
         if session is None or session.closing is not None:
             return
         session.closing = reason
+        await self._close(sid, reason)
+
+    async def _close(self, sid: str, reason: str) -> None:
         self.timers.disarm(sid)
         eio_sid = self.sio.manager.eio_sid_from_sid(sid, NAMESPACE)
         await self.sio.emit("server_disconnect", {"reason": reason}, to=sid)
@@ -286,10 +298,12 @@ class Signaling:
 
         async def answered(sid: str, *args: object) -> Ack:
             session = self.sessions.get(sid)
+            if session is not None and session.closing is not None:
+                return {"ok": False, "error": session.closing}  # on its way out: no work
             if session is not None and not self.guard.allow(
                     session.budget, session.identity.user_id, kind):
                 if not self.guard.strike(session.budget):
-                    self._spawn(self.close(sid, RateLimited.code))
+                    self.begin_close(sid, RateLimited.code)
                 error = RateLimited(f"too many {kind} events; slow down")
                 return {"ok": False, "error": error.code, "detail": str(error)}
             try:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -288,3 +290,64 @@ async def test_client_that_stops_reading_is_dropped() -> None:
             assert most <= 64 + 1               # + the marker that ends the writer
             assert alice.client.connected
             await alice.close()
+
+
+# ---- a flood during a call ----
+
+async def test_flood_does_not_disturb_a_call(transport: str) -> None:
+    """With default limits, a client (its own process) floods candidates at bob as fast as
+    it can for 2 s, reconnecting whenever it is thrown out. It is limited, disconnected with
+    ``rate_limited`` again and again, and then refused at the door; meanwhile alice's
+    candidates to bob all arrive, in order, with bounded latency (recorded in
+    artifacts/flood-latency-<transport>.json)."""
+    async with serving(Settings(jwt_secret=Secret(SECRET))) as service:
+        alice, bob = await _pair(service, transport)
+        sent: dict[int, float] = {}
+        latencies: list[float] = []
+        order: list[int] = []
+        flooded = 0
+
+        async def on_candidate(message: dict[str, Any]) -> None:
+            nonlocal flooded
+            if message["from"] == "alice":
+                order.append(message["seq"])
+                latencies.append(time.monotonic() - sent[message["seq"]])
+            else:
+                flooded += 1
+
+        bob.client.on("candidate", on_candidate)
+        flooder = await asyncio.create_subprocess_exec(
+            sys.executable, str(Path(__file__).with_name("flooder.py")), service.url,
+            service.token("mallory"), "candidate", json.dumps(VALID["candidate"]), "2",
+            stdout=asyncio.subprocess.PIPE)
+        assert flooder.stdout is not None
+        assert json.loads(await asyncio.wait_for(flooder.stdout.readline(), 10)) == {
+            "ready": True}
+        for seq in range(80):
+            sent[seq] = time.monotonic()
+            await alice.client.emit("candidate", {**VALID["candidate"], "seq": seq})
+            await asyncio.sleep(0.02)
+        await eventually(lambda: len(order) == 80, 5)
+        assert order == list(range(80))
+        report = json.loads(await asyncio.wait_for(flooder.stdout.readline(), 30))
+        assert await flooder.wait() == 0
+        latencies.sort()
+        record = {"transport": transport, "relays": len(latencies),
+                  "p50_ms": round(latencies[len(latencies) // 2] * 1000, 2),
+                  "p95_ms": round(latencies[int(len(latencies) * 0.95)] * 1000, 2),
+                  "max_ms": round(latencies[-1] * 1000, 2), "flood": report,
+                  "flood_delivered": flooded}
+        artifacts = Path(__file__).resolve().parent.parent / "artifacts"
+        artifacts.mkdir(exist_ok=True)
+        (artifacts / f"flood-latency-{transport}.json").write_text(json.dumps(record) + "\n")
+        print(record)
+        assert record["max_ms"] < 500
+        assert report["sent"] > 1000  # the flood was real ...
+        assert report["connections"] >= 2 and set(map(json.dumps, report["reasons"])) == {
+            json.dumps({"reason": "rate_limited"})}
+        settings = service.app.ctx.settings
+        # ... and no more of it reached bob than the user's burst plus its sustained rate
+        user = settings.limit_user_relays
+        assert 0 < flooded <= user.burst + user.rate * report["seconds"] + 1
+        await alice.close()
+        await bob.close()

@@ -22,6 +22,7 @@ from tests.support import SECRET, Peer, RunningService, eventually, refusal, ser
 from tests.test_relay import VALID
 
 UNLIMITED = Rate(0, 0)
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 
 
 def limited(**fields: Any) -> Settings:
@@ -337,9 +338,8 @@ async def test_flood_does_not_disturb_a_call(transport: str) -> None:
                   "p95_ms": round(latencies[int(len(latencies) * 0.95)] * 1000, 2),
                   "max_ms": round(latencies[-1] * 1000, 2), "flood": report,
                   "flood_delivered": flooded}
-        artifacts = Path(__file__).resolve().parent.parent / "artifacts"
-        artifacts.mkdir(exist_ok=True)
-        (artifacts / f"flood-latency-{transport}.json").write_text(json.dumps(record) + "\n")
+        ARTIFACTS.mkdir(exist_ok=True)
+        (ARTIFACTS / f"flood-latency-{transport}.json").write_text(json.dumps(record) + "\n")
         print(record)
         assert record["max_ms"] < 500
         assert report["sent"] > 1000  # the flood was real ...

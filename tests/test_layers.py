@@ -11,7 +11,7 @@ def test_core_imports_no_transport() -> None:
     """Importing the core in a fresh interpreter loads no sanic, socketio or engineio module."""
     code = (
         "import sys, service.config, service.errors, service.auth, service.protocol, "
-        "service.expiry, service.logs\n"
+        "service.expiry, service.logs, service.limits, service.guard\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
         "('sanic', 'socketio', 'engineio'))\n"
         "print(','.join(bad))"

@@ -49,7 +49,7 @@ def micro() -> None:
     high = Rate(1e9, 1e9)
     guard = Guard(Settings(jwt_secret=Secret("s" * 40), limit_relays=high,
                            limit_user_relays=high, trusted_proxies=("10.0.0.0/8",)))
-    budget = guard.connected("alice", "sid")
+    budget = guard.budget()
     rows = [
         ("Guard.allow (relay: connection + user bucket), per event",
          per_call_ns(lambda: guard.allow(budget, "alice", RELAY))),

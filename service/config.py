@@ -111,6 +111,14 @@ class Settings:
     max_queued_messages: int = 512
     send_timeout: float = 10.0
     trusted_proxies: tuple[str, ...] = ()
+    # ---- scale-out (see README "Deployment") ----
+    redis_url: Secret | None = None
+    redis_secret: Secret | None = None
+    redis_channel: str = "signaling"
+    redis_max_connections: int = 10
+    node_ttl: float = 5.0
+    sticky_sessions: bool = False
+    shutdown_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         problems = _invariants(self)
@@ -152,7 +160,8 @@ KNOWN: Final = frozenset({
     "MAX_MESSAGE_BYTES", "LIMIT_RELAYS", "LIMIT_USER_RELAYS", "LIMIT_ROOMS", "LIMIT_REFRESHES",
     "LIMIT_OTHER", "LIMIT_STRIKES", "LIMIT_IP_CONNECTS", "LIMIT_IP_AUTH_FAILURES",
     "MAX_CONNECTIONS_PER_USER", "AUTH_TIMEOUT", "MAX_QUEUED_MESSAGES", "SEND_TIMEOUT",
-    "TRUSTED_PROXIES",
+    "TRUSTED_PROXIES", "REDIS_URL", "REDIS_SECRET", "REDIS_CHANNEL", "REDIS_MAX_CONNECTIONS",
+    "NODE_TTL", "STICKY_SESSIONS", "SHUTDOWN_TIMEOUT",
 })
 
 
@@ -202,6 +211,13 @@ def _parse(values: Mapping[str, str]) -> Settings:
         "max_queued_messages": field("MAX_QUEUED_MESSAGES", _int(16, 1_000_000), 512),
         "send_timeout": float(field("SEND_TIMEOUT", _int(1, 300), 10)),
         "trusted_proxies": field("TRUSTED_PROXIES", _networks, no_text),
+        "redis_url": field("REDIS_URL", _redis_url, None),
+        "redis_secret": field("REDIS_SECRET", _secret, None),
+        "redis_channel": field("REDIS_CHANNEL", _channel, "signaling"),
+        "redis_max_connections": field("REDIS_MAX_CONNECTIONS", _int(2, 1000), 10),
+        "node_ttl": float(field("NODE_TTL", _int(2, 300), 5)),
+        "sticky_sessions": field("STICKY_SESSIONS", _bool, False),
+        "shutdown_timeout": float(field("SHUTDOWN_TIMEOUT", _int(1, 600), 10)),
     }
     for name in ("RELAYS", "USER_RELAYS", "ROOMS", "REFRESHES", "OTHER", "STRIKES",
                  "IP_CONNECTS", "IP_AUTH_FAILURES"):
@@ -243,6 +259,15 @@ def _invariants(s: Any) -> list[str]:
                 f"{PREFIX}JWT_JWKS_URL binds keys to issuers not in {PREFIX}JWT_ISSUER: "
                 f"{', '.join(strays)}."
             )
+    if s.redis_url is not None:
+        if s.redis_secret is None:
+            problems.append(
+                f"{PREFIX}REDIS_SECRET is missing: with {PREFIX}REDIS_URL set, every node signs "
+                "its cluster messages with it (the same value on every node, 32+ bytes), so "
+                "nothing else that can publish on Redis is believed."
+            )
+        elif msg := _check_secret(s.redis_secret.reveal(), f"{PREFIX}REDIS_SECRET"):
+            problems.append(msg)
     if not s.jwt_user_claim:
         problems.append(f"{PREFIX}JWT_USER_CLAIM must name a claim.")
     return problems
@@ -415,6 +440,29 @@ def _networks(raw: str, var: str) -> tuple[str, ...]:
             f"got {raw!r}."
         ) from None
     return items
+
+
+def _redis_url(raw: str, var: str) -> Secret:
+    """A redis://, rediss:// or unix:// URL; kept as a Secret (it may hold a password)."""
+    parts = urlsplit(raw)
+    if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
+        raise ValueError(f"{var} must be a redis://, rediss:// or unix:// URL.")
+    return Secret(raw)
+
+
+def _channel(raw: str, var: str) -> str:
+    if not all(c.isalnum() or c in "-_.:" for c in raw):
+        raise ValueError(f"{var} may hold letters, digits and - _ . : only, got {raw!r}.")
+    return raw
+
+
+def _bool(raw: str, var: str) -> bool:
+    value = raw.lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{var} must be true or false, got {raw!r}.")
 
 
 def _log_level(raw: str, var: str) -> str:

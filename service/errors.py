@@ -12,12 +12,15 @@
     │   │   ├── TokenNotYetValid    reason "token_not_yet_valid"
     │   │   └── TokenRevoked        reason "token_revoked"
     │   ├── Throttled               message and reason "rate_limited"
-    │   └── TooManyConnections      message and reason "too_many_connections"
+    │   ├── TooManyConnections      message and reason "too_many_connections"
+    │   └── ServiceUnavailable      message and reason "unavailable" (Redis away, shutting down)
     └── RequestError                an event is answered {"ok": false, "error": code}
         ├── InvalidPayload          "invalid_payload"
         ├── Forbidden               "forbidden"
         ├── UnknownEvent            "unknown_event"
-        └── RateLimited             "rate_limited"
+        ├── RateLimited             "rate_limited"
+        ├── Unavailable             "unavailable" (the cluster cannot be reached: retry)
+        └── ShuttingDown            "shutting_down" (this node is leaving: reconnect)
 
 Codes and reasons are part of the public protocol: clients branch on them, so they
 never change meaning. Messages are for humans and never contain a token or a payload.
@@ -101,6 +104,13 @@ class TooManyConnections(ConnectionRefused):
     reason = "too_many_connections"
 
 
+class ServiceUnavailable(ConnectionRefused):
+    """This node cannot take connections now (presence store away, or shutting down)."""
+
+    code = "unavailable"
+    reason = "unavailable"
+
+
 class RequestError(SignalingError):
     """A client event was refused; nothing was relayed and nothing changed."""
 
@@ -129,3 +139,15 @@ class RateLimited(RequestError):
     """The client sends this kind of event faster than its limit; nothing was done."""
 
     code = "rate_limited"
+
+
+class Unavailable(RequestError):
+    """The cluster (Redis) cannot be reached: nothing was delivered; retry."""
+
+    code = "unavailable"
+
+
+class ShuttingDown(RequestError):
+    """This node is shutting down: reconnect (to another node) and send again."""
+
+    code = "shutting_down"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from multiprocessing import Value
 from typing import Any, Final
 
 from engineio.payload import Payload
@@ -9,9 +11,11 @@ from sanic import Sanic
 
 from service import routes
 from service.auth import TokenVerifier
+from service.cluster import RedisLink, RedisPresence, SignedRedisManager
 from service.config import Settings
 from service.guard import Guard
-from service.logs import configure_logging
+from service.logs import configure_logging, log_event
+from service.presence import LocalPresence, Presence
 from service.signaling import Signaling
 from service.socket_server import SignalingServer
 
@@ -36,12 +40,17 @@ def create_app(settings: Settings, *, name: str = "signaling") -> Sanic[Any, Any
     # 1009) and bigger request bodies (413) before they are read; Engine.IO checks both again
     app.config.WEBSOCKET_MAX_SIZE = settings.max_message_bytes
     app.config.REQUEST_MAX_SIZE = settings.max_message_bytes + HTTP_OVERHEAD_BYTES
+    # leave room for our own graceful shutdown before Sanic cuts connections
+    app.config.GRACEFUL_SHUTDOWN_TIMEOUT = settings.shutdown_timeout + 5
+
+    manager, presence, link = _cluster(settings, logger)
     sio = SignalingServer(
         log=logger,
         auth_timeout=settings.auth_timeout,
         max_queued=settings.max_queued_messages,
         send_timeout=settings.send_timeout,
         async_mode="sanic",
+        client_manager=manager,
         # None = same origin only; "*" = any origin (development)
         cors_allowed_origins=list(settings.cors_origins) or None,
         # Socket.IO handlers run inline, not in a task of their own ...
@@ -54,20 +63,53 @@ def create_app(settings: Settings, *, name: str = "signaling") -> Sanic[Any, Any
     # sender's relays go out in the order they came in, with one task fewer per message
     sio.eio.async_handlers = False
     sio.attach(app, socketio_path=SOCKETIO_PATH)
-    signaling = Signaling(sio, TokenVerifier(settings, logger), Guard(settings), logger,
-                          expiry_warning=settings.token_expiry_warning)
+    signaling = Signaling(sio, TokenVerifier(settings, logger), Guard(settings), presence,
+                          logger, expiry_warning=settings.token_expiry_warning)
     signaling.register()
+
+    @app.main_process_start
+    async def check_workers(app: Sanic[Any, Any]) -> None:
+        workers = app.state.workers
+        if workers > 1 and settings.redis_url is None:
+            raise RuntimeError(
+                f"{workers} workers need SIGNAL_REDIS_URL: without it each worker only knows "
+                "its own clients, and calls between workers would silently fail.")
+        app.shared_ctx.workers = Value("i", workers)
 
     @app.after_server_start
     async def start_background(app: Sanic[Any, Any]) -> None:
+        shared = getattr(app.shared_ctx, "workers", None)
+        workers = shared.value if shared is not None else 1
+        if workers > 1 and not settings.sticky_sessions:
+            # long-polling needs every request of a session on the same worker
+            sio.eio.transports = ["websocket"]
+        log_event(logger, "serving", workers=workers, transports=list(sio.eio.transports),
+                  cluster="redis" if link else "memory")
         await signaling.start()
 
     @app.before_server_stop
     async def stop_background(app: Sanic[Any, Any]) -> None:
+        await signaling.shutdown(settings.shutdown_timeout)
         await signaling.stop()
+        if link is not None:
+            await link.close()
 
-    routes.register(app)
+    routes.register(app, signaling)
     app.ctx.settings = settings
     app.ctx.sio = sio
     app.ctx.signaling = signaling
     return app
+
+
+def _cluster(settings: Settings, logger: logging.Logger,
+             ) -> tuple[Any, Presence, RedisLink | None]:
+    """The client manager and presence: in memory, or on Redis when SIGNAL_REDIS_URL is set."""
+    if settings.redis_url is None:
+        return None, LocalPresence(), None
+    assert settings.redis_secret is not None  # Settings checks it
+    link = RedisLink(settings.redis_url.reveal(), max_connections=settings.redis_max_connections)
+    manager = SignedRedisManager(link, channel=settings.redis_channel,
+                                 secret=settings.redis_secret.reveal(), logger=logger)
+    presence = RedisPresence(link, prefix=settings.redis_channel, ttl=settings.node_ttl,
+                             logger=logger)
+    return manager, presence, link

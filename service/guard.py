@@ -2,10 +2,10 @@
 
 Per address: new sessions (``limit_ip_connects``) and failed authentications
 (``limit_ip_auth_failures``; an address out of failures may not try again until it refills).
-Per user: simultaneous connections (``max_connections_per_user``) and relays across all of
-the user's connections (``limit_user_relays``). Per connection: one bucket per event class,
-and a bucket of strikes: each refused event spends one, and a connection out of strikes is
-disconnected.
+Per user: relays across all of the user's connections on this node (``limit_user_relays``).
+Per connection: one bucket per event class, and a bucket of strikes: each refused event
+spends one, and a connection out of strikes is disconnected. (The per-user connection cap is
+counted by :mod:`service.presence`, cluster-wide when there is a cluster.)
 """
 
 from __future__ import annotations
@@ -61,7 +61,6 @@ class Guard:
         self._ip_failures = KeyedBuckets(settings.limit_ip_auth_failures, clock=clock)
         self._trusted: tuple[Network, ...] = parse_networks(settings.trusted_proxies)
         self.max_per_user = settings.max_connections_per_user
-        self._connections: dict[str, set[str]] = {}
 
     # ---- addresses ----
 
@@ -79,27 +78,14 @@ class Guard:
     def authentication_failed(self, ip: str) -> None:
         self._ip_failures.take(ip)
 
-    # ---- users ----
+    # ---- connections ----
 
-    def at_capacity(self, user: str) -> bool:
-        return 0 < self.max_per_user <= len(self._connections.get(user, ()))
-
-    def connected(self, user: str, sid: str) -> ConnectionBudget:
-        self._connections.setdefault(user, set()).add(sid)
+    def budget(self) -> ConnectionBudget:
+        """Fresh buckets for a new connection."""
         now = self._clock()
         return ConnectionBudget({name: TokenBucket(rate, now)
                                  for name, rate in self._rates.items()},
                                 TokenBucket(self._strikes, now))
-
-    def disconnected(self, user: str, sid: str) -> None:
-        sids = self._connections.get(user)
-        if sids is not None:
-            sids.discard(sid)
-            if not sids:
-                del self._connections[user]
-
-    def connections_of(self, user: str) -> int:
-        return len(self._connections.get(user, ()))
 
     # ---- events ----
 

@@ -22,20 +22,25 @@ from typing import Any, Final
 import socketio
 
 from service.auth import Identity, TokenVerifier, extract_token
+from service.cluster import ClusterUnavailable
 from service.errors import (
     AuthError,
     ConnectionRefused,
     Forbidden,
     RateLimited,
     RequestError,
+    ServiceUnavailable,
+    ShuttingDown,
     Throttled,
     TokenExpired,
     TooManyConnections,
+    Unavailable,
     UnknownEvent,
 )
 from service.expiry import ExpiryTimers
 from service.guard import OTHER, ConnectionBudget, Guard, event_class
 from service.logs import log_event
+from service.presence import Presence, PresenceUnavailable
 from service.protocol import (
     JOIN,
     LEAVE,
@@ -77,11 +82,14 @@ class Signaling:
     """Binds the protocol to a ``socketio.AsyncServer``."""
 
     def __init__(self, sio: socketio.AsyncServer, verifier: TokenVerifier, guard: Guard,
-                 logger: logging.Logger, *, expiry_warning: int) -> None:
+                 presence: Presence, logger: logging.Logger, *, expiry_warning: int) -> None:
         self.sio = sio
         self.verifier = verifier
         self.guard = guard
+        self.presence = presence
         self.log = logger
+        self.shutting_down = False
+        self._drained = asyncio.Event()
         self.sessions: dict[str, Session] = {}
         self.timers = ExpiryTimers(warning=expiry_warning, leeway=verifier.leeway,
                                    warn=self._warn_expiring, expire=self._expire)
@@ -89,7 +97,8 @@ class Signaling:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        """Background work while serving: load JWKS, watch the deny-list."""
+        """Background work while serving: presence, JWKS, the deny-list."""
+        await self.presence.start()
         self._background = [asyncio.ensure_future(self.verifier.prefetch())]
         if self.verifier.denylist is not None:
             self._background.append(asyncio.ensure_future(self._sweep_revoked()))
@@ -102,7 +111,28 @@ class Signaling:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.presence.stop()
 
+    async def shutdown(self, within: float) -> None:
+        """Leave gracefully: take no new sessions or events, tell every client to reconnect
+        (``server_disconnect {reason: shutting_down}``; it lands on another node) after its
+        queued messages, and wait up to ``within`` seconds for them to go."""
+        self.shutting_down = True
+        log_event(self.log, "shutting_down", connections=len(self.sessions))
+        for sid in list(self.sessions):
+            self.begin_close(sid, ShuttingDown.code)
+        if self.sessions:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), within)
+        log_event(self.log, "shut_down", left_behind=len(self.sessions))
+
+    async def ready(self) -> tuple[bool, str]:
+        """Whether this node should get traffic, and why not."""
+        if self.shutting_down:
+            return False, "shutting_down"
+        if not await self.presence.healthy():
+            return False, "redis_unreachable"
+        return True, "ready"
     def register(self) -> None:
         """Install every handler on the server."""
         self.sio.on("connect", self.connect)
@@ -131,6 +161,8 @@ class Signaling:
     def admit_session(self, environ: dict[str, Any]) -> str | None:
         """Engine.IO asks before opening a session: refuse an address over its limits."""
         ip = self.client_ip(environ)
+        if self.shutting_down:
+            return ShuttingDown.code
         if self.guard.admit_session(ip):
             return None
         log_event(self.log, "session_refused", logging.WARNING, reason=Throttled.reason, ip=ip)
@@ -149,7 +181,14 @@ class Signaling:
             except AuthError:
                 self.guard.authentication_failed(ip)
                 raise
-            if self.guard.at_capacity(identity.user_id):
+            if self.shutting_down:
+                raise ServiceUnavailable("this node is shutting down")
+            try:
+                admitted = await self.presence.add_connection(
+                    identity.user_id, sid, self.guard.max_per_user)
+            except PresenceUnavailable:
+                raise ServiceUnavailable("presence store unreachable") from None
+            if not admitted:
                 raise TooManyConnections("user is at its connection limit")
         except ConnectionRefused as exc:
             log_event(self.log, "connect_refused", sid=sid, reason=exc.reason,
@@ -163,8 +202,8 @@ class Signaling:
             raise socketio.exceptions.ConnectionRefusedError(
                 "internal_error", {"reason": "internal_error"}
             ) from None
-        budget = self.guard.connected(identity.user_id, sid)
-        self.sessions[sid] = Session(identity, transport, ip, time.monotonic(), budget)
+        self.sessions[sid] = Session(identity, transport, ip, time.monotonic(),
+                                     self.guard.budget())
         self.timers.arm(sid, identity)
         log_event(self.log, "connect", sid=sid, user=identity.user_id, transport=transport,
                   ip=ip, exp=identity.expires_at)
@@ -175,7 +214,9 @@ class Signaling:
         self.timers.disarm(sid)
         if session is None:
             return
-        self.guard.disconnected(session.identity.user_id, sid)
+        await self.presence.remove_connection(session.identity.user_id, sid)
+        if self.shutting_down and not self.sessions:
+            self._drained.set()
         log_event(
             self.log, "disconnect", sid=sid, user=session.identity.user_id,
             transport=self._transport(sid, session.transport),
@@ -186,6 +227,10 @@ class Signaling:
     async def join(self, sid: str, *args: object) -> Ack:
         """``JoinSocket(userID)``: enter the caller's own room; any other id is refused."""
         user_id = self._own_id(sid, parse_room_request(args))
+        try:
+            await self.presence.join(user_id, sid)
+        except PresenceUnavailable:
+            raise Unavailable("presence store unreachable; retry") from None
         await self.sio.enter_room(sid, user_room(user_id))
         log_event(self.log, "join", logging.DEBUG, sid=sid, user=user_id)
         return {"ok": True}
@@ -194,6 +239,7 @@ class Signaling:
         """``LeaveSocket(userID)``: leave the caller's own room (a no-op if not in it)."""
         user_id = self._own_id(sid, parse_room_request(args))
         await self.sio.leave_room(sid, user_room(user_id))
+        await self.presence.leave(user_id, sid)
         log_event(self.log, "leave", logging.DEBUG, sid=sid, user=user_id)
         return {"ok": True}
 
@@ -201,10 +247,13 @@ class Signaling:
         """Deliver a validated offer/answer/candidate/hangup to room ``to``, from the caller."""
         relay = parse_relay(event, args)
         sender = self._session(sid).identity.user_id
-        room = user_room(relay.to)
-        delivered = self._has_other_members(room, sid)
-        if delivered:
-            await self.sio.emit(event, relay.stamped(sender), room=room, skip_sid=sid)
+        try:
+            delivered = await self.presence.others_present(relay.to, sid)
+            if delivered:
+                await self.sio.emit(event, relay.stamped(sender), room=user_room(relay.to),
+                                    skip_sid=sid)
+        except (PresenceUnavailable, ClusterUnavailable):
+            raise Unavailable("the cluster cannot be reached; nothing was sent") from None
         return {"ok": True, "delivered": delivered}
 
     async def refresh(self, sid: str, *args: object) -> Ack:
@@ -242,9 +291,11 @@ class Signaling:
     async def _close(self, sid: str, reason: str) -> None:
         self.timers.disarm(sid)
         eio_sid = self.sio.manager.eio_sid_from_sid(sid, NAMESPACE)
-        await self.sio.emit("server_disconnect", {"reason": reason}, to=sid)
+        # the socket is on this node: no need to go through the cluster (ignore_queue)
+        await self.sio.emit("server_disconnect", {"reason": reason}, to=sid, ignore_queue=True)
         try:
-            await asyncio.wait_for(self.sio.disconnect(sid), CLOSE_TIMEOUT_SECONDS)
+            await asyncio.wait_for(self.sio.disconnect(sid, ignore_queue=True),
+                                   CLOSE_TIMEOUT_SECONDS)
         except TimeoutError:
             if eio_sid is not None:
                 await self.sio.drop(eio_sid, reason)
@@ -260,7 +311,8 @@ class Signaling:
             return
         remaining = max(0, round(identity.expires_at - time.time()))
         await self.sio.emit("token_expiring", {"exp": identity.expires_at,
-                                               "expires_in": remaining}, to=sid)
+                                               "expires_in": remaining}, to=sid,
+                            ignore_queue=True)
 
     async def _expire(self, sid: str, identity: Identity) -> None:
         session = self.sessions.get(sid)
@@ -300,6 +352,8 @@ class Signaling:
             session = self.sessions.get(sid)
             if session is not None and session.closing is not None:
                 return {"ok": False, "error": session.closing}  # on its way out: no work
+            if self.shutting_down:
+                return {"ok": False, "error": ShuttingDown.code}
             if session is not None and not self.guard.allow(
                     session.budget, session.identity.user_id, kind):
                 if not self.guard.strike(session.budget):
@@ -335,10 +389,6 @@ class Signaling:
         if user_id != self._session(sid).identity.user_id:
             raise Forbidden("you may only join or leave your own room")
         return user_id
-
-    def _has_other_members(self, room: str, sid: str) -> bool:
-        return any(member != sid for member, _ in self.sio.manager.get_participants(NAMESPACE,
-                                                                                     room))
 
     def _transport(self, sid: str, default: str = "unknown") -> str:
         try:

@@ -212,7 +212,8 @@ async def test_simultaneous_connections_per_user_are_capped(transport: str) -> N
         other = Peer(service.url, transport)
         await other.connect(service.token("bob"))
         await first.close()
-        await eventually(lambda: service.app.ctx.signaling.guard.connections_of("alice") == 1)
+        presence = service.app.ctx.signaling.presence
+        await eventually(lambda: presence.connections_of("alice") == 1)
         third = Peer(service.url, transport)
         await third.connect(service.token("alice"))
         for peer in (second, third, other):

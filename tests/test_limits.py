@@ -7,6 +7,7 @@ import pytest
 from service.config import Secret, Settings
 from service.guard import OTHER, RELAY, ROOM, Guard, event_class
 from service.limits import KeyedBuckets, Rate, TokenBucket, client_address, parse_networks
+from service.presence import LocalPresence
 
 
 class Clock:
@@ -104,7 +105,7 @@ def test_event_classes() -> None:
 def test_per_connection_and_per_user_relay_limits() -> None:
     """Each connection has its own relay bucket; the user's bucket caps them together."""
     guard, _ = _guard(limit_relays=Rate(1, 3), limit_user_relays=Rate(1, 5))
-    phone, laptop = guard.connected("alice", "s1"), guard.connected("alice", "s2")
+    phone, laptop = guard.budget(), guard.budget()
     assert [guard.allow(phone, "alice", RELAY) for _ in range(4)] == [True] * 3 + [False]
     assert [guard.allow(laptop, "alice", RELAY) for _ in range(3)] == [True, True, False]
 
@@ -112,21 +113,33 @@ def test_per_connection_and_per_user_relay_limits() -> None:
 def test_strikes_run_out() -> None:
     """A connection that keeps sending over its limit runs out of strikes."""
     guard, clock = _guard(limit_strikes=Rate(1, 3))
-    budget = guard.connected("alice", "s1")
+    budget = guard.budget()
     assert [guard.strike(budget) for _ in range(4)] == [True, True, True, False]
     clock.now += 1
     assert guard.strike(budget)
 
 
-def test_connection_cap_per_user() -> None:
-    guard, _ = _guard(max_connections_per_user=2)
-    guard.connected("alice", "s1")
-    assert not guard.at_capacity("alice")
-    guard.connected("alice", "s2")
-    assert guard.at_capacity("alice") and not guard.at_capacity("bob")
-    guard.disconnected("alice", "s1")
-    assert not guard.at_capacity("alice")
-    assert guard.connections_of("alice") == 1
+async def test_connection_cap_per_user() -> None:
+    """In-memory presence counts a user's connections against the cap (0: no cap)."""
+    presence = LocalPresence()
+    assert await presence.add_connection("alice", "s1", 2)
+    assert await presence.add_connection("alice", "s2", 2)
+    assert not await presence.add_connection("alice", "s3", 2)
+    assert await presence.add_connection("bob", "s4", 2)
+    await presence.remove_connection("alice", "s1")
+    assert await presence.add_connection("alice", "s3", 2)
+    assert presence.connections_of("alice") == 2
+    assert all([await presence.add_connection("carol", f"c{n}", 0) for n in range(50)])
+
+
+async def test_local_presence_of_joined_sockets() -> None:
+    """``others_present`` counts joined sockets other than the asking one."""
+    presence = LocalPresence()
+    await presence.join("alice", "s1")
+    assert not await presence.others_present("alice", "s1")
+    assert await presence.others_present("alice", "s2")
+    await presence.leave("alice", "s1")
+    assert not await presence.others_present("alice", "s2")
 
 
 def test_auth_failures_close_the_address() -> None:

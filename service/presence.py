@@ -1,0 +1,88 @@
+"""Presence: who is connected and who has joined their room, for ``delivered`` acks and the
+per-user connection cap.
+
+:class:`LocalPresence` is the in-memory default (one process). ``service.cluster`` has the
+Redis one, which answers for the whole cluster. Both raise :class:`PresenceUnavailable` when
+they cannot answer; the relay is then refused with ``unavailable`` rather than guessed.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class PresenceUnavailable(Exception):
+    """The presence store cannot be reached."""
+
+
+class Presence(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def add_connection(self, user: str, sid: str, cap: int) -> bool:
+        """Count a new connection of ``user``; False (and nothing counted) when the user
+        already has ``cap`` connections (``cap == 0``: no limit)."""
+
+    async def remove_connection(self, user: str, sid: str) -> None: ...
+
+    async def join(self, user: str, sid: str) -> None:
+        """``sid`` has joined ``user``'s room."""
+
+    async def leave(self, user: str, sid: str) -> None: ...
+
+    async def others_present(self, user: str, sid: str) -> bool:
+        """Whether any socket other than ``sid`` has joined ``user``'s room, anywhere."""
+
+    async def healthy(self) -> bool:
+        """Whether the store answers now (for readiness)."""
+
+
+class LocalPresence:
+    """One process's view, which is the whole truth when there is one process."""
+
+    def __init__(self) -> None:
+        self._connections: dict[str, set[str]] = {}
+        self._joined: dict[str, set[str]] = {}
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def add_connection(self, user: str, sid: str, cap: int) -> bool:
+        sids = self._connections.setdefault(user, set())
+        if 0 < cap <= len(sids):
+            if not sids:
+                del self._connections[user]
+            return False
+        sids.add(sid)
+        return True
+
+    async def remove_connection(self, user: str, sid: str) -> None:
+        _discard(self._connections, user, sid)
+        _discard(self._joined, user, sid)
+
+    async def join(self, user: str, sid: str) -> None:
+        self._joined.setdefault(user, set()).add(sid)
+
+    async def leave(self, user: str, sid: str) -> None:
+        _discard(self._joined, user, sid)
+
+    async def others_present(self, user: str, sid: str) -> bool:
+        return any(other != sid for other in self._joined.get(user, ()))
+
+    async def healthy(self) -> bool:
+        return True
+
+    def connections_of(self, user: str) -> int:
+        return len(self._connections.get(user, ()))
+
+
+def _discard(index: dict[str, set[str]], user: str, sid: str) -> None:
+    sids = index.get(user)
+    if sids is not None:
+        sids.discard(sid)
+        if not sids:
+            del index[user]

@@ -19,7 +19,8 @@ the garbage collector).
 sockets, and per node a key that lives ``SIGNAL_NODE_TTL`` seconds and is renewed several times
 a second: members of a node whose key has expired (a crashed node) are ignored and pruned.
 When the node key was missing at renewal (Redis restarted, or it was away too long), the node
-writes its members again.
+writes its members again. A node renews its key only while its subscription to the channel is
+up: otherwise a relay to its users would be acknowledged ``delivered`` and never arrive.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import secrets
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Final
 
 import socketio
@@ -118,6 +119,8 @@ class SignedRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
         self._log = logger
         self._seen: OrderedDict[str, float] = OrderedDict()
         self.dropped = 0
+        #: whether messages from other nodes reach this one now
+        self.subscribed = False
 
     # ---- connections ----
 
@@ -132,12 +135,14 @@ class SignedRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
             try:
                 self._redis_connect()
                 await self.pubsub.subscribe(self.channel)
+                self.subscribed = True
                 if failing:
                     log_event(self._log, "redis_subscription_restored", channel=self.channel)
                     failing = False
                 async for message in self.pubsub.listen():
                     yield message
             except (RedisError, OSError) as exc:
+                self.subscribed = False
                 if not failing:
                     log_event(self._log, "redis_subscription_lost", logging.WARNING,
                               channel=self.channel, error_type=type(exc).__name__)
@@ -213,8 +218,10 @@ class RedisPresence:
     """Cluster-wide presence on Redis (see the module docstring)."""
 
     def __init__(self, link: RedisLink, *, prefix: str, ttl: float,
-                 logger: logging.Logger, node: str | None = None) -> None:
+                 logger: logging.Logger, node: str | None = None,
+                 receiving: Callable[[], bool] = lambda: True) -> None:
         self.node = node or node_id()
+        self._receiving = receiving
         self._redis = link.client
         self._prefix = prefix
         self._ttl = ttl
@@ -228,6 +235,8 @@ class RedisPresence:
         self._pending: list[tuple[str, str]] = []  # (key, member) to remove when Redis is back
         self._beat: asyncio.Task[None] | None = None
         self.failing = False
+        #: this node's key was renewed by the last heartbeat: its users count as online
+        self.live = False
 
     def _member(self, sid: str) -> str:
         return f"{self.node}|{sid}"
@@ -239,8 +248,6 @@ class RedisPresence:
         return f"{self._prefix}:joined:{user}"
 
     async def start(self) -> None:
-        with contextlib.suppress(RedisError, OSError):
-            await self._redis.set(self._node_key, "1", px=int(self._ttl * 1000))
         self._beat = asyncio.ensure_future(self._heartbeat())
 
     async def stop(self) -> None:
@@ -261,14 +268,22 @@ class RedisPresence:
         interval = self._ttl / 5
         while True:
             try:
+                if not self._receiving():
+                    # not subscribed: this node's users must not count as reachable
+                    self.live = False
+                    await self._redis.delete(self._node_key)
+                    await asyncio.sleep(min(interval, 0.1))
+                    continue
                 previous = await self._redis.set(self._node_key, "1",
                                                  px=int(self._ttl * 1000), get=True)
                 if previous is None or self._pending:
                     await self._resync()
+                self.live = True
                 if self.failing:
                     log_event(self._log, "redis_presence_restored", node=self.node)
                     self.failing = False
             except (RedisError, OSError) as exc:
+                self.live = False
                 if not self.failing:
                     log_event(self._log, "redis_presence_lost", logging.WARNING,
                               node=self.node, error_type=type(exc).__name__)
@@ -336,6 +351,9 @@ class RedisPresence:
         return int(live) > 0
 
     async def healthy(self) -> bool:
+        """Redis answers, and this node is subscribed and counted as online."""
+        if not self.live:
+            return False
         try:
             return bool(await asyncio.wait_for(self._redis.ping(), 1.0))
         except (RedisError, OSError, TimeoutError):

@@ -111,5 +111,5 @@ def _cluster(settings: Settings, logger: logging.Logger,
     manager = SignedRedisManager(link, channel=settings.redis_channel,
                                  secret=settings.redis_secret.reveal(), logger=logger)
     presence = RedisPresence(link, prefix=settings.redis_channel, ttl=settings.node_ttl,
-                             logger=logger)
+                             logger=logger, receiving=lambda: manager.subscribed)
     return manager, presence, link

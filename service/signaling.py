@@ -98,6 +98,10 @@ class Signaling:
 
     async def start(self) -> None:
         """Background work while serving: presence, JWKS, the deny-list."""
+        if not self.sio.manager_initialized:
+            # subscribe to the cluster now, not when the first client happens to connect
+            self.sio.manager_initialized = True
+            self.sio.manager.initialize()
         await self.presence.start()
         self._background = [asyncio.ensure_future(self.verifier.prefetch())]
         if self.verifier.denylist is not None:

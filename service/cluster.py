@@ -51,6 +51,8 @@ MAX_MESSAGE_AGE: Final = 30.0
 #: ids of recently accepted messages, to drop replays
 SEEN_IDS: Final = 100_000
 SUBSCRIBE_RETRY_SECONDS: Final = 1.0
+#: what :meth:`SignedRedisManager.open` returns for this node's own messages
+OWN: Final = "\x00own"
 
 _LIVE_MEMBERS = """
 -- KEYS[1]: a set of "node|sid"; ARGV[1]: node key prefix; ARGV[2]: member to leave out
@@ -83,6 +85,23 @@ if cap > 0 and live >= cap then return 0 end
 redis.call('SADD', KEYS[1], ARGV[2])
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
 return 1
+"""
+
+_PUBLISH_IF_PRESENT = """
+-- KEYS[1]: joined sockets of the recipient; ARGV: node key prefix, the sender's member,
+-- channel, signed envelope. Publishes only when another live socket has joined; returns
+-- how many have. One round trip per relay instead of two.
+local live = 0
+for _, member in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local node = string.match(member, '^(.-)|')
+  if node and redis.call('EXISTS', ARGV[1] .. node) == 1 then
+    if member ~= ARGV[2] then live = live + 1 end
+  else
+    redis.call('SREM', KEYS[1], member)
+  end
+end
+if live > 0 then redis.call('PUBLISH', ARGV[3], ARGV[4]) end
+return live
 """
 
 #: sets of a user's members expire after a day without a change (garbage from dead clusters)
@@ -121,6 +140,8 @@ class SignedRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
         self.dropped = 0
         #: whether messages from other nodes reach this one now
         self.subscribed = False
+        #: ids this node published lately: its own messages come back and need no checking
+        self._own: OrderedDict[str, None] = OrderedDict()
 
     # ---- connections ----
 
@@ -161,16 +182,30 @@ class SignedRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
         """The signed envelope of a manager message."""
         body = self.json.dumps(data)
         ts, mid = time.time(), secrets.token_hex(12)
-        return json.dumps({"ts": ts, "id": mid, "body": body, "sig": self._sign(body, ts, mid)})
+        self._own[mid] = None
+        while len(self._own) > SEEN_IDS:
+            self._own.popitem(last=False)
+        return json.dumps({"id": mid, "ts": ts, "body": body, "sig": self._sign(body, ts, mid)})
+
+    def emit_envelope(self, event: str, data: Any, room: str, skip_sid: str) -> str:
+        """The signed message by which python-socketio's managers on the other nodes emit
+        ``event`` to ``room`` (what ``AsyncPubSubManager.emit`` publishes)."""
+        return self.seal({"method": "emit", "event": event, "data": [data], "binary": False,
+                          "namespace": "/", "room": room, "skip_sid": skip_sid,
+                          "callback": None, "host_id": self.host_id})
 
     def open(self, raw: bytes | str) -> str | None:
-        """The body of a genuine, fresh, first-seen envelope; None otherwise."""
+        """The body of a genuine, fresh, first-seen envelope; :data:`OWN` for one this node
+        published; None otherwise."""
         try:
             envelope = json.loads(raw)
             ts, mid, body, sig = (envelope["ts"], envelope["id"], envelope["body"],
                                   envelope["sig"])
         except (ValueError, TypeError, KeyError):
             return None
+        if isinstance(mid, str) and mid in self._own:
+            self._own.pop(mid)
+            return OWN  # our own message, back from Redis: handled here already
         if not (isinstance(ts, float) and isinstance(mid, str) and isinstance(body, str)
                 and isinstance(sig, str)):
             return None
@@ -199,6 +234,8 @@ class SignedRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
     async def _listen(self) -> AsyncIterator[str]:
         async for raw in super()._listen():
             body = self.open(raw)
+            if body is OWN:
+                continue
             if body is None:
                 self.dropped += 1
                 if self.dropped in (1, 10, 100) or self.dropped % 1000 == 0:
@@ -230,6 +267,7 @@ class RedisPresence:
         self._node_key = self._node_prefix + self.node
         self._live = self._redis.register_script(_LIVE_MEMBERS)
         self._add = self._redis.register_script(_ADD_UNDER_CAP)
+        self._publish_if_present = self._redis.register_script(_PUBLISH_IF_PRESENT)
         self._connections: dict[str, str] = {}  # sid -> user, on this node
         self._joined: dict[str, str] = {}
         self._pending: list[tuple[str, str]] = []  # (key, member) to remove when Redis is back
@@ -342,6 +380,18 @@ class RedisPresence:
         except (RedisError, OSError):
             self._pending.extend(removals)  # the heartbeat applies them once Redis is back
 
+    async def publish_if_present(self, user: str, sid: str, channel: str,
+                                 envelope: str) -> bool:
+        """In one round trip: whether another live socket has joined ``user``'s room, and if
+        so, publish ``envelope`` on ``channel``."""
+        try:
+            live = await self._publish_if_present(
+                keys=[self._joined_key(user)],
+                args=[self._node_prefix, self._member(sid), channel, envelope])
+        except (RedisError, OSError) as exc:
+            raise PresenceUnavailable(str(type(exc).__name__)) from None
+        return int(live) > 0
+
     async def others_present(self, user: str, sid: str) -> bool:
         try:
             live = await self._live(keys=[self._joined_key(user)],
@@ -358,3 +408,23 @@ class RedisPresence:
             return bool(await asyncio.wait_for(self._redis.ping(), 1.0))
         except (RedisError, OSError, TimeoutError):
             return False
+
+
+class ClusterDelivery:
+    """Relays across the cluster: presence check and publish in one Redis round trip, then
+    delivery to this node's own recipients (Redis does not echo them back to it)."""
+
+    def __init__(self, sio: socketio.AsyncServer, manager: SignedRedisManager,
+                 presence: RedisPresence) -> None:
+        self._sio = sio
+        self._manager = manager
+        self._presence = presence
+
+    async def relay(self, event: str, message: dict[str, Any], to: str, room: str,
+                    sid: str) -> bool:
+        envelope = self._manager.emit_envelope(event, message, room, sid)
+        delivered = await self._presence.publish_if_present(to, sid, self._manager.channel,
+                                                            envelope)
+        if delivered:
+            await self._sio.emit(event, message, room=room, skip_sid=sid, ignore_queue=True)
+        return delivered

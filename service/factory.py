@@ -11,11 +11,11 @@ from sanic import Sanic
 
 from service import routes
 from service.auth import TokenVerifier
-from service.cluster import RedisLink, RedisPresence, SignedRedisManager
+from service.cluster import ClusterDelivery, RedisLink, RedisPresence, SignedRedisManager
 from service.config import Settings
 from service.guard import Guard
 from service.logs import configure_logging, log_event
-from service.presence import LocalPresence, Presence
+from service.presence import Delivery, LocalDelivery, LocalPresence, Presence
 from service.signaling import Signaling
 from service.socket_server import SignalingServer
 
@@ -63,8 +63,10 @@ def create_app(settings: Settings, *, name: str = "signaling") -> Sanic[Any, Any
     # sender's relays go out in the order they came in, with one task fewer per message
     sio.eio.async_handlers = False
     sio.attach(app, socketio_path=SOCKETIO_PATH)
+    delivery: Delivery = (ClusterDelivery(sio, manager, presence)
+                          if isinstance(presence, RedisPresence) else LocalDelivery(sio, presence))
     signaling = Signaling(sio, TokenVerifier(settings, logger), Guard(settings), presence,
-                          logger, expiry_warning=settings.token_expiry_warning)
+                          delivery, logger, expiry_warning=settings.token_expiry_warning)
     signaling.register()
 
     @app.main_process_start

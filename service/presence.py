@@ -8,7 +8,13 @@ they cannot answer; the relay is then refused with ``unavailable`` rather than g
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
+
+
+class Delivery(Protocol):
+    async def relay(self, event: str, message: dict[str, Any], to: str, room: str,
+                    sid: str) -> bool:
+        """Send ``message`` to every socket in ``room`` but ``sid``; whether anyone got it."""
 
 
 class PresenceUnavailable(Exception):
@@ -86,3 +92,19 @@ def _discard(index: dict[str, set[str]], user: str, sid: str) -> None:
         sids.discard(sid)
         if not sids:
             del index[user]
+
+
+class LocalDelivery:
+    """Relays within one process: python-socketio's in-memory rooms."""
+
+    def __init__(self, sio: Any, presence: Presence) -> None:
+        self._sio = sio
+        self._presence = presence
+
+    async def relay(self, event: str, message: dict[str, Any], to: str, room: str,
+                    sid: str) -> bool:
+        """Emit ``message`` to ``room`` when someone other than ``sid`` joined it there."""
+        if not await self._presence.others_present(to, sid):
+            return False
+        await self._sio.emit(event, message, room=room, skip_sid=sid)
+        return True

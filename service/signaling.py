@@ -40,7 +40,7 @@ from service.errors import (
 from service.expiry import ExpiryTimers
 from service.guard import OTHER, ConnectionBudget, Guard, event_class
 from service.logs import log_event
-from service.presence import Presence, PresenceUnavailable
+from service.presence import Delivery, Presence, PresenceUnavailable
 from service.protocol import (
     JOIN,
     LEAVE,
@@ -82,8 +82,10 @@ class Signaling:
     """Binds the protocol to a ``socketio.AsyncServer``."""
 
     def __init__(self, sio: socketio.AsyncServer, verifier: TokenVerifier, guard: Guard,
-                 presence: Presence, logger: logging.Logger, *, expiry_warning: int) -> None:
+                 presence: Presence, delivery: Delivery, logger: logging.Logger, *,
+                 expiry_warning: int) -> None:
         self.sio = sio
+        self.delivery = delivery
         self.verifier = verifier
         self.guard = guard
         self.presence = presence
@@ -252,10 +254,8 @@ class Signaling:
         relay = parse_relay(event, args)
         sender = self._session(sid).identity.user_id
         try:
-            delivered = await self.presence.others_present(relay.to, sid)
-            if delivered:
-                await self.sio.emit(event, relay.stamped(sender), room=user_room(relay.to),
-                                    skip_sid=sid)
+            delivered = await self.delivery.relay(event, relay.stamped(sender), relay.to,
+                                                  user_room(relay.to), sid)
         except (PresenceUnavailable, ClusterUnavailable):
             raise Unavailable("the cluster cannot be reached; nothing was sent") from None
         return {"ok": True, "delivered": delivered}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -18,7 +19,7 @@ from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
 from service.auth import mint
-from service.cluster import SignedRedisManager
+from service.cluster import RedisLink, SignedRedisManager
 from service.config import Secret, Settings
 from tests.processes import (
     REDIS_SECRET,
@@ -331,11 +332,14 @@ async def test_forged_and_replayed_cluster_messages_are_dropped(redis_url: str,
         forged = {"method": "emit", "event": "hangup", "data": [{"to": "bob", "from": "ceo"}],
                   "binary": False, "namespace": "/", "room": "user:bob", "skip_sid": None,
                   "callback": None, "host_id": "attacker"}
-        other_key = SignedRedisManager.__new__(SignedRedisManager)
-        other_key.channel, other_key._key = channel, b"not-the-cluster-secret-0123456789"
+        # the same code, with another key (an attacker's) and with the real one (for a
+        # correctly signed but stale message)
+        other_key = SignedRedisManager(RedisLink(redis_url, max_connections=2), channel=channel,
+                                       secret="not-the-cluster-secret-0123456789-xx",
+                                       logger=logging.getLogger("test"))
         other_key.json = json
-        real_key = SignedRedisManager.__new__(SignedRedisManager)
-        real_key.channel, real_key._key, real_key.json = channel, REDIS_SECRET.encode(), json
+        real_key = SignedRedisManager(RedisLink(redis_url, max_connections=2), channel=channel,
+                                      secret=REDIS_SECRET, logger=logging.getLogger("test"))
         stale_body = json.dumps(forged)
         stale_ts = time.time() - 120
         stale = json.dumps({"ts": stale_ts, "id": "old", "body": stale_body,
@@ -345,6 +349,8 @@ async def test_forged_and_replayed_cluster_messages_are_dropped(redis_url: str,
         assert await bob.silent("hangup", 0.5)
         await sub.aclose()  # type: ignore[no-untyped-call]
         await raw.aclose()
+        await other_key.link.close()
+        await real_key.link.close()
         await alice.close()
         await bob.close()
         dropped = [r for r in b.records() if r["event"] == "cluster_message_dropped"]

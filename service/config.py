@@ -119,6 +119,10 @@ class Settings:
     node_ttl: float = 5.0
     sticky_sessions: bool = False
     shutdown_timeout: float = 10.0
+    # ---- calls (see README "Demo") ----
+    demo: bool = False
+    demo_tokens: bool = False
+    ice_servers: tuple[dict[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         problems = _invariants(self)
@@ -161,7 +165,7 @@ KNOWN: Final = frozenset({
     "LIMIT_OTHER", "LIMIT_STRIKES", "LIMIT_IP_CONNECTS", "LIMIT_IP_AUTH_FAILURES",
     "MAX_CONNECTIONS_PER_USER", "AUTH_TIMEOUT", "MAX_QUEUED_MESSAGES", "SEND_TIMEOUT",
     "TRUSTED_PROXIES", "REDIS_URL", "REDIS_SECRET", "REDIS_CHANNEL", "REDIS_MAX_CONNECTIONS",
-    "NODE_TTL", "STICKY_SESSIONS", "SHUTDOWN_TIMEOUT",
+    "NODE_TTL", "STICKY_SESSIONS", "SHUTDOWN_TIMEOUT", "DEMO", "DEMO_TOKENS", "ICE_SERVERS",
 })
 
 
@@ -185,6 +189,7 @@ def _parse(values: Mapping[str, str]) -> Settings:
 
     no_text: tuple[str, ...] = ()
     no_jwks: tuple[JwksEndpoint, ...] = ()
+    no_servers: tuple[dict[str, Any], ...] = ()
     issuers = field("JWT_ISSUER", _text_list, no_text)
     kwargs: dict[str, Any] = {
         "jwt_secret": field("JWT_SECRET", _secret, None),
@@ -218,6 +223,9 @@ def _parse(values: Mapping[str, str]) -> Settings:
         "node_ttl": float(field("NODE_TTL", _int(2, 300), 5)),
         "sticky_sessions": field("STICKY_SESSIONS", _bool, False),
         "shutdown_timeout": float(field("SHUTDOWN_TIMEOUT", _int(1, 600), 10)),
+        "demo": field("DEMO", _bool, False),
+        "demo_tokens": field("DEMO_TOKENS", _bool, False),
+        "ice_servers": field("ICE_SERVERS", _ice_servers, no_servers),
     }
     for name in ("RELAYS", "USER_RELAYS", "ROOMS", "REFRESHES", "OTHER", "STRIKES",
                  "IP_CONNECTS", "IP_AUTH_FAILURES"):
@@ -268,6 +276,11 @@ def _invariants(s: Any) -> list[str]:
             )
         elif msg := _check_secret(s.redis_secret.reveal(), f"{PREFIX}REDIS_SECRET"):
             problems.append(msg)
+    if s.demo_tokens and (s.jwt_secret is None or not s.demo):
+        problems.append(
+            f"{PREFIX}DEMO_TOKENS hands out tokens signed with {PREFIX}JWT_SECRET on the demo "
+            f"page: it needs {PREFIX}DEMO=true and a {PREFIX}JWT_SECRET (development only)."
+        )
     if not s.jwt_user_claim:
         problems.append(f"{PREFIX}JWT_USER_CLAIM must name a claim.")
     return problems
@@ -463,6 +476,26 @@ def _bool(raw: str, var: str) -> bool:
     if value in ("0", "false", "no", "off"):
         return False
     raise ValueError(f"{var} must be true or false, got {raw!r}.")
+
+
+def _ice_servers(raw: str, var: str) -> tuple[dict[str, Any], ...]:
+    """A JSON list of RTCIceServer objects: ``[{"urls": "stun:stun.example.com:3478"}]``."""
+    import json
+
+    try:
+        servers = json.loads(raw)
+    except ValueError:
+        servers = None
+    ok = isinstance(servers, list) and all(
+        isinstance(s, dict) and isinstance(s.get("urls"), (str, list))
+        and set(s) <= {"urls", "username", "credential"} for s in servers)
+    if not ok:
+        raise ValueError(
+            f"{var} must be a JSON list of RTCIceServer objects, e.g. "
+            '[{"urls": "stun:stun.example.com:3478"}, {"urls": "turn:turn.example.com", '
+            '"username": "u", "credential": "p"}].'
+        )
+    return tuple(servers)
 
 
 def _log_level(raw: str, var: str) -> str:

@@ -96,7 +96,7 @@ def create_app(settings: Settings, *, name: str = "signaling") -> Sanic[Any, Any
         if link is not None:
             await link.close()
 
-    routes.register(app, signaling)
+    routes.register(app, signaling, settings)
     app.ctx.settings = settings
     app.ctx.sio = sio
     app.ctx.signaling = signaling

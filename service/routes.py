@@ -1,20 +1,33 @@
-"""HTTP routes beside the Socket.IO endpoint: liveness and readiness, for load balancers
-and orchestrators."""
+"""HTTP routes beside the Socket.IO endpoint: liveness and readiness for load balancers and
+orchestrators, ICE servers for clients, and the demo page."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from importlib import resources
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import urlsplit
 
 from sanic import Request, Sanic
-from sanic.response import HTTPResponse, json
+from sanic.response import HTTPResponse, json, raw, redirect
 
 from service import __version__
+from service.auth import extract_token, mint
+from service.config import Settings
+from service.errors import AuthError, InvalidPayload
+from service.protocol import parse_user_id
 
 if TYPE_CHECKING:
     from service.signaling import Signaling
 
+#: the demo page may talk to its own origin only (and show camera streams)
+DEMO_CSP: Final = ("default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; "
+                   "media-src 'self' blob: mediastream:; style-src 'self' 'unsafe-inline'; "
+                   "frame-ancestors 'none'")
+DEMO_FILES: Final = {"demo.js": "text/javascript", "socket.io.min.js": "text/javascript"}
+DEV_TOKEN_TTL: Final = 3600
 
-def register(app: Sanic[Any, Any], signaling: Signaling) -> None:
+
+def register(app: Sanic[Any, Any], signaling: Signaling, settings: Settings) -> None:
     """Add the service's HTTP routes to ``app``."""
 
     @app.get("/healthz")
@@ -29,3 +42,65 @@ def register(app: Sanic[Any, Any], signaling: Signaling) -> None:
         ready, reason = await signaling.ready()
         return json({"status": "ready" if ready else "not_ready", "reason": reason,
                      "connections": len(signaling.sessions)}, status=200 if ready else 503)
+
+    @app.get("/ice-servers")
+    async def ice_servers(request: Request) -> HTTPResponse:
+        """The RTCIceServer list (SIGNAL_ICE_SERVERS) for a client with a valid token: TURN
+        credentials are not for everyone."""
+        try:
+            token = extract_token(None, request.headers.get("authorization"))
+            await signaling.verifier.verify(token)
+        except AuthError as exc:
+            return json({"error": exc.code, "reason": exc.reason}, status=401,
+                        headers={"WWW-Authenticate": "Bearer"})
+        return json({"iceServers": list(settings.ice_servers)},
+                    headers={"Cache-Control": "no-store"})
+
+    if settings.demo:
+        _register_demo(app, settings)
+
+
+def _register_demo(app: Sanic[Any, Any], settings: Settings) -> None:
+    static = resources.files("service") / "static"
+    page = (static / "demo.html").read_bytes()
+    files = {name: (static / name).read_bytes() for name in DEMO_FILES}
+
+    @app.get("/demo", strict_slashes=True)
+    async def demo_redirect(request: Request) -> HTTPResponse:
+        return redirect("/demo/")
+
+    @app.get("/demo/", strict_slashes=True)
+    async def demo_page(request: Request) -> HTTPResponse:
+        """A two-party video call on this service, for trying it out."""
+        return raw(page, content_type="text/html; charset=utf-8",
+                   headers={"Content-Security-Policy": DEMO_CSP,
+                            "X-Content-Type-Options": "nosniff"})
+
+    @app.get("/demo/<name:str>")
+    async def demo_file(request: Request, name: str) -> HTTPResponse:
+        if name == "config":
+            return json({"devTokens": settings.demo_tokens,
+                         "userClaim": settings.jwt_user_claim})
+        if name == "token":
+            return _dev_token(request, settings)
+        if name not in files:
+            return json({"error": "not_found"}, status=404)
+        return raw(files[name], content_type=DEMO_FILES[name],
+                   headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
+
+
+def _dev_token(request: Request, settings: Settings) -> HTTPResponse:
+    """Development only (SIGNAL_DEMO_TOKENS): a token for any user id, for the demo page of
+    the same origin."""
+    if not settings.demo_tokens:
+        return json({"error": "not_found"}, status=404)
+    origin = request.headers.get("origin")
+    if origin is not None and urlsplit(origin).netloc != request.host:
+        return json({"error": "forbidden"}, status=403)
+    try:
+        user = parse_user_id(request.args.get("user"), "user")
+    except InvalidPayload as exc:
+        return json({"error": exc.code, "detail": str(exc)}, status=400)
+    claims = {settings.jwt_user_claim: user} if settings.jwt_user_claim != "sub" else None
+    return json({"token": mint(settings, user, DEV_TOKEN_TTL, claims=claims)},
+                headers={"Cache-Control": "no-store"})

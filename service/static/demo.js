@@ -1,0 +1,286 @@
+// The demo page: connect with a token, join your room, call another user id, see both videos.
+// Plain JavaScript on the official socket.io-client v4 browser build (served beside this
+// file) and the standard WebRTC APIs. window.demo exposes the state for tests.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const REFUSALS = {
+  token_missing: "No token was sent.",
+  token_invalid: "The token is invalid (wrong signature, issuer, audience or format).",
+  token_expired: "The token has expired: get a new one.",
+  token_not_yet_valid: "The token is not valid yet: check this device's clock.",
+  token_revoked: "The token has been revoked: sign in again.",
+  rate_limited: "Too many attempts from here: wait a little and try again.",
+  too_many_connections: "You are connected on too many devices.",
+  unavailable: "The service is temporarily unavailable: try again shortly.",
+  shutting_down: "The server is restarting: reconnecting…",
+};
+const ERRORS = {
+  invalid_payload: "The message was malformed.",
+  forbidden: "Not allowed.",
+  rate_limited: "Slow down: too many messages.",
+  unavailable: "The service is temporarily unavailable; nothing was sent.",
+  shutting_down: "The server is restarting; try again in a moment.",
+  unknown_event: "The server does not know this message.",
+};
+
+const demo = {
+  socket: null, pc: null, me: null, peer: null, local: null, pending: [], incoming: null,
+  config: { devTokens: false, userClaim: "sub" },
+  state: { signaling: "disconnected", call: "idle", ice: null, pc: null, error: null,
+           refusal: null, ended: null },
+  timings: [], log: [],
+};
+window.demo = demo;
+
+function log(text) {
+  const line = `${new Date().toISOString().slice(11, 23)} ${text}`;
+  demo.log.push(line);
+  $("log").textContent = demo.log.slice(-60).join("\n");
+}
+
+function status(text, error = false) {
+  $("status").textContent = text;
+  $("status").className = error ? "error" : "";
+  if (error) demo.state.error = text;
+  log(text);
+}
+
+function setState(key, value) {
+  demo.state[key] = value;
+  const el = { signaling: "signaling", call: "call-state", ice: "ice-state", pc: "pc-state" }[key];
+  if (el) $(el).textContent = value ?? "–";
+}
+
+function controls() {
+  const connected = demo.state.signaling === "connected";
+  $("peer").disabled = !connected;
+  $("call").disabled = !connected || demo.pc !== null;
+  $("hangup").disabled = demo.pc === null;
+}
+
+function userOf(token) {
+  try {
+    const body = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    const claims = JSON.parse(atob(body + "=".repeat((4 - (body.length % 4)) % 4)));
+    return String(claims[demo.config.userClaim]);
+  } catch {
+    return null;
+  }
+}
+
+async function loadConfig() {
+  try {
+    const response = await fetch("config");
+    if (response.ok) demo.config = await response.json();
+  } catch { /* defaults */ }
+  $("dev-token").hidden = !demo.config.devTokens;
+}
+
+async function devToken() {
+  const user = $("dev-user").value.trim();
+  if (!user) return status("Enter a user id first.", true);
+  const response = await fetch(`token?user=${encodeURIComponent(user)}`);
+  if (!response.ok) return status("Could not get a development token.", true);
+  $("token").value = (await response.json()).token;
+  status(`Got a development token for ${user}.`);
+}
+
+function connect() {
+  const token = $("token").value.trim();
+  if (demo.socket) demo.socket.close();
+  demo.me = userOf(token);
+  $("me").textContent = demo.me ?? "–";
+  demo.state.refusal = null;
+  const socket = io({ auth: (cb) => cb({ token: $("token").value.trim() }),
+                      transports: ["websocket", "polling"], tryAllTransports: true });
+  demo.socket = socket;
+  setState("signaling", "connecting");
+  socket.on("connect", async () => {
+    setState("signaling", "connected");
+    const ack = await socket.timeout(5000).emitWithAck("JoinSocket", demo.me);
+    if (ack.ok) status(`Connected as ${demo.me}. Waiting for calls.`);
+    else status(`Could not join your room: ${ERRORS[ack.error] ?? ack.error}`, true);
+    controls();
+  });
+  socket.on("connect_error", (err) => {
+    const reason = err.data?.reason;
+    demo.state.refusal = reason ?? err.message;
+    setState("signaling", "refused");
+    status(`Connection refused: ${REFUSALS[reason] ?? err.message}`, true);
+    socket.close();
+    controls();
+  });
+  socket.on("disconnect", (reason) => {
+    setState("signaling", "disconnected");
+    if (reason !== "io client disconnect") log(`signaling disconnected (${reason})`);
+    controls();
+  });
+  socket.on("server_disconnect", ({ reason }) => {
+    status(`The server closed the connection: ${REFUSALS[reason] ?? reason}`, reason !== "shutting_down");
+  });
+  socket.on("token_expiring", async ({ expires_in }) => {
+    if (!demo.config.devTokens) return status(`Your token expires in ${expires_in} s.`, true);
+    const response = await fetch(`token?user=${encodeURIComponent(demo.me)}`);
+    const { token } = await response.json();
+    const ack = await socket.timeout(5000).emitWithAck("RefreshToken", token);
+    log(ack.ok ? "token refreshed" : `token refresh refused: ${ack.error}`);
+  });
+  socket.on("offer", onOffer);
+  socket.on("answer", onAnswer);
+  socket.on("candidate", onCandidate);
+  socket.on("hangup", ({ from, reason }) => endCall(`${from} hung up${reason ? ` (${reason})` : ""}.`));
+}
+
+async function media() {
+  if (!demo.local) {
+    demo.local = await navigator.mediaDevices.getUserMedia({ video: true, audio: true });
+    $("local").srcObject = demo.local;
+  }
+  return demo.local;
+}
+
+async function iceServers() {
+  try {
+    const response = await fetch("/ice-servers", {
+      headers: { Authorization: `Bearer ${$("token").value.trim()}` } });
+    if (response.ok) return (await response.json()).iceServers;
+  } catch { /* no such endpoint: host candidates only */ }
+  return [];
+}
+
+async function newPeerConnection(peer) {
+  const pc = new RTCPeerConnection({ iceServers: await iceServers() });
+  demo.pc = pc;
+  demo.peer = peer;
+  for (const track of (await media()).getTracks()) pc.addTrack(track, demo.local);
+  pc.onicecandidate = ({ candidate }) => {
+    if (candidate) demo.socket.emit("candidate", { to: peer, candidate: candidate.toJSON() });
+  };
+  pc.ontrack = ({ streams }) => { $("remote").srcObject = streams[0]; };
+  pc.oniceconnectionstatechange = () => setState("ice", pc.iceConnectionState);
+  pc.onsignalingstatechange = () => log(`signaling state ${pc.signalingState}`);
+  pc.onconnectionstatechange = () => {
+    setState("pc", pc.connectionState);
+    if (pc.connectionState === "connected") {
+      const started = demo.timings.at(-1);
+      if (started && started.connectedAt === undefined) {
+        started.connectedAt = performance.now();
+        started.setupMs = Math.round(started.connectedAt - started.offerAt);
+      }
+      setState("call", "in call");
+      status(`In a call with ${peer}.`);
+    } else if (pc.connectionState === "failed") {
+      endCall("The call could not connect (no network path between you).", true);
+    }
+  };
+  $("remote-caption").textContent = peer;
+  controls();
+  return pc;
+}
+
+async function call() {
+  const peer = $("peer").value.trim();
+  if (!peer) return status("Enter the user id to call.", true);
+  try {
+    demo.pending = [];
+    const pc = await newPeerConnection(peer);
+    setState("call", `calling ${peer}`);
+    await pc.setLocalDescription(await pc.createOffer());
+    demo.timings.push({ peer, offerAt: performance.now() });
+    const ack = await demo.socket.timeout(5000).emitWithAck("offer", {
+      to: peer, offer: pc.localDescription.toJSON() });
+    if (!ack.ok) return endCall(`The call failed: ${ERRORS[ack.error] ?? ack.error}`, true);
+    if (!ack.delivered) return endCall(`${peer} is not online.`, true);
+    status(`Ringing ${peer}…`);
+  } catch (err) {
+    endCall(`The call failed: ${err.message}`, true);
+  }
+}
+
+function onOffer({ from, offer }) {
+  if (demo.pc) {
+    demo.socket.emit("hangup", { to: from, reason: "busy" });
+    return log(`declined a call from ${from}: busy`);
+  }
+  demo.incoming = { from, offer };
+  demo.pending = [];
+  if ($("auto-answer").checked) return accept();
+  $("incoming-text").textContent = `Incoming call from ${from}`;
+  $("incoming").style.display = "flex";
+  status(`${from} is calling you.`);
+}
+
+async function accept() {
+  const { from, offer } = demo.incoming;
+  $("incoming").style.display = "none";
+  try {
+    const pc = await newPeerConnection(from);
+    setState("call", `answering ${from}`);
+    await pc.setRemoteDescription(offer);
+    for (const candidate of demo.pending.splice(0)) await pc.addIceCandidate(candidate);
+    await pc.setLocalDescription(await pc.createAnswer());
+    const ack = await demo.socket.timeout(5000).emitWithAck("answer", {
+      to: from, answer: pc.localDescription.toJSON() });
+    if (!ack.ok) endCall(`Could not answer: ${ERRORS[ack.error] ?? ack.error}`, true);
+  } catch (err) {
+    endCall(`Could not answer: ${err.message}`, true);
+  }
+}
+
+function decline() {
+  $("incoming").style.display = "none";
+  demo.socket.emit("hangup", { to: demo.incoming.from, reason: "declined" });
+  demo.incoming = null;
+  status("Call declined.");
+}
+
+async function onAnswer({ from, answer }) {
+  if (!demo.pc || from !== demo.peer) return;
+  await demo.pc.setRemoteDescription(answer);
+  for (const candidate of demo.pending.splice(0)) await demo.pc.addIceCandidate(candidate);
+}
+
+async function onCandidate({ from, candidate }) {
+  const pc = demo.pc;
+  if (pc && from === demo.peer && pc.remoteDescription) return pc.addIceCandidate(candidate);
+  // before the answer (caller) or before accepting (callee): keep them for later
+  if (from === demo.peer || demo.incoming?.from === from) demo.pending.push(candidate);
+}
+
+function hangup() {
+  if (demo.peer) demo.socket.emit("hangup", { to: demo.peer });
+  endCall("You hung up.");
+}
+
+function endCall(text, error = false) {
+  if (demo.pc) demo.pc.close();
+  demo.pc = null;
+  demo.incoming = null;
+  $("incoming").style.display = "none";
+  $("remote").srcObject = null;
+  demo.state.ended = text;
+  setState("call", "idle");
+  setState("pc", null);
+  setState("ice", null);
+  status(text, error);
+  controls();
+}
+
+async function inboundVideoFrames() {
+  if (!demo.pc) return 0;
+  let frames = 0;
+  (await demo.pc.getStats()).forEach((report) => {
+    if (report.type === "inbound-rtp" && report.kind === "video") frames += report.framesDecoded ?? 0;
+  });
+  return frames;
+}
+demo.inboundVideoFrames = inboundVideoFrames;
+
+$("get-token").onclick = devToken;
+$("connect").onclick = connect;
+$("call").onclick = call;
+$("hangup").onclick = hangup;
+$("accept").onclick = accept;
+$("decline").onclick = decline;
+loadConfig();

@@ -30,7 +30,7 @@ FLAGS = [
 
 @contextlib.asynccontextmanager
 async def chromium() -> AsyncIterator[Browser]:
-    assert shutil.which(CHROMIUM) or Path(CHROMIUM).exists(), (
+    assert shutil.which(CHROMIUM) or os.path.exists(CHROMIUM), (
         f"Chromium is required at {CHROMIUM} (Debian: apt-get install chromium)")
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)

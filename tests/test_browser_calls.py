@@ -1,0 +1,210 @@
+"""Real calls in a real browser: two Chromium pages on the demo page call each other through
+the service; media flows; hangup, refusals and an offline peer are shown in plain words."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from playwright.async_api import Browser, Page
+
+from service.config import Secret, Settings
+from service.limits import Rate
+from tests.browser import ARTIFACTS, chromium, open_demo, state, wait_state
+from tests.support import SECRET, RunningService, serving
+
+CALLS = 10
+
+
+def demo_settings(**extra: Any) -> Settings:
+    return Settings(jwt_secret=Secret(SECRET), demo=True, demo_tokens=True,
+                    limit_ip_connects=Rate(0, 0), **extra)
+
+
+@pytest.fixture
+async def demo_service() -> AsyncIterator[RunningService]:
+    async with serving(demo_settings()) as service:
+        yield service
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with chromium() as b:
+        yield b
+
+
+async def _call(caller: Page, callee: Page, peer: str) -> int:
+    """Place a call and wait until both peer connections are connected; the setup time (ms,
+    from the offer to ``connected`` on the caller)."""
+    await caller.fill("#peer", peer)
+    await caller.click("#call")
+    await wait_state(caller, "pc", "connected")
+    await wait_state(callee, "pc", "connected")
+    timing: dict[str, Any] = await caller.evaluate("window.demo.timings.at(-1)")
+    return int(timing["setupMs"])
+
+
+async def _frames(page: Page, at_least: int = 1, within: float = 10) -> int:
+    """Video frames decoded from the peer, waiting (polling getStats) for ``at_least``."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        frames: int = await page.evaluate("window.demo.inboundVideoFrames()")
+        if frames >= at_least or asyncio.get_running_loop().time() > deadline:
+            return frames
+        await asyncio.sleep(0.2)
+
+
+async def test_two_browsers_call_each_other(demo_service: RunningService,
+                                            browser: Browser) -> None:
+    """alice calls bob: both RTCPeerConnections reach ``connected``, video frames are decoded
+    on both sides, and alice's hangup ends bob's call. The connected call is kept as
+    artifacts/demo-call.png."""
+    alice = await open_demo(browser, demo_service.url, "alice")
+    bob = await open_demo(browser, demo_service.url, "bob", auto_answer=True)
+    await wait_state(alice, "signaling", "connected")
+    await wait_state(bob, "signaling", "connected")
+    await _call(alice, bob, "bob")
+    assert await _frames(alice, 10) >= 10
+    assert await _frames(bob, 10) >= 10
+    ARTIFACTS.mkdir(exist_ok=True)
+    await alice.screenshot(path=str(ARTIFACTS / "demo-call.png"), full_page=True)
+    await alice.click("#hangup")
+    await bob.wait_for_function("window.demo.state.ended === 'alice hung up.'")
+    assert (await state(bob))["call"] == "idle"
+    assert (await state(alice))["call"] == "idle"
+    assert await alice.locator("#status").inner_text() == "You hung up."
+    assert alice.errors == [] and bob.errors == []  # type: ignore[attr-defined]
+
+
+async def test_repeated_calls_all_connect(demo_service: RunningService,
+                                          browser: Browser) -> None:
+    """Ten calls in a row between the same two pages all connect; the setup times (offer to
+    connected) are recorded in artifacts/calls-browser.json."""
+    alice = await open_demo(browser, demo_service.url, "alice")
+    bob = await open_demo(browser, demo_service.url, "bob", auto_answer=True)
+    await wait_state(alice, "signaling", "connected")
+    await wait_state(bob, "signaling", "connected")
+    setups = []
+    for _ in range(CALLS):
+        setups.append(await _call(alice, bob, "bob"))
+        await alice.click("#hangup")
+        await wait_state(bob, "call", "idle")
+        await wait_state(alice, "call", "idle")
+    record = {"stack": "chromium-chromium", "calls": CALLS, "connected": len(setups),
+              "setup_ms": setups, "setup_ms_median": sorted(setups)[len(setups) // 2]}
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "calls-browser.json").write_text(json.dumps(record) + "\n")
+    print(record)
+    assert len(setups) == CALLS
+
+
+async def test_bad_token_is_refused_in_plain_words(demo_service: RunningService,
+                                                   browser: Browser) -> None:
+    """A page with a forged token sees the refusal reason and a sentence a person can act on."""
+    page = await open_demo(browser, demo_service.url, token="not-a-token")
+    await wait_state(page, "signaling", "refused")
+    assert (await state(page))["refusal"] == "token_invalid"
+    assert "The token is invalid" in await page.locator("#status").inner_text()
+    expired = demo_service.token("carol", ttl=-60)
+    page = await open_demo(browser, demo_service.url, token=expired)
+    await wait_state(page, "signaling", "refused")
+    assert "The token has expired" in await page.locator("#status").inner_text()
+
+
+async def test_calling_someone_offline(demo_service: RunningService, browser: Browser) -> None:
+    """A call to a user nobody is signed in as ends at once with 'is not online'."""
+    page = await open_demo(browser, demo_service.url, "alice")
+    await wait_state(page, "signaling", "connected")
+    await page.fill("#peer", "nobody")
+    await page.click("#call")
+    await page.wait_for_function("window.demo.state.ended === 'nobody is not online.'")
+    assert (await state(page))["call"] == "idle"
+
+
+async def test_rate_limited_call_is_explained(browser: Browser) -> None:
+    """When the relay limit refuses the offer, the page says to slow down."""
+    async with serving(demo_settings(limit_relays=Rate(0.001, 1))) as service:
+        alice = await open_demo(browser, service.url, "alice")
+        bob = await open_demo(browser, service.url, "bob")
+        await wait_state(alice, "signaling", "connected")
+        await wait_state(bob, "signaling", "connected")
+        await alice.evaluate("window.demo.socket.emit('hangup', {to: 'bob'})")  # spend it
+        await alice.fill("#peer", "bob")
+        await alice.click("#call")
+        await alice.wait_for_function("(window.demo.state.ended || '').includes('Slow down')")
+
+
+async def test_demo_page_runs_under_its_csp(demo_service: RunningService,
+                                            browser: Browser) -> None:
+    """Without bypassing the page's Content-Security-Policy, the page and the vendored
+    socket.io-client load and run, and the browser reports no violation."""
+    context = await browser.new_context()
+    page = await context.new_page()
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    response = await page.goto(f"{demo_service.url}/demo")
+    assert response is not None and response.url.endswith("/demo/")
+    assert "default-src 'self'" in (await response.all_headers())["content-security-policy"]
+    await page.locator("#dev-token").wait_for(state="visible")  # demo.js ran, config loaded
+    await page.fill("#dev-user", "dora")
+    await page.click("#get-token")
+    await page.click("#connect")
+    await page.locator("#signaling").filter(has_text="connected").wait_for()
+    assert problems == []
+    await context.close()
+
+
+async def test_demo_is_off_by_default_and_tokens_need_the_switch() -> None:
+    """Production settings serve no demo; with the demo on but dev tokens off, the token
+    endpoint does not exist; the ICE server list needs a valid token."""
+    ice = [{"urls": "stun:stun.example.com:3478"}]
+    async with serving(Settings(jwt_secret=Secret(SECRET), ice_servers=tuple(ice))) as service:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{service.url}/demo/") as response:
+                assert response.status == 404
+            async with http.get(f"{service.url}/ice-servers") as response:
+                assert response.status == 401
+                assert (await response.json())["reason"] == "token_missing"
+            headers = {"Authorization": f"Bearer {service.token('alice')}"}
+            async with http.get(f"{service.url}/ice-servers", headers=headers) as response:
+                assert response.status == 200
+                assert await response.json() == {"iceServers": ice}
+    async with serving(Settings(jwt_secret=Secret(SECRET), demo=True)) as service:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{service.url}/demo/") as response:
+                assert response.status == 200
+            async with http.get(f"{service.url}/demo/token?user=x") as response:
+                assert response.status == 404
+            async with http.get(f"{service.url}/demo/config") as response:
+                assert (await response.json())["devTokens"] is False
+
+
+def test_dev_tokens_need_the_demo_and_a_secret() -> None:
+    """SIGNAL_DEMO_TOKENS alone, or without a secret, is a configuration error."""
+    from service.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="DEMO_TOKENS"):
+        Settings(jwt_secret=Secret(SECRET), demo_tokens=True)
+
+
+async def test_many_candidates_before_answer_are_kept(demo_service: RunningService,
+                                                      browser: Browser) -> None:
+    """Candidates that reach the callee before it accepts (manual answer) are applied after
+    the offer: the call still connects after a 1 s wait to accept."""
+    alice = await open_demo(browser, demo_service.url, "alice")
+    bob = await open_demo(browser, demo_service.url, "bob")
+    await wait_state(alice, "signaling", "connected")
+    await wait_state(bob, "signaling", "connected")
+    await alice.fill("#peer", "bob")
+    await alice.click("#call")
+    await bob.locator("#incoming").wait_for(state="visible")
+    await asyncio.sleep(1)
+    assert await bob.evaluate("window.demo.pending.length") > 0
+    await bob.click("#accept")
+    await wait_state(alice, "pc", "connected")
+    await wait_state(bob, "pc", "connected")

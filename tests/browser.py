@@ -28,10 +28,14 @@ FLAGS = [
 ]
 
 
-@contextlib.asynccontextmanager
-async def chromium() -> AsyncIterator[Browser]:
+def _require_chromium() -> None:
     assert shutil.which(CHROMIUM) or os.path.exists(CHROMIUM), (
         f"Chromium is required at {CHROMIUM} (Debian: apt-get install chromium)")
+
+
+@contextlib.asynccontextmanager
+async def chromium() -> AsyncIterator[Browser]:
+    _require_chromium()
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
         try:

@@ -163,25 +163,25 @@ async def test_demo_is_off_by_default_and_tokens_need_the_switch() -> None:
     """Production settings serve no demo; with the demo on but dev tokens off, the token
     endpoint does not exist; the ICE server list needs a valid token."""
     ice = [{"urls": "stun:stun.example.com:3478"}]
-    async with serving(Settings(jwt_secret=Secret(SECRET), ice_servers=tuple(ice))) as service:
-        async with aiohttp.ClientSession() as http:
-            async with http.get(f"{service.url}/demo/") as response:
-                assert response.status == 404
-            async with http.get(f"{service.url}/ice-servers") as response:
-                assert response.status == 401
-                assert (await response.json())["reason"] == "token_missing"
-            headers = {"Authorization": f"Bearer {service.token('alice')}"}
-            async with http.get(f"{service.url}/ice-servers", headers=headers) as response:
-                assert response.status == 200
-                assert await response.json() == {"iceServers": ice}
-    async with serving(Settings(jwt_secret=Secret(SECRET), demo=True)) as service:
-        async with aiohttp.ClientSession() as http:
-            async with http.get(f"{service.url}/demo/") as response:
-                assert response.status == 200
-            async with http.get(f"{service.url}/demo/token?user=x") as response:
-                assert response.status == 404
-            async with http.get(f"{service.url}/demo/config") as response:
-                assert (await response.json())["devTokens"] is False
+    production = Settings(jwt_secret=Secret(SECRET), ice_servers=tuple(ice))
+    async with serving(production) as service, aiohttp.ClientSession() as http:
+        async with http.get(f"{service.url}/demo/") as response:
+            assert response.status == 404
+        async with http.get(f"{service.url}/ice-servers") as response:
+            assert response.status == 401
+            assert (await response.json())["reason"] == "token_missing"
+        headers = {"Authorization": f"Bearer {service.token('alice')}"}
+        async with http.get(f"{service.url}/ice-servers", headers=headers) as response:
+            assert response.status == 200
+            assert await response.json() == {"iceServers": ice}
+    demo_only = Settings(jwt_secret=Secret(SECRET), demo=True)
+    async with serving(demo_only) as service, aiohttp.ClientSession() as http:
+        async with http.get(f"{service.url}/demo/") as response:
+            assert response.status == 200
+        async with http.get(f"{service.url}/demo/token?user=x") as response:
+            assert response.status == 404
+        async with http.get(f"{service.url}/demo/config") as response:
+            assert (await response.json())["devTokens"] is False
 
 
 def test_dev_tokens_need_the_demo_and_a_secret() -> None:

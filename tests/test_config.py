@@ -120,3 +120,17 @@ def test_env_example_documents_every_setting() -> None:
     documented = {line.lstrip("# ").split("=")[0][len("SIGNAL_"):]
                   for line in text.splitlines() if line.lstrip("# ").startswith("SIGNAL_")}
     assert documented == set(KNOWN)
+
+
+def test_ice_servers_setting() -> None:
+    """SIGNAL_ICE_SERVERS is a JSON list of RTCIceServer objects; anything else is named."""
+    good = '[{"urls": "stun:stun.example.com:3478"}, {"urls": ["turn:t.example.com"], ' \
+           '"username": "u", "credential": "p"}]'
+    settings = Settings.from_env({"SIGNAL_JWT_SECRET": GOOD_SECRET, "SIGNAL_ICE_SERVERS": good},
+                                 env_file=None)
+    assert settings.ice_servers[0] == {"urls": "stun:stun.example.com:3478"}
+    for bad in ('{"urls": "stun:x"}', '[{"url": "stun:x"}]', "[1]", "nope",
+                '[{"urls": "stun:x", "extra": 1}]'):
+        with pytest.raises(ConfigError, match="SIGNAL_ICE_SERVERS"):
+            Settings.from_env({"SIGNAL_JWT_SECRET": GOOD_SECRET, "SIGNAL_ICE_SERVERS": bad},
+                              env_file=None)

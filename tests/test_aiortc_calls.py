@@ -1,0 +1,163 @@
+"""Real WebRTC stacks: aiortc peers signalling through the service with python-socketio,
+to each other and to a Chromium page; and a callee whose signaling drops mid-setup."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from service.config import Secret, Settings
+from service.limits import Rate
+from tests.aiortc_peer import AiortcPeer
+from tests.browser import ARTIFACTS, chromium, open_demo, wait_state
+from tests.support import SECRET, RunningService, serving
+
+CALLS = 10
+
+
+@pytest.fixture
+async def call_service() -> AsyncIterator[RunningService]:
+    settings = Settings(jwt_secret=Secret(SECRET), demo=True, demo_tokens=True,
+                        limit_ip_connects=Rate(0, 0))
+    async with serving(settings) as service:
+        yield service
+
+
+def _record(name: str, setups: list[float], calls: int) -> None:
+    record = {"stack": name, "calls": calls, "connected": len(setups),
+              "setup_ms": [round(s) for s in setups],
+              "setup_ms_median": round(statistics.median(setups)) if setups else None}
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / f"calls-{name}.json").write_text(json.dumps(record) + "\n")
+    print(record)
+
+
+async def test_two_aiortc_peers_call_and_talk(call_service: RunningService) -> None:
+    """Ten calls between two aiortc peers: each connects, a data channel opens and carries a
+    message, and the hangup reaches the callee. Setup times in artifacts/calls-aiortc.json."""
+    alice = AiortcPeer(call_service.url, "alice", call_service.token("alice"))
+    bob = AiortcPeer(call_service.url, "bob", call_service.token("bob"))
+    await alice.connect()
+    await bob.connect()
+    setups: list[float] = []
+    try:
+        for n in range(CALLS):
+            channel = await alice.call("bob")
+            assert channel is not None
+            await asyncio.wait_for(alice.connected.wait(), 15)
+            await asyncio.wait_for(bob.connected.wait(), 15)
+            assert alice.setup_ms is not None
+            setups.append(alice.setup_ms)
+            for _ in range(100):
+                if channel.readyState == "open":
+                    break
+                await asyncio.sleep(0.05)
+            channel.send(f"hello {n}")
+            assert await asyncio.wait_for(bob.messages.get(), 5) == f"hello {n}"
+            await alice.hangup()
+            assert await asyncio.wait_for(bob.hangups.get(), 5) == "alice"
+    finally:
+        _record("aiortc", setups, CALLS)
+        for peer in (alice, bob):
+            await peer.close_call()
+            await peer.disconnect()
+    assert len(setups) == CALLS
+
+
+async def test_aiortc_calls_a_browser(call_service: RunningService) -> None:
+    """Ten calls from an aiortc peer (sending video) to bob's Chromium demo page: each
+    connects on both sides and the page decodes the video; hangups end the page's call.
+    Setup times in artifacts/calls-aiortc-chromium.json."""
+    alice = AiortcPeer(call_service.url, "alice", call_service.token("alice"), video=True)
+    await alice.connect()
+    setups: list[float] = []
+    async with chromium() as browser:
+        bob = await open_demo(browser, call_service.url, "bob", auto_answer=True)
+        await wait_state(bob, "signaling", "connected")
+        try:
+            for _ in range(CALLS):
+                await alice.call("bob", data_channel=False)
+                await asyncio.wait_for(alice.connected.wait(), 15)
+                await wait_state(bob, "pc", "connected")
+                assert alice.setup_ms is not None
+                setups.append(alice.setup_ms)
+                deadline = time.monotonic() + 10
+                while await bob.evaluate("window.demo.inboundVideoFrames()") < 5:
+                    assert time.monotonic() < deadline, "no video decoded in the browser"
+                    await asyncio.sleep(0.2)
+                await alice.hangup()
+                await bob.wait_for_function("window.demo.state.ended === 'alice hung up.'")
+                await wait_state(bob, "call", "idle")
+        finally:
+            _record("aiortc-chromium", setups, CALLS)
+            await alice.close_call()
+            await alice.disconnect()
+    assert len(setups) == CALLS
+
+
+async def test_callee_signaling_drops_between_offer_and_answer(
+        call_service: RunningService) -> None:
+    """bob (aiortc) receives alice's offer, loses his signaling connection for 3 s, comes
+    back, joins his room again and answers: the call connects. What makes it work today:
+    the offer was delivered before the drop, the service keeps nothing per call, and
+    aiortc's SDP carries all its candidates (no trickle to lose while bob is away)."""
+    alice = AiortcPeer(call_service.url, "alice", call_service.token("alice"))
+    bob = AiortcPeer(call_service.url, "bob", call_service.token("bob"))
+    bob.auto_answer = False
+    await alice.connect()
+    await bob.connect()
+    try:
+        channel = await alice.call("bob")
+        offer = await asyncio.wait_for(bob.offers.get(), 5)
+        await bob.sio.disconnect()
+        assert (await alice.sio.call("hangup", {"to": "nobody"}))["ok"]  # alice carries on
+        probe = await alice.sio.call("candidate", {"to": "bob", "candidate": {
+            "candidate": "", "sdpMid": "0", "sdpMLineIndex": 0}})
+        assert probe == {"ok": True, "delivered": False}  # bob is really gone
+        await asyncio.sleep(3)
+        await bob.connect()
+        await bob.answer(offer)
+        await asyncio.wait_for(alice.connected.wait(), 15)
+        await asyncio.wait_for(bob.connected.wait(), 15)
+        assert channel is not None
+        for _ in range(100):
+            if channel.readyState == "open":
+                break
+            await asyncio.sleep(0.05)
+        channel.send("still there?")
+        assert await asyncio.wait_for(bob.messages.get(), 5) == "still there?"
+    finally:
+        for peer in (alice, bob):
+            await peer.close_call()
+            await peer.disconnect()
+
+
+async def test_browser_caller_with_callee_signaling_drop(call_service: RunningService) -> None:
+    """alice's Chromium page calls bob (aiortc); bob's signaling drops for 3 s before he
+    answers, so the browser's trickled ICE candidates sent meanwhile are not delivered
+    (acked delivered: false). The call still connects: bob's answer carries all his
+    candidates, and ICE learns alice's address from her connectivity checks."""
+    bob = AiortcPeer(call_service.url, "bob", call_service.token("bob"))
+    bob.auto_answer = False
+    await bob.connect()
+    async with chromium() as browser:
+        alice = await open_demo(browser, call_service.url, "alice")
+        await wait_state(alice, "signaling", "connected")
+        try:
+            await alice.fill("#peer", "bob")
+            await alice.click("#call")
+            offer = await asyncio.wait_for(bob.offers.get(), 5)
+            await bob.sio.disconnect()
+            await asyncio.sleep(3)
+            await bob.connect()
+            await bob.answer(offer)
+            await asyncio.wait_for(bob.connected.wait(), 15)
+            await wait_state(alice, "pc", "connected")
+        finally:
+            await bob.close_call()
+            await bob.disconnect()

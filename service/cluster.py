@@ -54,9 +54,9 @@ SUBSCRIBE_RETRY_SECONDS: Final = 1.0
 #: what :meth:`SignedRedisManager.open` returns for this node's own messages
 OWN: Final = "\x00own"
 
-_LIVE_MEMBERS = """
--- KEYS[1]: a set of "node|sid"; ARGV[1]: node key prefix; ARGV[2]: member to leave out
--- returns how many members belong to live nodes; prunes members of dead nodes
+#: Lua: count the members of set KEYS[1] ("node|sid") whose node key (ARGV[1] .. node) is
+#: alive, leaving out ARGV[2]; prune the members of dead nodes. Shared by the scripts below.
+_COUNT_LIVE = """
 local live = 0
 for _, member in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   local node = string.match(member, '^(.-)|')
@@ -66,20 +66,10 @@ for _, member in ipairs(redis.call('SMEMBERS', KEYS[1])) do
     redis.call('SREM', KEYS[1], member)
   end
 end
-return live
 """
 
-_ADD_UNDER_CAP = """
--- KEYS[1]: connections of a user; ARGV: node key prefix, member, cap (0: none), ttl seconds
-local live = 0
-for _, member in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local node = string.match(member, '^(.-)|')
-  if node and redis.call('EXISTS', ARGV[1] .. node) == 1 then
-    live = live + 1
-  else
-    redis.call('SREM', KEYS[1], member)
-  end
-end
+#: KEYS[1]: a user's connections; ARGV: node key prefix, new member, cap (0: none), ttl
+_ADD_UNDER_CAP = _COUNT_LIVE + """
 local cap = tonumber(ARGV[3])
 if cap > 0 and live >= cap then return 0 end
 redis.call('SADD', KEYS[1], ARGV[2])
@@ -87,19 +77,10 @@ redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
 return 1
 """
 
-_PUBLISH_IF_PRESENT = """
--- KEYS[1]: joined sockets of the recipient; ARGV: node key prefix, the sender's member,
--- channel, signed envelope. Publishes only when another live socket has joined; returns
--- how many have. One round trip per relay instead of two.
-local live = 0
-for _, member in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local node = string.match(member, '^(.-)|')
-  if node and redis.call('EXISTS', ARGV[1] .. node) == 1 then
-    if member ~= ARGV[2] then live = live + 1 end
-  else
-    redis.call('SREM', KEYS[1], member)
-  end
-end
+#: KEYS[1]: the recipient's joined sockets; ARGV: node key prefix, the sender's member,
+#: channel, signed envelope. Publishes only when another live socket has joined; returns how
+#: many have. One round trip per relay instead of two.
+_PUBLISH_IF_PRESENT = _COUNT_LIVE + """
 if live > 0 then redis.call('PUBLISH', ARGV[3], ARGV[4]) end
 return live
 """
@@ -265,7 +246,6 @@ class RedisPresence:
         self._log = logger
         self._node_prefix = f"{prefix}:node:"
         self._node_key = self._node_prefix + self.node
-        self._live = self._redis.register_script(_LIVE_MEMBERS)
         self._add = self._redis.register_script(_ADD_UNDER_CAP)
         self._publish_if_present = self._redis.register_script(_PUBLISH_IF_PRESENT)
         self._connections: dict[str, str] = {}  # sid -> user, on this node
@@ -388,14 +368,6 @@ class RedisPresence:
             live = await self._publish_if_present(
                 keys=[self._joined_key(user)],
                 args=[self._node_prefix, self._member(sid), channel, envelope])
-        except (RedisError, OSError) as exc:
-            raise PresenceUnavailable(str(type(exc).__name__)) from None
-        return int(live) > 0
-
-    async def others_present(self, user: str, sid: str) -> bool:
-        try:
-            live = await self._live(keys=[self._joined_key(user)],
-                                    args=[self._node_prefix, self._member(sid)])
         except (RedisError, OSError) as exc:
             raise PresenceUnavailable(str(type(exc).__name__)) from None
         return int(live) > 0

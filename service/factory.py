@@ -63,8 +63,12 @@ def create_app(settings: Settings, *, name: str = "signaling") -> Sanic[Any, Any
     # sender's relays go out in the order they came in, with one task fewer per message
     sio.eio.async_handlers = False
     sio.attach(app, socketio_path=SOCKETIO_PATH)
-    delivery: Delivery = (ClusterDelivery(sio, manager, presence)
-                          if isinstance(presence, RedisPresence) else LocalDelivery(sio, presence))
+    delivery: Delivery
+    if isinstance(presence, RedisPresence):
+        delivery = ClusterDelivery(sio, manager, presence)
+    else:
+        assert isinstance(presence, LocalPresence)
+        delivery = LocalDelivery(sio, presence)
     signaling = Signaling(sio, TokenVerifier(settings, logger), Guard(settings), presence,
                           delivery, logger, expiry_warning=settings.token_expiry_warning)
     signaling.register()

@@ -37,9 +37,6 @@ class Presence(Protocol):
 
     async def leave(self, user: str, sid: str) -> None: ...
 
-    async def others_present(self, user: str, sid: str) -> bool:
-        """Whether any socket other than ``sid`` has joined ``user``'s room, anywhere."""
-
     async def healthy(self) -> bool:
         """Whether the store answers now (for readiness)."""
 
@@ -97,7 +94,7 @@ def _discard(index: dict[str, set[str]], user: str, sid: str) -> None:
 class LocalDelivery:
     """Relays within one process: python-socketio's in-memory rooms."""
 
-    def __init__(self, sio: Any, presence: Presence) -> None:
+    def __init__(self, sio: Any, presence: LocalPresence) -> None:
         self._sio = sio
         self._presence = presence
 

@@ -13,7 +13,9 @@
     │   │   └── TokenRevoked        reason "token_revoked"
     │   ├── Throttled               message and reason "rate_limited"
     │   ├── TooManyConnections      message and reason "too_many_connections"
-    │   └── ServiceUnavailable      message and reason "unavailable" (Redis away, shutting down)
+    │   ├── ServiceUnavailable      message and reason "unavailable" (Redis away, shutting down)
+    │   └── SessionClosed           reason "session_closed" (the session ended while
+    │                               connecting: nobody is there to read it; logged)
     └── RequestError                an event is answered {"ok": false, "error": code}
         ├── InvalidPayload          "invalid_payload"
         ├── Forbidden               "forbidden"
@@ -109,6 +111,13 @@ class ServiceUnavailable(ConnectionRefused):
 
     code = "unavailable"
     reason = "unavailable"
+
+
+class SessionClosed(ConnectionRefused):
+    """The Engine.IO session ended while its connect was being verified."""
+
+    code = "session_closed"
+    reason = "session_closed"
 
 
 class RequestError(SignalingError):

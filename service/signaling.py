@@ -30,6 +30,7 @@ from service.errors import (
     RateLimited,
     RequestError,
     ServiceUnavailable,
+    SessionClosed,
     ShuttingDown,
     Throttled,
     TokenExpired,
@@ -196,6 +197,11 @@ class Signaling:
                 raise ServiceUnavailable("presence store unreachable") from None
             if not admitted:
                 raise TooManyConnections("user is at its connection limit")
+            if not self.sio.session_open(sid):
+                # closed while we verified (auth timeout, client gone): python-socketio
+                # would still complete the connect, leaving a session nobody can end
+                await self.presence.remove_connection(identity.user_id, sid)
+                raise SessionClosed("the session ended while connecting")
         except ConnectionRefused as exc:
             log_event(self.log, "connect_refused", sid=sid, reason=exc.reason,
                       transport=transport, ip=ip)

@@ -13,29 +13,31 @@
   answered ``invalid_payload`` and its attachments are skipped; too many attachments, or
   stray binary frames, drop the session.
 - **Slow consumers.** A client whose outgoing queue holds ``max_queued`` messages is dropped
-  (it is not reading); a websocket send that cannot complete within ``send_timeout`` ends
-  the connection.
+  (it is not reading).
 - **Long-polls.** A polling client's pending long-poll is answered as soon as it says
-  goodbye; Engine.IO would hold it for ``ping_interval + ping_timeout`` (45 s). And closing a
-  polling session no longer waits for a long-poll that is not there: Engine.IO's
-  ``disconnect`` waits until the client has fetched its last packets, which, on the error
-  path of a POST (an unexpected packet type), held that POST open for good.
+  goodbye; Engine.IO would hold it for ``ping_interval + ping_timeout`` (45 s).
+- **Sessions without a connection.** An Engine.IO session is closed ``auth_timeout`` seconds
+  after it has no Socket.IO connection: one that never connected, one whose client left the
+  namespace (``41``) but keeps answering pings, and one told to go (``server_disconnect``)
+  that ignores it.
+
+The Engine.IO repairs (ping tasks, websocket frames, close packets, send timeouts) are in
+:mod:`service.engine`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import contextvars
 import logging
 from collections.abc import Callable
 from typing import Any, Final
 
-import engineio
 import socketio
 from engineio import packet as eio_packet
-from engineio.async_drivers.sanic import WebSocket as SanicWebSocket
 from socketio import packet
 
+from service.engine import EngineServer, driver
 from service.errors import InvalidPayload
 from service.logs import log_event
 
@@ -44,41 +46,34 @@ RESERVED: Final = frozenset({"connect", "disconnect", "connect_error"})
 #: through python-socketio's dispatch untouched: it is rewritten here first)
 INVALID_EVENT: Final = "\x00invalid"
 MAX_ATTACHMENTS: Final = 10
+#: the Socket.IO packet types a client sends as text: CONNECT, DISCONNECT, EVENT, ACK ...
+CLIENT_TYPES: Final = frozenset(str(t) for t in (packet.CONNECT, packet.DISCONNECT,
+                                                 packet.EVENT, packet.ACK))
+#: ... and the binary ones, which the protocol does not use
+BINARY_TYPES: Final = frozenset(str(t) for t in (packet.BINARY_EVENT, packet.BINARY_ACK))
 Admit = Callable[[dict[str, Any]], str | None]
-#: how long closing a polling session waits for a pending long-poll to take its last packets
-POLL_FLUSH_SECONDS: Final = 2.0
 
 
-class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
-    """Engine.IO server whose ``disconnect`` never waits on a long-poll that is not pending."""
-
-    async def disconnect(self, sid: str | None = None) -> None:
-        sock = self.sockets.get(sid) if sid is not None else None
-        if sock is None or sock.upgraded:
-            await super().disconnect(sid)
-            return
-        await sock.close(wait=False, reason=self.reason.SERVER_DISCONNECT)
-        if getattr(sock.queue, "_getters", True):  # a long-poll is waiting: let it take them
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(sock.queue.join(), POLL_FLUSH_SECONDS)
-        self.sockets.pop(sid, None)
+class MalformedPacket(ValueError):
+    """A client packet python-socketio cannot decode, or that no client may send."""
 
 
-class TimedWebSocket(SanicWebSocket):  # type: ignore[misc]
-    """Engine.IO's Sanic websocket wrapper with a bound on how long one send may take."""
+class CheckedPacket(packet.Packet):  # type: ignore[misc]
+    """python-socketio's packet, whose decoding errors are told apart from handler bugs."""
 
-    send_timeout: float = 10.0
-
-    async def send(self, message: Any) -> None:
-        await asyncio.wait_for(super().send(message), self.send_timeout)
-
+    def decode(self, encoded_packet: str | bytes) -> int:
+        try:
+            return int(super().decode(encoded_packet) or 0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError,
+                RecursionError) as exc:
+            raise MalformedPacket(type(exc).__name__) from None
 
 class SignalingServer(socketio.AsyncServer):  # type: ignore[misc]
     """``socketio.AsyncServer`` with the guards described in this module's docstring."""
 
     def __init__(self, *, log: logging.Logger, auth_timeout: float, max_queued: int,
                  send_timeout: float, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+        super().__init__(serializer=CheckedPacket, **kwargs)
         self.log = log
         self.auth_timeout = auth_timeout
         self.max_queued = max_queued
@@ -87,9 +82,8 @@ class SignalingServer(socketio.AsyncServer):  # type: ignore[misc]
         self._skip_attachments: dict[str, int] = {}
         self._dropping: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        websocket = type("TimedWebSocket", (TimedWebSocket,), {"send_timeout": send_timeout})
-        # a copy: the driver table is shared by every server in the process
-        self.eio._async = {**self.eio._async, "websocket": websocket}
+        self.eio.log = log
+        self.eio._async = driver(self.eio._async, send_timeout)
 
     def _engineio_server_class(self) -> type[EngineServer]:
         return EngineServer
@@ -106,20 +100,29 @@ class SignalingServer(socketio.AsyncServer):  # type: ignore[misc]
     async def _handle_eio_message(self, eio_sid: str, data: str | bytes) -> None:
         try:
             if isinstance(data, bytes):
-                await self._skip_binary(eio_sid)
+                self._skip_binary(eio_sid)
                 return
-            if data[:1] in (str(packet.BINARY_EVENT), str(packet.BINARY_ACK)):
+            kind = data[:1]
+            if kind in BINARY_TYPES:
                 await self._refuse_binary(eio_sid, data)
                 return
+            if data and kind not in CLIENT_TYPES:
+                # CONNECT_ERROR, or no Socket.IO packet type at all
+                raise MalformedPacket("not a packet type a client sends")
+        except MalformedPacket:
+            await self.drop(eio_sid, "protocol_error")
+            return
+        try:
             await super()._handle_eio_message(eio_sid, data)
-        except (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError):
-            # python-socketio could not make sense of the packet
+        except MalformedPacket:
+            # python-socketio could not decode it; anything else raised while handling a
+            # well-formed packet is a bug, and goes up with its traceback
             await self.drop(eio_sid, "protocol_error")
 
     async def _refuse_binary(self, eio_sid: str, data: str) -> None:
         pkt = self.packet_class(encoded_packet=data)
         if not 0 < pkt.attachment_count <= MAX_ATTACHMENTS:
-            raise ValueError("attachment count out of range")
+            raise MalformedPacket("attachment count out of range")
         self._skip_attachments[eio_sid] = pkt.attachment_count
         namespace = pkt.namespace or "/"
         sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
@@ -130,10 +133,10 @@ class SignalingServer(socketio.AsyncServer):  # type: ignore[misc]
                 packet.ACK, namespace=namespace, id=pkt.id,
                 data=[{"ok": False, "error": error.code, "detail": str(error)}]))
 
-    async def _skip_binary(self, eio_sid: str) -> None:
+    def _skip_binary(self, eio_sid: str) -> None:
         remaining = self._skip_attachments.get(eio_sid, 0)
         if remaining <= 0:
-            raise ValueError("binary frame without a binary packet")
+            raise MalformedPacket("binary frame without a binary packet")
         if remaining == 1:
             del self._skip_attachments[eio_sid]
         else:
@@ -146,17 +149,49 @@ class SignalingServer(socketio.AsyncServer):  # type: ignore[misc]
         if refusal is not None:
             return refusal  # Engine.IO answers the handshake 401 {"message": refusal}
         await super()._handle_eio_connect(eio_sid, environ)
-        self._auth_timers[eio_sid] = asyncio.get_running_loop().call_later(
-            self.auth_timeout, self._check_authenticated, eio_sid)
+        self._watch(eio_sid, "auth_timeout")
         return None
 
-    def _check_authenticated(self, eio_sid: str) -> None:
+    def _watch(self, eio_sid: str, reason: str) -> None:
+        """Close the Engine.IO session ``auth_timeout`` seconds from now unless it then has a
+        Socket.IO connection."""
+        sock = self.eio.sockets.get(eio_sid)
+        if sock is None or sock.closed or sock.closing or eio_sid in self._auth_timers:
+            return
+        # an empty context: a cancelled timer keeps its context (and in it the request of the
+        # connection) until its deadline
+        self._auth_timers[eio_sid] = asyncio.get_running_loop().call_later(
+            self.auth_timeout, self._check_connected, eio_sid, reason,
+            context=contextvars.Context())
+
+    def _check_connected(self, eio_sid: str, reason: str) -> None:
         self._auth_timers.pop(eio_sid, None)
         sid = self.manager.sid_from_eio_sid(eio_sid, "/")
         if sid is None or not self.manager.is_connected(sid, "/"):
-            task = asyncio.ensure_future(self.drop(eio_sid, "auth_timeout"))
+            task = asyncio.ensure_future(self.drop(eio_sid, reason))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    def session_open(self, sid: str) -> bool:
+        """Whether the Engine.IO session under Socket.IO connection ``sid`` is still open
+        (the auth timer, or the client, may have ended it while its connect was verified)."""
+        eio_sid = self.manager.eio_sid_from_sid(sid, "/")
+        sock = self.eio.sockets.get(eio_sid) if eio_sid is not None else None
+        return sock is not None and not sock.closed and not sock.closing
+
+    async def _handle_disconnect(self, eio_sid: str, namespace: str | None,
+                                 reason: str | None = None) -> None:
+        """The client left the namespace (``41``): its session must not outlive it."""
+        await super()._handle_disconnect(eio_sid, namespace, reason)
+        self._watch(eio_sid, "no_connection")
+
+    async def disconnect(self, sid: str, namespace: str | None = None,
+                         ignore_queue: bool = False) -> None:
+        """The server ended the connection: a client that ignores it is closed later."""
+        eio_sid = self.manager.eio_sid_from_sid(sid, namespace or "/")
+        await super().disconnect(sid, namespace=namespace, ignore_queue=ignore_queue)
+        if eio_sid is not None:
+            self._watch(eio_sid, "no_connection")
 
     async def _handle_eio_disconnect(self, eio_sid: str, reason: str) -> None:
         timer = self._auth_timers.pop(eio_sid, None)

@@ -1,0 +1,170 @@
+"""The Engine.IO layer, hardened where python-engineio trusts its clients or keeps too much.
+
+- **Closing a polling session** no longer waits for a long-poll that is not there: Engine.IO's
+  ``disconnect`` waits until the client has fetched its last packets, which, on the error
+  path of a POST (an unexpected packet type), held that POST open for good.
+- **Ping tasks.** Engine.IO keeps one sleeping task per session to send the next PING, and
+  that task holds the session (queue, websocket, request) for up to ``ping_interval`` after
+  it ended: reconnect churn cost as much memory as live connections. A session's ping task is
+  cancelled when the session ends.
+- **Websocket frames.** A frame that is not an Engine.IO packet (``abc``, an empty frame, an
+  unknown packet type) made python-engineio raise out of the websocket handler, and Sanic then
+  wrote an ``HTTP/1.1 500`` response into the open websocket, with a traceback in the log, per
+  frame. It now ends the session with one log line and a close frame (1002).
+- **Close packets.** A client's CLOSE packet (``1``) over websocket ended the Engine.IO
+  session but left the websocket open until Sanic's keepalive gave up; it is closed at once,
+  as is the websocket of any session that has ended while its reader waits.
+- **After a websocket.** python-engineio's Sanic driver answers the upgrade request with an
+  ``HTTP/1.1 200 OK`` response once the websocket has ended, which Sanic writes into the
+  connection after the close frame; and Sanic's timeout timer, armed before the upgrade, keeps
+  each connection (request, websocket, queues) alive for up to 30 s after it closed. The
+  Engine.IO route is registered here as a websocket-capable handler that answers an upgraded
+  request with nothing, and the timer is cancelled at the upgrade (Sanic disables timeouts
+  for websockets anyway). Timers armed from then on no longer carry the request in their
+  context (a cancelled ``asyncio`` timer keeps its context until its deadline).
+- **Slow readers.** A websocket send that cannot complete within ``send_timeout`` ends the
+  connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any, Final
+
+import engineio
+from engineio.async_drivers.sanic import WebSocket as SanicWebSocket
+from sanic import Request, Sanic
+from sanic.response import HTTPResponse
+
+from service.logs import log_event
+
+#: how long closing a polling session waits for a pending long-poll to take its last packets
+POLL_FLUSH_SECONDS: Final = 2.0
+#: the first character of every Engine.IO packet a client may send as text: a packet type
+#: (0 open … 6 noop) or ``b`` (base64 binary)
+PACKET_STARTS: Final = frozenset("0123456b")
+#: websocket close code for a frame that is not an Engine.IO packet (RFC 6455: protocol error)
+CLOSE_PROTOCOL_ERROR: Final = 1002
+
+
+#: what the websocket wrapper returns for a request it upgraded: no HTTP response follows
+UPGRADED: Final = object()
+
+
+def create_route(app: Sanic[Any, Any], server: engineio.AsyncServer, endpoint: str) -> None:
+    """Register the Engine.IO endpoint on ``app`` (in place of the driver's
+    ``create_route``)."""
+
+    async def engineio_endpoint(request: Request) -> HTTPResponse | None:
+        response = await server.handle_request(request)
+        return None if response is UPGRADED else response
+
+    # tells Sanic that a handler returning nothing has answered by upgrading the connection
+    engineio_endpoint.is_websocket = True  # type: ignore[attr-defined]
+    app.add_route(engineio_endpoint, endpoint, methods=["GET", "POST", "OPTIONS"])
+    app.enable_websocket()
+
+
+class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
+    """``engineio.AsyncServer`` with the repairs in this module's docstring."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: the pending ping task of each session
+        self.ping_tasks: dict[str, asyncio.Task[Any]] = {}
+        self.log: logging.Logger = logging.getLogger("signaling")
+
+    def start_background_task(self, target: Any, *args: Any, **kwargs: Any) -> Any:
+        task = super().start_background_task(target, *args, **kwargs)
+        sock = getattr(target, "__self__", None)
+        if getattr(target, "__name__", None) == "_send_ping" and sock is not None:
+            sid = sock.sid
+            self.ping_tasks[sid] = task
+            task.add_done_callback(lambda done: self._forget_ping(sid, done))
+        return task
+
+    def _forget_ping(self, sid: str, task: asyncio.Task[Any]) -> None:
+        if self.ping_tasks.get(sid) is task:
+            del self.ping_tasks[sid]
+
+    async def _trigger_event(self, event: str, *args: Any, **kwargs: Any) -> Any:
+        if event == "disconnect" and args:
+            task = self.ping_tasks.pop(args[0], None)
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
+        return await super()._trigger_event(event, *args, **kwargs)
+
+    async def disconnect(self, sid: str | None = None) -> None:
+        sock = self.sockets.get(sid) if sid is not None else None
+        if sock is None or sock.upgraded:
+            await super().disconnect(sid)
+            return
+        await sock.close(wait=False, reason=self.reason.SERVER_DISCONNECT)
+        if getattr(sock.queue, "_getters", True):  # a long-poll is waiting: let it take them
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(sock.queue.join(), POLL_FLUSH_SECONDS)
+        self.sockets.pop(sid, None)
+
+
+class GuardedWebSocket(SanicWebSocket):  # type: ignore[misc]
+    """Engine.IO's Sanic websocket wrapper: bounded sends, checked frames, prompt closes.
+
+    ``handler`` is the Engine.IO socket's bound ``_websocket_handler``, so the wrapper knows
+    its session. Raising :class:`OSError` from :meth:`wait` is how the handler is told the
+    connection is over (it stops reading, lets the writer close the websocket, and ends the
+    session).
+    """
+
+    send_timeout: float = 10.0
+    close_code: int = 1000
+
+    async def __call__(self, environ: dict[str, Any]) -> object:
+        request = environ["sanic.request"]
+        protocol = request.transport.get_protocol()
+        # every task and timer started from here on (Sanic's keepalive, Engine.IO's per-frame
+        # timeouts, Sanic's abort after the close handshake) copies this task's context, and
+        # with it the request, which it keeps alive long after the connection closed,
+        # cancelled or not; the session holds the request in its environ
+        type(request)._current.set(None)
+        self._sock = await protocol.websocket_handshake(request)
+        # Sanic's timeout checks stop at an upgraded connection, but the one already
+        # scheduled would hold the connection for up to half a timeout after it closed
+        timer = getattr(protocol, "_callback_check_timeouts", None)
+        if timer is not None:
+            timer.cancel()
+        self.environ = environ
+        await self.handler(self)
+        return UPGRADED
+
+    async def send(self, message: Any) -> None:
+        await asyncio.wait_for(super().send(message), self.send_timeout)
+
+    async def close(self) -> None:
+        await self._sock.close(code=self.close_code)
+
+    async def wait(self) -> str | bytes:
+        session = getattr(self.handler, "__self__", None)
+        if session is not None and (session.closed or session.closing):
+            raise OSError("session ended")  # e.g. after the client's CLOSE packet
+        data = await self._sock.recv()
+        if isinstance(data, bytes):
+            return data
+        if not isinstance(data, str):
+            raise OSError("websocket closed")
+        if not data or data[0] not in PACKET_STARTS:
+            self.close_code = CLOSE_PROTOCOL_ERROR
+            request = self.environ.get("sanic.request") if self.environ else None
+            log_event(self.server.log, "session_dropped", logging.WARNING,
+                      eio_sid=getattr(session, "sid", None), reason="protocol_error",
+                      ip=getattr(request, "ip", None))
+            raise OSError("not an Engine.IO packet")
+        return data
+
+
+def driver(base: dict[str, Any], send_timeout: float) -> dict[str, Any]:
+    """A copy of the Sanic driver table (shared by every server in the process) with this
+    module's route and websocket wrapper."""
+    websocket = type("GuardedWebSocket", (GuardedWebSocket,), {"send_timeout": send_timeout})
+    return {**base, "websocket": websocket, "create_route": create_route}

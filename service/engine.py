@@ -20,8 +20,8 @@
   each connection (request, websocket, queues) alive for up to 30 s after it closed. The
   Engine.IO route is registered here as a websocket-capable handler that answers an upgraded
   request with nothing, and the timer is cancelled at the upgrade (Sanic disables timeouts
-  for websockets anyway). Timers armed from then on no longer carry the request in their
-  context (a cancelled ``asyncio`` timer keeps its context until its deadline).
+  for websockets anyway). Timers armed while handling a request no longer carry the request
+  in their context (a cancelled ``asyncio`` timer keeps its context until its deadline).
 - **Slow readers.** A websocket send that cannot complete within ``send_timeout`` ends the
   connection.
 """
@@ -58,6 +58,12 @@ def create_route(app: Sanic[Any, Any], server: engineio.AsyncServer, endpoint: s
     ``create_route``)."""
 
     async def engineio_endpoint(request: Request) -> HTTPResponse | None:
+        # Sanic keeps the current request in a context variable. Every task and timer
+        # started while handling it (Engine.IO's long-poll and per-frame timeouts, the token
+        # timers, Sanic's keepalive and its abort after a close handshake) copies the context
+        # and with it the request, which a timer keeps, cancelled or not, until its deadline:
+        # 45 s to 10 min after the connection closed. Engine.IO has the request in its environ.
+        type(request)._current.set(None)  # type: ignore[arg-type]
         response = await server.handle_request(request)
         return None if response is UPGRADED else response
 
@@ -123,11 +129,6 @@ class GuardedWebSocket(SanicWebSocket):  # type: ignore[misc]
     async def __call__(self, environ: dict[str, Any]) -> object:
         request = environ["sanic.request"]
         protocol = request.transport.get_protocol()
-        # every task and timer started from here on (Sanic's keepalive, Engine.IO's per-frame
-        # timeouts, Sanic's abort after the close handshake) copies this task's context, and
-        # with it the request, which it keeps alive long after the connection closed,
-        # cancelled or not; the session holds the request in its environ
-        type(request)._current.set(None)
         self._sock = await protocol.websocket_handshake(request)
         # Sanic's timeout checks stop at an upgraded connection, but the one already
         # scheduled would hold the connection for up to half a timeout after it closed

@@ -195,6 +195,10 @@ class Signaling:
                     identity.user_id, sid, self.guard.max_per_user)
             except PresenceUnavailable:
                 raise ServiceUnavailable("presence store unreachable") from None
+            except asyncio.CancelledError:
+                # the connection went away while the store counted it: uncount it
+                self._spawn(self.presence.remove_connection(identity.user_id, sid))
+                raise
             if not admitted:
                 raise TooManyConnections("user is at its connection limit")
             if not self.sio.session_open(sid):

@@ -216,6 +216,8 @@ class SignalingServer(socketio.AsyncServer):  # type: ignore[misc]
                       reason=reason, ip=getattr(request, "ip", None))
             await sock.close(wait=False, abort=True, reason=reason)
             sock.queue.put_nowait(None)  # ends a pending long-poll or the websocket writer
+            # gone now, not when Engine.IO's service task next passes by (up to 20 s)
+            self.eio.sockets.pop(eio_sid, None)
         finally:
             self._dropping.discard(eio_sid)
 

@@ -51,9 +51,6 @@ class SessionDescription:
     type: str
     sdp: str
 
-    def to_json(self) -> dict[str, str]:
-        return {"type": self.type, "sdp": self.sdp}
-
 
 @dataclass(frozen=True, slots=True)
 class IceCandidate:
@@ -64,21 +61,13 @@ class IceCandidate:
     sdp_mline_index: int | None
     username_fragment: str | None
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "candidate": self.candidate,
-            "sdpMid": self.sdp_mid,
-            "sdpMLineIndex": self.sdp_mline_index,
-            "usernameFragment": self.username_fragment,
-        }
-
 
 @dataclass(frozen=True, slots=True)
 class Relay:
     """A validated relay event, ready to be stamped with its sender and delivered.
 
-    ``body`` is the message without ``from``: ``to``, the typed part (``offer``,
-    ``answer`` or ``candidate``, normalised) and any other fields the client added.
+    ``body`` is the message as the client sent it, without ``from``: nothing is added,
+    dropped, renamed or retyped (``to: 7`` stays the number 7; ``to`` is the id it names).
     """
 
     event: str
@@ -127,14 +116,15 @@ def parse_relay(event: str, args: Sequence[object]) -> Relay:
     if not isinstance(payload, dict):
         raise InvalidPayload(f"{event} payload must be an object")
     to = parse_user_id(payload.get("to"), "to")
-    body: dict[str, Any] = {k: v for k, v in payload.items() if k != "from"}
-    body["to"] = to
     if event in _DESCRIPTION_TYPES:
-        body[event] = _description(event, payload.get(event)).to_json()
+        _description(event, payload.get(event))
     elif event == CANDIDATE:
-        body[event] = _candidate(payload.get(event)).to_json()
+        _candidate(payload.get(event))
     elif event != HANGUP:
         raise InvalidPayload(f"{event} is not a relay event")
+    # exactly what the sender sent, validated: strict decoders (kotlinx.serialization,
+    # Swift's Codable) choke on keys they did not send, or on a changed type
+    body: dict[str, Any] = {k: v for k, v in payload.items() if k != "from"}
     _check_size(event, body)
     return Relay(event=event, to=to, body=body)
 

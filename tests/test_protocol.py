@@ -35,11 +35,13 @@ def test_room_request_takes_exactly_one_argument() -> None:
 
 
 def test_relay_drops_client_from_and_keeps_the_rest() -> None:
-    """The parsed body never holds a ``from``; ``stamped`` adds the real sender."""
+    """The parsed body never holds a ``from``; ``stamped`` adds the real sender; the rest is
+    exactly what was sent (``to`` names user "5" and stays the number 5)."""
     relay = parse_relay("offer", ({"to": 5, "from": "carol", "offer": {"type": "offer", "sdp": SDP,
                                                                      "x": 1}, "k": [1]},))
     assert relay.to == "5"
-    assert dict(relay.body) == {"to": "5", "offer": {"type": "offer", "sdp": SDP}, "k": [1]}
+    assert dict(relay.body) == {"to": 5, "offer": {"type": "offer", "sdp": SDP, "x": 1},
+                                "k": [1]}
     assert relay.stamped("alice")["from"] == "alice"
 
 

@@ -195,19 +195,29 @@ async def test_malformed_payload_without_ack_changes_nothing(peers: Peers) -> No
     assert await bob.next("hangup") == {"to": "bob", "from": "alice"}
 
 
-async def test_candidate_is_normalised_to_rtc_ice_candidate_init(peers: Peers) -> None:
-    """Missing optional candidate fields arrive as null; unknown ones are dropped; the
-    end-of-candidates marker (empty string) is relayed."""
+@pytest.mark.parametrize("candidate", [
+    {"candidate": "candidate:1 1 udp 2122260223 192.0.2.1 54400 typ host",
+     "sdpMid": "0", "sdpMLineIndex": 0},
+    {"candidate": "", "sdpMLineIndex": 1},
+    {"candidate": "", "sdpMid": "audio", "usernameFragment": "abcd"},
+    {"candidate": "", "sdpMid": "0", "sdpMLineIndex": None, "serverUrl": "stun:x"},
+], ids=["three-fields", "index-only", "mid-and-ufrag", "explicit-null-and-unknown"])
+async def test_relay_arrives_exactly_as_sent(peers: Peers, candidate: dict[str, Any]) -> None:
+    """The peer receives exactly the fields the sender sent (validated) plus ``from``:
+    nothing added (no ``usernameFragment: null``), dropped or renamed; strict decoders
+    (kotlinx.serialization, Swift's Codable) choke on keys they did not send."""
     alice, bob = await peers("alice"), await peers("bob")
-    await alice.call("candidate", {"to": "bob", "candidate": {
-        "candidate": "", "sdpMLineIndex": 1, "serverUrl": "stun:stun.example.com"}})
-    assert (await bob.next("candidate"))["candidate"] == {
-        "candidate": "", "sdpMid": None, "sdpMLineIndex": 1, "usernameFragment": None}
+    sent = {"to": "bob", "candidate": candidate, "callHint": {"n": 1}}
+    assert (await alice.call("candidate", sent))["delivered"] is True
+    assert await bob.next("candidate") == {**sent, "from": "alice"}
+    offer = {"to": "bob", "offer": {"type": "offer", "sdp": "v=0\r\n"}}
+    assert (await alice.call("offer", offer))["delivered"] is True
+    assert await bob.next("offer") == {**offer, "from": "alice"}
 
 
 async def test_numeric_user_ids(service: Any, transport: str) -> None:
     """Integer ids are read as their decimal string: ``JoinSocket(42)`` for ``sub: "42"`` and
-    ``to: 7`` reach user ``"7"``; a float id is refused."""
+    ``to: 7`` reach user ``"7"`` (and arrive as sent); a float id is refused."""
     from tests.support import Peer
 
     caller, callee = Peer(service.url, transport), Peer(service.url, transport)
@@ -217,6 +227,6 @@ async def test_numeric_user_ids(service: Any, transport: str) -> None:
     assert await callee.call("JoinSocket", "7") == {"ok": True}
     assert (await caller.call("JoinSocket", 42.0))["error"] == "invalid_payload"
     assert await caller.call("hangup", {"to": 7}) == {"ok": True, "delivered": True}
-    assert await callee.next("hangup") == {"to": "7", "from": "42"}
+    assert await callee.next("hangup") == {"to": 7, "from": "42"}  # as sent
     await caller.close()
     await callee.close()

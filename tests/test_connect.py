@@ -104,6 +104,15 @@ def _forgeries() -> list[Any]:
                      id="algorithm-not-allowed"),
         pytest.param({"token": _signed(good) + "x"}, "token_invalid", id="tampered-signature"),
         pytest.param({"token": "x" * 9000}, "token_invalid", id="oversized"),
+        # PyJWT accepts numeric strings for these; the service does not (issue 9, item 7)
+        pytest.param({"token": _signed({**good, "exp": str(now + 600)})}, "token_invalid",
+                     id="string-exp"),
+        pytest.param({"token": _signed({**good, "iat": str(now)})}, "token_invalid",
+                     id="string-iat"),
+        pytest.param({"token": _signed({**good, "nbf": str(now)})}, "token_invalid",
+                     id="string-nbf"),
+        pytest.param({"token": _signed({**good, "exp": float(now + 600), "iat": [now]})},
+                     "token_invalid", id="list-iat"),
     ]
 
 
@@ -172,3 +181,27 @@ async def test_a_bug_in_connect_refuses_promptly(service: RunningService, transp
     monkeypatch.setattr(service.app.ctx.signaling.verifier, "verify", broken)
     refusal = await _refusal(service, transport, token=service.token("alice"))
     assert refusal == {"message": "internal_error", "data": {"reason": "internal_error"}}
+
+
+@pytest.mark.parametrize("claim", ["exp", "iat", "nbf"])
+async def test_string_time_claims_are_invalid_everywhere(service: RunningService,
+                                                         claim: str) -> None:
+    """A correctly signed token whose ``exp``/``iat``/``nbf`` is a numeric string is
+    ``token_invalid`` on /ice-servers too (before: 500), and counts as a failed
+    authentication for the address."""
+    import aiohttp
+
+    now = _now()
+    claims: dict[str, Any] = {"sub": "alice", "iat": now, "exp": now + 600}
+    token = _signed({**claims, claim: str(claims.get(claim, now))})
+    guard = service.app.ctx.signaling.guard
+    before = guard._ip_failures._buckets.get("127.0.0.1")
+    spent_before = before.tokens if before is not None else guard._ip_failures.rate.burst
+    async with aiohttp.ClientSession() as http, http.get(
+            f"{service.url}/ice-servers", headers={"Authorization": f"Bearer {token}"}
+    ) as response:
+        assert response.status == 401
+        assert (await response.json())["reason"] == "token_invalid"
+    refusal = await _refusal(service, "websocket", token=token)
+    assert refusal["data"]["reason"] == "token_invalid"
+    assert guard._ip_failures._buckets["127.0.0.1"].tokens < spent_before

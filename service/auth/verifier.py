@@ -137,9 +137,15 @@ class TokenVerifier:
         raise TokenInvalid("signature does not verify")
 
     def _identity(self, claims: Mapping[str, Any]) -> Identity:
+        for name in ("exp", "iat", "nbf"):
+            # RFC 7519 NumericDate; PyJWT also takes "1795715075" (a string) and True
+            value = claims.get(name)
+            if (name == "exp" or value is not None) and (
+                    not isinstance(value, (int, float)) or isinstance(value, bool)):
+                raise TokenInvalid(f"{name} is not a number")
         exp = claims["exp"]
         iat = claims.get("iat")
-        start = iat if isinstance(iat, (int, float)) else self._clock()
+        start = iat if iat is not None else self._clock()
         if exp - start > self._max_lifetime + self._leeway:
             raise TokenInvalid("token lifetime is over the maximum")
         user = claims[self._user_claim]

@@ -45,6 +45,7 @@ from redis.exceptions import RedisError
 
 from service.logs import log_event
 from service.presence import PresenceUnavailable
+from service.supervise import forever
 
 #: messages older than this (or from a clock this far ahead) are dropped
 MAX_MESSAGE_AGE: Final = 30.0
@@ -152,6 +153,19 @@ class SignedRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
                 with contextlib.suppress(Exception):
                     await self.pubsub.aclose()  # type: ignore[no-untyped-call]
                 await asyncio.sleep(SUBSCRIBE_RETRY_SECONDS)
+
+    async def close(self) -> None:
+        """Stop listening (python-socketio leaves its listener task running for good)."""
+        task = getattr(self, "thread", None)
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(task, 2.0)
+        pubsub = getattr(self, "pubsub", None)
+        if pubsub is not None:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+        self.subscribed = False
 
     # ---- signing ----
 
@@ -266,7 +280,8 @@ class RedisPresence:
         return f"{self._prefix}:joined:{user}"
 
     async def start(self) -> None:
-        self._beat = asyncio.ensure_future(self._heartbeat())
+        self._beat = asyncio.ensure_future(
+            forever(self._heartbeat, name="presence_heartbeat", log=self._log))
 
     async def stop(self) -> None:
         if self._beat is not None:
@@ -282,31 +297,34 @@ class RedisPresence:
                 pipe.delete(self._node_key)
                 await pipe.execute()
 
-    async def _heartbeat(self) -> None:
+    async def _heartbeat(self) -> float:
+        """One beat: renew this node's key (only while subscribed), resync when Redis forgot
+        it; returns the wait until the next beat (a step of a supervised loop)."""
         interval = self._ttl / 5
-        while True:
-            try:
-                if not self._receiving():
-                    # not subscribed: this node's users must not count as reachable
-                    self.live = False
-                    await self._redis.delete(self._node_key)
-                    await asyncio.sleep(min(interval, 0.1))
-                    continue
-                previous = await self._redis.set(self._node_key, "1",
-                                                 px=int(self._ttl * 1000), get=True)
-                if previous is None or self._pending:
-                    await self._resync()
-                self.live = True
-                if self.failing:
-                    log_event(self._log, "redis_presence_restored", node=self.node)
-                    self.failing = False
-            except (RedisError, OSError) as exc:
+        try:
+            if not self._receiving():
+                # not subscribed: this node's users must not count as reachable
                 self.live = False
-                if not self.failing:
-                    log_event(self._log, "redis_presence_lost", logging.WARNING,
-                              node=self.node, error_type=type(exc).__name__)
-                    self.failing = True
-            await asyncio.sleep(interval)
+                await self._redis.delete(self._node_key)
+                return min(interval, 0.1)
+            previous = await self._redis.set(self._node_key, "1",
+                                             px=int(self._ttl * 1000), get=True)
+            if previous is None or self._pending:
+                await self._resync()
+            self.live = True
+            if self.failing:
+                log_event(self._log, "redis_presence_restored", node=self.node)
+                self.failing = False
+        except (RedisError, OSError) as exc:
+            self.live = False
+            if not self.failing:
+                log_event(self._log, "redis_presence_lost", logging.WARNING,
+                          node=self.node, error_type=type(exc).__name__)
+                self.failing = True
+        except Exception:
+            self.live = False
+            raise
+        return interval
 
     async def _resync(self) -> None:
         """Write this node's members again (after Redis forgot them) and apply removals that

@@ -98,6 +98,7 @@ def create_app(settings: Settings, *, name: str = "signaling") -> Sanic[Any, Any
         await signaling.shutdown(settings.shutdown_timeout)
         await signaling.stop()
         if link is not None:
+            await manager.close()
             await link.close()
 
     routes.register(app, signaling, settings)

@@ -51,6 +51,7 @@ from service.protocol import (
     parse_relay,
     parse_room_request,
 )
+from service.supervise import forever
 
 NAMESPACE: Final = "/"
 #: how often the jti deny-list file is checked for newly revoked, connected tokens
@@ -97,6 +98,8 @@ class Signaling:
         self.timers = ExpiryTimers(warning=expiry_warning, leeway=verifier.leeway,
                                    warn=self._warn_expiring, expire=self._expire)
         self._background: list[asyncio.Task[None]] = []
+        #: the deny-list version the last revocation sweep saw
+        self._swept = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -108,7 +111,9 @@ class Signaling:
         await self.presence.start()
         self._background = [asyncio.ensure_future(self.verifier.prefetch())]
         if self.verifier.denylist is not None:
-            self._background.append(asyncio.ensure_future(self._sweep_revoked()))
+            self._swept = self.verifier.denylist.version
+            self._background.append(asyncio.ensure_future(
+                forever(self._sweep_revoked, name="revocation_sweep", log=self.log)))
 
     async def stop(self) -> None:
         self.timers.close()
@@ -333,15 +338,19 @@ class Signaling:
         if session is not None and session.identity is identity:
             await self.close(sid, TokenExpired.reason)
 
-    async def _sweep_revoked(self) -> None:
-        assert self.verifier.denylist is not None
-        while True:
-            await asyncio.sleep(REVOCATION_SWEEP_SECONDS)
-            if not self.verifier.denylist.reload():
-                continue
+    async def _sweep_revoked(self) -> float:
+        """Close connections whose token was revoked, whenever the deny-list has changed
+        since the last complete sweep (whoever re-read it); one step of a supervised loop."""
+        denylist = self.verifier.denylist
+        assert denylist is not None
+        denylist.refresh()
+        version = denylist.version
+        if version != self._swept:
             for sid, session in list(self.sessions.items()):
                 if self.verifier.is_revoked(session.identity):
                     await self.close(sid, "token_revoked")
+            self._swept = version
+        return REVOCATION_SWEEP_SECONDS
 
     async def unknown(self, sid: str, *args: object) -> Ack:
         """Any event outside the protocol (the catch-all's event name comes first in

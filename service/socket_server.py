@@ -115,9 +115,10 @@ class SignalingServer(socketio.AsyncServer):  # type: ignore[misc]
         try:
             await super()._handle_eio_message(eio_sid, data)
         except MalformedPacket:
-            # python-socketio could not decode it; anything else raised while handling a
-            # well-formed packet is a bug, and goes up with its traceback
-            await self.drop(eio_sid, "protocol_error")
+            await self.drop(eio_sid, "protocol_error")  # python-socketio could not decode it
+        except Exception:
+            # a bug while handling a well-formed packet: the client did nothing wrong
+            self.log.exception("message_failed", extra={"fields": {"eio_sid": eio_sid}})
 
     async def _refuse_binary(self, eio_sid: str, data: str) -> None:
         pkt = self.packet_class(encoded_packet=data)
@@ -198,7 +199,12 @@ class SignalingServer(socketio.AsyncServer):  # type: ignore[misc]
         if timer is not None:
             timer.cancel()
         self._skip_attachments.pop(eio_sid, None)
-        await super()._handle_eio_disconnect(eio_sid, reason)
+        try:
+            await super()._handle_eio_disconnect(eio_sid, reason)
+        except Exception:
+            # python-engineio would log it through its own logger, as plain text
+            self.log.exception("disconnect_failed", extra={"fields": {"eio_sid": eio_sid}})
+            self.environ.pop(eio_sid, None)
         if reason == self.reason.CLIENT_DISCONNECT:
             sock = self.eio.sockets.get(eio_sid)
             if sock is not None and not sock.upgraded:

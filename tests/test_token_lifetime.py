@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from service.config import Secret, Settings
-from tests.support import SECRET, Peer, RunningService, eventually, serving
+from tests.support import SECRET, Peer, RunningService, eventually, refusal, serving
 
 
 def lifetime_settings(**overrides: Any) -> Settings:
@@ -101,9 +101,14 @@ async def test_bad_refresh_is_refused_and_changes_nothing(service: RunningServic
     await peer.close()
 
 
-async def test_revoked_token_is_disconnected(tmp_path: Path, transport: str) -> None:
+@pytest.mark.parametrize("verification_first", [False, True],
+                         ids=["sweep-reads-first", "a-connect-reads-first"])
+async def test_revoked_token_is_disconnected(tmp_path: Path, transport: str,
+                                             verification_first: bool) -> None:
     """Adding a connected token's ``jti`` to the deny-list file closes that connection with
-    ``token_revoked`` within seconds; other connections stay; the token cannot reconnect."""
+    ``token_revoked`` within seconds; other connections stay; the token cannot reconnect.
+    That holds when another client's verification re-reads the changed file before the
+    sweep does (before: the sweep then saw "unchanged" and the revoked token lived on)."""
     denylist = tmp_path / "revoked.txt"
     denylist.write_text("")
     async with serving(lifetime_settings(jwt_denylist_file=denylist,
@@ -112,16 +117,22 @@ async def test_revoked_token_is_disconnected(tmp_path: Path, transport: str) -> 
         token = service.token("alice", jti="session-1")
         await victim.connect(token)
         await bystander.connect(service.token("bob", jti="session-2"))
+        signaling = service.app.ctx.signaling
+        list_before = signaling.verifier.denylist
+        if verification_first:
+            # every verification re-reads the file now, so the next one reads it first
+            list_before._interval = 0
         denylist.write_text("session-1\n")
-        assert await victim.next("server_disconnect", 6) == {"reason": "token_revoked"}
+        if verification_first:
+            newcomer = Peer(service.url, transport)
+            await newcomer.connect(service.token("carol", jti="session-3"))
+            assert "session-1" in list_before._ids  # the connect read the change
+            await newcomer.close()
+        assert await victim.next("server_disconnect", 8) == {"reason": "token_revoked"}
         await eventually(lambda: not victim.client.connected, 3)
         assert bystander.client.connected
-        peer = Peer(service.url, transport)
-        from tests.support import refusal
-
         assert (await refusal(service.url, transport, token=token))["data"] == {
             "reason": "token_revoked"}
-        await peer.close()
         await victim.close()
         await bystander.close()
 

@@ -3,6 +3,10 @@
 The file is re-read when its modification time or size changes, checked at most every
 ``check_interval`` seconds, so an operator revokes a token by appending a line. A file that
 disappears or cannot be read keeps the last list (and says so in the log).
+
+Whoever re-reads it (a verification, or the sweep of connected tokens), ``version`` goes up
+with every change, so the sweep compares versions rather than asking whether it was the one
+to notice.
 """
 
 from __future__ import annotations
@@ -28,12 +32,18 @@ class DenyList:
         self._stamp: tuple[int, int] | None = None
         self._checked_at = float("-inf")
         self._ids: frozenset[str] = frozenset()
+        #: goes up by one each time the list of ids changes
+        self.version = 0
         self.reload()
 
     def __contains__(self, jti: object) -> bool:
+        self.refresh()
+        return isinstance(jti, str) and jti in self._ids
+
+    def refresh(self) -> None:
+        """Re-read the file if it is time to check it again."""
         if self._clock() - self._checked_at >= self._interval:
             self.reload()
-        return isinstance(jti, str) and jti in self._ids
 
     def reload(self) -> bool:
         """Re-read the file if it changed; True when the list changed."""
@@ -53,5 +63,6 @@ class DenyList:
         changed = ids != self._ids
         self._ids = ids
         if changed:
+            self.version += 1
             log_event(self._log, "denylist_loaded", path=str(self.path), entries=len(ids))
         return changed

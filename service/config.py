@@ -1,24 +1,24 @@
-"""Settings: read once from the environment (prefix ``SIGNAL_``) and an optional ``.env`` file.
+"""Settings: one frozen object, checked on construction however it is made.
 
-``Settings.from_env()`` collects every problem and raises one :class:`ConfigError` naming
-each variable, so an operator fixes them all in one go. Real environment variables win over
-the ``.env`` file. Secrets are wrapped in :class:`Secret` and never appear in a repr.
+``Settings(...)`` (tests, embedders) and ``Settings.from_env()`` (the service; parsing lives
+in :mod:`service.environment`) go through the same checks: :func:`check` finds every
+problem, per field and across fields, and one :class:`ConfigError` names each by its
+``SIGNAL_`` variable, so an operator fixes them all in one go. Secrets are wrapped in
+:class:`Secret` and never appear in a repr.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from ipaddress import ip_address
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
-from dotenv import dotenv_values
 
 from service.errors import ConfigError
 from service.limits import Rate, parse_networks
@@ -33,8 +33,6 @@ SUPPORTED_ALGORITHMS: Final = (
     "ES256", "ES384", "ES512", "EdDSA",
 )
 DEFAULT_ALGORITHMS: Final[tuple[str, ...]] = ("HS256", "RS256", "ES256", "EdDSA")
-
-T = TypeVar("T")
 
 
 class Secret:
@@ -90,6 +88,11 @@ class Settings:
     jwt_max_lifetime: int = 86400
     jwt_max_token_bytes: int = 8192
     jwt_denylist_file: Path | None = None
+    #: with several issuers: their user ids are one namespace (``sub`` 42 is the same user
+    #: whoever issued it) ...
+    jwt_shared_user_ids: bool = False
+    #: ... or each issuer's ids get its prefix: ``(("https://a.example", "a:"), ...)``
+    jwt_user_id_prefixes: tuple[tuple[str, str], ...] = ()
     jwks_cache_ttl: int = 300
     jwks_refresh_interval: int = 30
     jwks_timeout: float = 5.0
@@ -125,7 +128,7 @@ class Settings:
     ice_servers: tuple[dict[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
-        problems = _invariants(self)
+        problems = check(self)
         if problems:
             raise ConfigError(problems)
 
@@ -138,124 +141,136 @@ class Settings:
         """Read ``SIGNAL_*`` variables from ``environ`` (default ``os.environ``), falling back to
         ``env_file`` when it exists (``SIGNAL_ENV_FILE`` names another file). Unknown
         ``SIGNAL_*`` names are errors: a typo must not silently leave a default in place."""
-        env = dict(os.environ if environ is None else environ)
-        env_file = env.get(f"{PREFIX}ENV_FILE", env_file)
-        merged: dict[str, str] = {}
-        if env_file is not None and Path(env_file).is_file():
-            merged.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
-        merged.update(env)
-        return _parse({k: v for k, v in merged.items() if k.startswith(PREFIX)})
+        from service.environment import read_settings
+
+        return read_settings(environ, env_file)
+
+    @property
+    def trusted_issuers(self) -> int:
+        """How many parties issue the tokens this service accepts (each JWKS issuer; the
+        static keys count once, or once per accepted issuer they serve)."""
+        jwks = {e.issuer for e in self.jwt_jwks}
+        static = self.jwt_secret is not None or bool(self.jwt_public_keys)
+        if not static:
+            return len(jwks)
+        others = set(self.jwt_issuers) - jwks if self.jwt_issuers else {None}
+        return len(jwks) + len(others)
 
 
-class _Defaults:
-    """Default values of the limit settings, read from the dataclass fields."""
+#: the variable that sets each field whose name is not simply its field name in capitals
+VARIABLES: Final = {
+    "jwt_public_keys": "JWT_PUBLIC_KEY", "jwt_jwks": "JWT_JWKS_URL",
+    "jwt_issuers": "JWT_ISSUER", "jwt_audiences": "JWT_AUDIENCE",
+    "jwt_shared_user_ids": "JWT_USER_IDS", "jwt_user_id_prefixes": "JWT_USER_IDS",
+}
 
-    def __getattr__(self, name: str) -> Any:
-        return Settings.__dataclass_fields__[name].default
+#: whole-number (and seconds) settings: inclusive bounds
+BOUNDS: Final[dict[str, tuple[int, int]]] = {
+    "jwt_leeway": (0, MAX_LEEWAY_SECONDS),
+    "jwt_max_lifetime": (60, 366 * 86400),
+    "jwt_max_token_bytes": (256, 65536),
+    "jwks_cache_ttl": (1, 86400),
+    "jwks_refresh_interval": (1, 3600),
+    "jwks_timeout": (1, 60),
+    "token_expiry_warning": (0, 3600),
+    "max_message_bytes": (1024, 1_048_576),
+    "max_connections_per_user": (0, 100_000),
+    "auth_timeout": (1, 300),
+    "max_queued_messages": (16, 1_000_000),
+    "send_timeout": (1, 300),
+    "redis_max_connections": (2, 1000),
+    "node_ttl": (2, 300),
+    "shutdown_timeout": (1, 600),
+}
+#: of those, the ones that must be whole numbers (the rest are seconds, fractions allowed)
+WHOLE: Final = frozenset({"jwt_leeway", "jwt_max_lifetime", "jwt_max_token_bytes",
+                          "jwks_cache_ttl", "jwks_refresh_interval", "token_expiry_warning",
+                          "max_message_bytes", "max_connections_per_user",
+                          "max_queued_messages", "redis_max_connections"})
 
 
-_DEFAULTS = _Defaults()
-
-KNOWN: Final = frozenset({
-    "JWT_SECRET", "JWT_PREVIOUS_SECRET", "JWT_PUBLIC_KEY", "JWT_JWKS_URL", "JWT_ALGORITHMS",
-    "JWT_ISSUER", "JWT_AUDIENCE", "JWT_LEEWAY", "JWT_USER_CLAIM", "JWT_MAX_LIFETIME",
-    "JWT_MAX_TOKEN_BYTES", "JWT_DENYLIST_FILE", "JWKS_CACHE_TTL", "JWKS_REFRESH_INTERVAL",
-    "JWKS_TIMEOUT", "TOKEN_EXPIRY_WARNING", "CORS_ORIGINS", "LOG_LEVEL", "ENV_FILE",
-    "MAX_MESSAGE_BYTES", "LIMIT_RELAYS", "LIMIT_USER_RELAYS", "LIMIT_ROOMS", "LIMIT_REFRESHES",
-    "LIMIT_OTHER", "LIMIT_STRIKES", "LIMIT_IP_CONNECTS", "LIMIT_IP_AUTH_FAILURES",
-    "MAX_CONNECTIONS_PER_USER", "AUTH_TIMEOUT", "MAX_QUEUED_MESSAGES", "SEND_TIMEOUT",
-    "TRUSTED_PROXIES", "REDIS_URL", "REDIS_SECRET", "REDIS_CHANNEL", "REDIS_MAX_CONNECTIONS",
-    "NODE_TTL", "STICKY_SESSIONS", "SHUTDOWN_TIMEOUT", "DEMO", "DEMO_TOKENS", "ICE_SERVERS",
-})
+def variable(field: str) -> str:
+    """The environment variable that sets ``field``."""
+    return PREFIX + VARIABLES.get(field, field.upper())
 
 
-def _parse(values: Mapping[str, str]) -> Settings:
+def bounds_message(field: str, raw: object) -> str:
+    low, high = BOUNDS[field]
+    kind = "a whole number" if field in WHOLE else "a number of seconds"
+    return f"{variable(field)} must be {kind} from {low} to {high}, got {raw!r}."
+
+
+def check(s: Settings) -> list[str]:
+    """Every problem with ``s``: each field on its own, then the rules that involve several.
+    Shared by direct construction and :meth:`Settings.from_env`."""
     problems: list[str] = []
-
-    def field(name: str, parse: Callable[[str, str], T], default: T) -> T:
-        var = PREFIX + name
-        raw = values.get(var)
-        if raw is None or raw.strip() == "":
-            return default
-        try:
-            return parse(raw.strip(), var)
-        except ValueError as exc:
-            problems.append(str(exc))
-            return default
-
-    for var in sorted(values):
-        if var[len(PREFIX):] not in KNOWN:
-            problems.append(f"{var} is not a setting of this service (typo?).")
-
-    no_text: tuple[str, ...] = ()
-    no_jwks: tuple[JwksEndpoint, ...] = ()
-    no_servers: tuple[dict[str, Any], ...] = ()
-    issuers = field("JWT_ISSUER", _text_list, no_text)
-    kwargs: dict[str, Any] = {
-        "jwt_secret": field("JWT_SECRET", _secret, None),
-        "jwt_previous_secret": field("JWT_PREVIOUS_SECRET", _secret, None),
-        "jwt_public_keys": field("JWT_PUBLIC_KEY", _public_keys, no_text),
-        "jwt_jwks": field("JWT_JWKS_URL", lambda raw, var: _jwks(raw, var, issuers), no_jwks),
-        "jwt_algorithms": field("JWT_ALGORITHMS", _algorithms, tuple(DEFAULT_ALGORITHMS)),
-        "jwt_issuers": issuers,
-        "jwt_audiences": field("JWT_AUDIENCE", _text_list, no_text),
-        "jwt_leeway": field("JWT_LEEWAY", _int(0, MAX_LEEWAY_SECONDS), 5),
-        "jwt_user_claim": field("JWT_USER_CLAIM", _text, "sub"),
-        "jwt_max_lifetime": field("JWT_MAX_LIFETIME", _int(60, 366 * 86400), 86400),
-        "jwt_max_token_bytes": field("JWT_MAX_TOKEN_BYTES", _int(256, 65536), 8192),
-        "jwt_denylist_file": field("JWT_DENYLIST_FILE", _existing_file, None),
-        "jwks_cache_ttl": field("JWKS_CACHE_TTL", _int(10, 86400), 300),
-        "jwks_refresh_interval": field("JWKS_REFRESH_INTERVAL", _int(1, 3600), 30),
-        "jwks_timeout": float(field("JWKS_TIMEOUT", _int(1, 60), 5)),
-        "token_expiry_warning": field("TOKEN_EXPIRY_WARNING", _int(0, 3600), 60),
-        "cors_origins": field("CORS_ORIGINS", _origins, no_text),
-        "log_level": field("LOG_LEVEL", _log_level, "INFO"),
-        "max_message_bytes": field("MAX_MESSAGE_BYTES", _int(1024, 1_048_576), 65536),
-        "max_connections_per_user": field("MAX_CONNECTIONS_PER_USER", _int(0, 100_000), 10),
-        "auth_timeout": float(field("AUTH_TIMEOUT", _int(1, 300), 5)),
-        "max_queued_messages": field("MAX_QUEUED_MESSAGES", _int(16, 1_000_000), 512),
-        "send_timeout": float(field("SEND_TIMEOUT", _int(1, 300), 10)),
-        "trusted_proxies": field("TRUSTED_PROXIES", _networks, no_text),
-        "redis_url": field("REDIS_URL", _redis_url, None),
-        "redis_secret": field("REDIS_SECRET", _secret, None),
-        "redis_channel": field("REDIS_CHANNEL", _channel, "signaling"),
-        "redis_max_connections": field("REDIS_MAX_CONNECTIONS", _int(2, 1000), 10),
-        "node_ttl": float(field("NODE_TTL", _int(2, 300), 5)),
-        "sticky_sessions": field("STICKY_SESSIONS", _bool, False),
-        "shutdown_timeout": float(field("SHUTDOWN_TIMEOUT", _int(1, 600), 10)),
-        "demo": field("DEMO", _bool, False),
-        "demo_tokens": field("DEMO_TOKENS", _bool, False),
-        "ice_servers": field("ICE_SERVERS", _ice_servers, no_servers),
-    }
-    for name in ("RELAYS", "USER_RELAYS", "ROOMS", "REFRESHES", "OTHER", "STRIKES",
-                 "IP_CONNECTS", "IP_AUTH_FAILURES"):
-        attr = f"limit_{name.lower()}"
-        kwargs[attr] = field(f"LIMIT_{name}", _rate, getattr(_DEFAULTS, attr))
-    problems.extend(_invariants(SimpleNamespace(**kwargs)))
-    if problems:
-        raise ConfigError(problems)
-    return Settings(**kwargs)
-
-
-def _invariants(s: Any) -> list[str]:
-    """Rules that involve several settings; shared by ``from_env`` and direct construction."""
-    problems: list[str] = []
-    for var, secret in (("JWT_SECRET", s.jwt_secret), ("JWT_PREVIOUS_SECRET",
-                                                       s.jwt_previous_secret)):
-        if secret is not None and (msg := _check_secret(secret.reveal(), PREFIX + var)):
+    for field, (low, high) in BOUNDS.items():
+        value = getattr(s, field)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if (not number or not math.isfinite(value) or not low <= value <= high
+                or (field in WHOLE and not isinstance(value, int))):
+            problems.append(bounds_message(field, value))
+    for field in ("jwt_secret", "jwt_previous_secret", "redis_secret"):
+        secret = getattr(s, field)
+        if secret is not None and (msg := _check_secret(secret.reveal(), variable(field))):
             problems.append(msg)
+    for pem in s.jwt_public_keys:
+        if msg := check_public_key(pem, variable("jwt_public_keys")):
+            problems.append(msg)
+    for endpoint in s.jwt_jwks:
+        if msg := check_url(endpoint.url, variable("jwt_jwks")):
+            problems.append(msg)
+    for field in ("jwt_issuers", "jwt_audiences"):
+        if any(_has_control(item) or not item for item in getattr(s, field)):
+            problems.append(f"{variable(field)} entries must be non-empty text without "
+                            "control characters.")
+    unsupported = [a for a in s.jwt_algorithms if a not in SUPPORTED_ALGORITHMS]
+    if unsupported or not s.jwt_algorithms:
+        problems.append(
+            f"{PREFIX}JWT_ALGORITHMS must list some of {', '.join(SUPPORTED_ALGORITHMS)}; "
+            f"not supported: {', '.join(unsupported) or '(empty)'}."
+        )
+    if not s.jwt_user_claim or _has_control(s.jwt_user_claim):
+        problems.append(f"{PREFIX}JWT_USER_CLAIM must name a claim.")
+    if s.jwt_denylist_file is not None and not Path(s.jwt_denylist_file).is_file():
+        problems.append(f"{PREFIX}JWT_DENYLIST_FILE: no file at {str(s.jwt_denylist_file)!r}.")
+    for origin in s.cors_origins:
+        if msg := check_origin(origin, variable("cors_origins")):
+            problems.append(msg)
+    if s.log_level not in LOG_LEVELS:
+        problems.append(f"{PREFIX}LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, "
+                        f"got {s.log_level!r}.")
+    for field in ("limit_relays", "limit_user_relays", "limit_rooms", "limit_refreshes",
+                  "limit_other", "limit_strikes", "limit_ip_connects", "limit_ip_auth_failures"):
+        rate = getattr(s, field)
+        if not isinstance(rate, Rate) or not rate.valid:
+            problems.append(f"{variable(field)} must be RATE:BURST (events per second, largest "
+                            f"burst), e.g. 30:120, or 0 for no limit; got {rate!s}.")
+    try:
+        parse_networks(s.trusted_proxies)
+    except ValueError:
+        problems.append(f"{PREFIX}TRUSTED_PROXIES must list IP addresses or CIDR networks, "
+                        f"e.g. 10.0.0.0/8,127.0.0.1; got {', '.join(s.trusted_proxies)!r}.")
+    if s.redis_url is not None and (msg := check_redis_url(s.redis_url.reveal())):
+        problems.append(msg)
+    if not s.redis_channel or not all(c.isalnum() or c in "-_.:" for c in s.redis_channel):
+        problems.append(f"{PREFIX}REDIS_CHANNEL may hold letters, digits and - _ . : only, "
+                        f"got {s.redis_channel!r}.")
+    if not ice_servers_ok(s.ice_servers):
+        problems.append(ICE_SERVERS_HELP)
+    problems.extend(_across(s))
+    return problems
+
+
+def _across(s: Settings) -> list[str]:
+    """Rules that involve several settings."""
+    problems: list[str] = []
     if s.jwt_previous_secret is not None and s.jwt_secret is None:
         problems.append(f"{PREFIX}JWT_PREVIOUS_SECRET is set without {PREFIX}JWT_SECRET.")
     if s.jwt_secret is None and not s.jwt_public_keys and not s.jwt_jwks:
         problems.append(
             f"No key to verify tokens with: set {PREFIX}JWT_SECRET, {PREFIX}JWT_PUBLIC_KEY or "
             f"{PREFIX}JWT_JWKS_URL (scripts/run writes a development secret into .env for you)."
-        )
-    unsupported = [a for a in s.jwt_algorithms if a not in SUPPORTED_ALGORITHMS]
-    if unsupported or not s.jwt_algorithms:
-        problems.append(
-            f"{PREFIX}JWT_ALGORITHMS must list some of {', '.join(SUPPORTED_ALGORITHMS)}; "
-            f"not supported: {', '.join(unsupported) or '(empty)'}."
         )
     issuers = [e.issuer for e in s.jwt_jwks]
     if len(set(issuers)) != len(issuers):
@@ -267,23 +282,57 @@ def _invariants(s: Any) -> list[str]:
                 f"{PREFIX}JWT_JWKS_URL binds keys to issuers not in {PREFIX}JWT_ISSUER: "
                 f"{', '.join(strays)}."
             )
-    if s.redis_url is not None:
-        if s.redis_secret is None:
-            problems.append(
-                f"{PREFIX}REDIS_SECRET is missing: with {PREFIX}REDIS_URL set, every node signs "
-                "its cluster messages with it (the same value on every node, 32+ bytes), so "
-                "nothing else that can publish on Redis is believed."
-            )
-        elif msg := _check_secret(s.redis_secret.reveal(), f"{PREFIX}REDIS_SECRET"):
-            problems.append(msg)
+    problems.extend(_user_id_rules(s))
+    if s.redis_url is not None and s.redis_secret is None:
+        problems.append(
+            f"{PREFIX}REDIS_SECRET is missing: with {PREFIX}REDIS_URL set, every node signs "
+            "its cluster messages with it (the same value on every node, 32+ bytes), so "
+            "nothing else that can publish on Redis is believed."
+        )
     if s.demo_tokens and (s.jwt_secret is None or not s.demo):
         problems.append(
             f"{PREFIX}DEMO_TOKENS hands out tokens signed with {PREFIX}JWT_SECRET on the demo "
             f"page: it needs {PREFIX}DEMO=true and a {PREFIX}JWT_SECRET (development only)."
         )
-    if not s.jwt_user_claim:
-        problems.append(f"{PREFIX}JWT_USER_CLAIM must name a claim.")
     return problems
+
+
+def _user_id_rules(s: Settings) -> list[str]:
+    """With several issuers, the operator says how their user ids relate."""
+    var = variable("jwt_shared_user_ids")
+    prefixes = dict(s.jwt_user_id_prefixes)
+    if s.jwt_shared_user_ids and prefixes:
+        return [f"{var} is either 'shared' or a list of 'ISSUER PREFIX' entries, not both."]
+    if prefixes:
+        problems = []
+        if len(prefixes) != len(s.jwt_user_id_prefixes):
+            problems.append(f"{var} names an issuer twice.")
+        if not s.jwt_issuers:
+            problems.append(f"{var} with prefixes needs {PREFIX}JWT_ISSUER, listing every "
+                            "issuer the service accepts.")
+        missing = [i for i in s.jwt_issuers if i not in prefixes]
+        strays = [i for i in prefixes if i not in s.jwt_issuers]
+        if missing:
+            problems.append(f"{var} gives no prefix for: {', '.join(missing)}.")
+        if strays:
+            problems.append(f"{var} names issuers not in {PREFIX}JWT_ISSUER: "
+                            f"{', '.join(strays)}.")
+        values = list(prefixes.values())
+        if any(not p or _has_control(p) for p in values) or any(
+                a != b and b.startswith(a) for a in values for b in values) or len(
+                set(values)) != len(values):
+            problems.append(f"{var}: prefixes must be non-empty, distinct, and none may begin "
+                            "another (else two issuers' ids could meet).")
+        return problems
+    if s.trusted_issuers > 1 and not s.jwt_shared_user_ids:
+        return [
+            f"{var} is required: this service trusts tokens from {s.trusted_issuers} issuers, "
+            f"and a user id is their 'sub' alone, so issuer B's user 42 would be issuer A's "
+            f"user 42. Say how their ids relate: {var}=shared (one namespace: the same id is "
+            f"the same person whoever issued it), or {var}='ISSUER PREFIX,ISSUER PREFIX' "
+            f"(e.g. 'https://a.example.com a:,https://b.example.com b:': B's 42 becomes b:42)."
+        ]
+    return []
 
 
 def _check_secret(secret: str, var: str) -> str | None:
@@ -296,210 +345,85 @@ def _check_secret(secret: str, var: str) -> str | None:
     return None
 
 
-def _secret(raw: str, var: str) -> Secret:
-    return Secret(raw)
+def _has_control(text: str) -> bool:
+    return any(ord(c) < 32 for c in text)
 
 
-def _text(raw: str, var: str) -> str:
-    if any(ord(c) < 32 for c in raw):
-        raise ValueError(f"{var} contains control characters.")
-    return raw
+def check_public_key(pem: str, var: str) -> str | None:
+    """A problem with one PEM block that should hold a supported public key."""
+    if "PRIVATE KEY" in pem:
+        return f"{var} holds a private key; give the public key only."
+    try:
+        key = load_pem_public_key(pem.encode())
+    except (ValueError, TypeError):
+        return f"{var} holds a PEM block that is not a public key."
+    if not isinstance(key, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey,
+                            ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)):
+        return f"{var}: only RSA, EC and Ed25519/Ed448 public keys are supported."
+    return None
 
 
-def _text_list(raw: str, var: str) -> tuple[str, ...]:
-    return tuple(_text(item.strip(), var) for item in raw.split(",") if item.strip())
-
-
-def _int(low: int, high: int) -> Callable[[str, str], int]:
-    def parse(raw: str, var: str) -> int:
-        try:
-            value = int(raw)
-        except ValueError:
-            value = low - 1
-        if not low <= value <= high:
-            raise ValueError(f"{var} must be a whole number from {low} to {high}, got {raw!r}.")
-        return value
-
-    return parse
-
-
-def _algorithms(raw: str, var: str) -> tuple[str, ...]:
-    names = tuple(item.strip() for item in raw.split(",") if item.strip())
-    bad = [n for n in names if n not in SUPPORTED_ALGORITHMS]
-    if bad:
-        raise ValueError(
-            f"{var} must list some of {', '.join(SUPPORTED_ALGORITHMS)} (exact spelling); "
-            f"not supported: {', '.join(bad)}."
-        )
-    return names
-
-
-def _public_keys(raw: str, var: str) -> tuple[str, ...]:
-    """Inline PEM (``\\n`` escapes allowed) or the path of a PEM file; several concatenated
-    public keys are allowed (for rotation)."""
-    text = raw.replace("\\n", "\n") if raw.lstrip().startswith("-----BEGIN") else None
-    if text is None:
-        path = Path(raw).expanduser()
-        if not path.is_file():
-            raise ValueError(f"{var} is neither a PEM public key nor the path of a file.")
-        text = path.read_text()
-    if "PRIVATE KEY" in text:
-        raise ValueError(f"{var} holds a private key; give the public key only.")
-    blocks = [f"-----BEGIN{part}" for part in text.split("-----BEGIN")[1:]]
-    if not blocks:
-        raise ValueError(f"{var} holds no PEM block.")
-    for block in blocks:
-        try:
-            key = load_pem_public_key(block.encode())
-        except ValueError:
-            raise ValueError(f"{var} holds a PEM block that is not a public key.") from None
-        if not isinstance(key, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey,
-                                ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)):
-            raise ValueError(f"{var}: only RSA, EC and Ed25519/Ed448 public keys are supported.")
-    return tuple(blocks)
-
-
-def _jwks(raw: str, var: str, issuers: tuple[str, ...]) -> tuple[JwksEndpoint, ...]:
-    """Comma-separated entries, each ``URL`` (bound to the single SIGNAL_JWT_ISSUER) or
-    ``ISSUER URL``."""
-    endpoints = []
-    for entry in (e.strip() for e in raw.split(",")):
-        if not entry:
-            continue
-        parts = entry.split()
-        if len(parts) == 1:
-            if len(issuers) != 1:
-                raise ValueError(
-                    f"{var}: a bare URL needs exactly one {PREFIX}JWT_ISSUER to bind its keys "
-                    f"to; with several issuers write 'ISSUER URL' entries."
-                )
-            issuer, url = issuers[0], parts[0]
-        elif len(parts) == 2:
-            issuer, url = parts
-        else:
-            raise ValueError(f"{var} entries are 'URL' or 'ISSUER URL', got {entry!r}.")
-        _check_url(url, var)
-        endpoints.append(JwksEndpoint(issuer=issuer, url=url))
-    return tuple(endpoints)
-
-
-def _check_url(url: str, var: str) -> None:
+def check_url(url: str, var: str) -> str | None:
+    """JWKS URLs are https (http only for loopback)."""
     parts = urlsplit(url)
     if parts.scheme == "https" and parts.hostname:
-        return
-    if parts.scheme == "http" and parts.hostname and _is_loopback(parts.hostname):
-        return
-    raise ValueError(f"{var}: {url!r} must be an https:// URL (http:// only for localhost).")
+        return None
+    if parts.scheme == "http" and parts.hostname and is_loopback(parts.hostname):
+        return None
+    return f"{var}: {url!r} must be an https:// URL (http:// only for localhost)."
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:
-        return ip_address(host).is_loopback
+        return ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
 
 
-def _existing_file(raw: str, var: str) -> Path:
-    path = Path(raw).expanduser()
-    if not path.is_file():
-        raise ValueError(f"{var}: no file at {raw!r}.")
-    return path
+def normal_origin(item: str) -> str | None:
+    """``scheme://host[:port]`` in lower case, ``*`` as is; None if it is not an origin."""
+    if item == "*":
+        return item
+    parts = urlsplit(item)
+    if (parts.scheme not in ("http", "https") or not parts.hostname or parts.path
+            or parts.query or parts.fragment or parts.username):
+        return None
+    return f"{parts.scheme}://{parts.netloc.lower()}"
 
 
-def _origins(raw: str, var: str) -> tuple[str, ...]:
-    origins: list[str] = []
-    for item in (part.strip() for part in raw.split(",")):
-        if not item:
-            continue
-        if item == "*":
-            origins.append(item)
-            continue
-        parts = urlsplit(item)
-        if (
-            parts.scheme not in ("http", "https")
-            or not parts.hostname
-            or parts.path not in ("",)
-            or parts.query
-            or parts.fragment
-            or parts.username
-        ):
-            raise ValueError(
-                f"{var} entries must look like https://app.example.com[:port] "
-                f"(scheme and host, no path), got {item!r}."
-            )
-        origins.append(f"{parts.scheme}://{parts.netloc.lower()}")
-    return tuple(origins)
+def check_origin(origin: str, var: str) -> str | None:
+    if normal_origin(origin) != origin:
+        return (f"{var} entries must look like https://app.example.com[:port] "
+                f"(scheme and host in lower case, no path), got {origin!r}.")
+    return None
 
 
-def _rate(raw: str, var: str) -> Rate:
-    try:
-        return Rate.parse(raw)
-    except ValueError:
-        raise ValueError(
-            f"{var} must be RATE:BURST (events per second, largest burst), e.g. 30:120, "
-            f"or 0 for no limit; got {raw!r}."
-        ) from None
-
-
-def _networks(raw: str, var: str) -> tuple[str, ...]:
-    items = tuple(item.strip() for item in raw.split(",") if item.strip())
-    try:
-        parse_networks(items)
-    except ValueError:
-        raise ValueError(
-            f"{var} must list IP addresses or CIDR networks, e.g. 10.0.0.0/8,127.0.0.1; "
-            f"got {raw!r}."
-        ) from None
-    return items
-
-
-def _redis_url(raw: str, var: str) -> Secret:
-    """A redis://, rediss:// or unix:// URL; kept as a Secret (it may hold a password)."""
-    parts = urlsplit(raw)
+def check_redis_url(url: str) -> str | None:
+    parts = urlsplit(url)
     if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
-        raise ValueError(f"{var} must be a redis://, rediss:// or unix:// URL.")
-    return Secret(raw)
+        return f"{PREFIX}REDIS_URL must be a redis://, rediss:// or unix:// URL."
+    return None
 
 
-def _channel(raw: str, var: str) -> str:
-    if not all(c.isalnum() or c in "-_.:" for c in raw):
-        raise ValueError(f"{var} may hold letters, digits and - _ . : only, got {raw!r}.")
-    return raw
+ICE_SERVERS_HELP: Final = (
+    f"{PREFIX}ICE_SERVERS must be a JSON list of RTCIceServer objects, e.g. "
+    '[{"urls": "stun:stun.example.com:3478"}, {"urls": "turn:turn.example.com", '
+    '"username": "u", "credential": "p"}].'
+)
 
 
-def _bool(raw: str, var: str) -> bool:
-    value = raw.lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{var} must be true or false, got {raw!r}.")
-
-
-def _ice_servers(raw: str, var: str) -> tuple[dict[str, Any], ...]:
-    """A JSON list of RTCIceServer objects: ``[{"urls": "stun:stun.example.com:3478"}]``."""
-    import json
-
-    try:
-        servers = json.loads(raw)
-    except ValueError:
-        servers = None
-    ok = isinstance(servers, list) and all(
+def ice_servers_ok(servers: object) -> bool:
+    return isinstance(servers, (list, tuple)) and all(
         isinstance(s, dict) and isinstance(s.get("urls"), (str, list))
         and set(s) <= {"urls", "username", "credential"} for s in servers)
-    if not ok:
-        raise ValueError(
-            f"{var} must be a JSON list of RTCIceServer objects, e.g. "
-            '[{"urls": "stun:stun.example.com:3478"}, {"urls": "turn:turn.example.com", '
-            '"username": "u", "credential": "p"}].'
-        )
-    return tuple(servers)
 
 
-def _log_level(raw: str, var: str) -> str:
-    level = raw.upper()
-    if level not in LOG_LEVELS:
-        raise ValueError(f"{var} must be one of {', '.join(LOG_LEVELS)}, got {raw!r}.")
-    return level
+def known_variables() -> frozenset[str]:
+    """Every variable name (without the prefix) that sets a field, and ENV_FILE."""
+    return frozenset({variable(f)[len(PREFIX):] for f in Settings.__dataclass_fields__}
+                     | {"ENV_FILE"})
+
+
+KNOWN: Final = known_variables()

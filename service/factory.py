@@ -12,7 +12,7 @@ from sanic import Sanic
 from service import routes
 from service.auth import TokenVerifier
 from service.cluster import ClusterDelivery, RedisLink, RedisPresence, SignedRedisManager
-from service.config import Settings
+from service.config import Settings, is_loopback
 from service.guard import Guard
 from service.logs import configure_logging, log_event
 from service.presence import Delivery, LocalDelivery, LocalPresence, Presence
@@ -81,6 +81,12 @@ def create_app(settings: Settings, *, name: str = "signaling") -> Sanic[Any, Any
                 f"{workers} workers need SIGNAL_REDIS_URL: without it each worker only knows "
                 "its own clients, and calls between workers would silently fail.")
         app.shared_ctx.workers = Value("i", workers)
+        host = app.state.host or "127.0.0.1"
+        if settings.demo_tokens and not (app.state.unix or is_loopback(host)):
+            raise RuntimeError(
+                f"SIGNAL_DEMO_TOKENS=true while listening on {host}: dev tokens let anyone "
+                "who reaches the service sign in as any user. Bind to 127.0.0.1 or set "
+                "SIGNAL_DEMO_TOKENS=false.")
 
     @app.after_server_start
     async def start_background(app: Sanic[Any, Any]) -> None:
@@ -91,6 +97,10 @@ def create_app(settings: Settings, *, name: str = "signaling") -> Sanic[Any, Any
             sio.eio.transports = ["websocket"]
         log_event(logger, "serving", workers=workers, transports=list(sio.eio.transports),
                   cluster="redis" if link else "memory")
+        if settings.demo_tokens:
+            log_event(logger, "demo_tokens_enabled", logging.WARNING,
+                      detail="GET /demo/token mints a token for any user id (loopback "
+                             "clients only); development only, never in production")
         await signaling.start()
 
     @app.before_server_stop

@@ -16,7 +16,15 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from service.config import Settings
-from service.limits import KeyedBuckets, Network, Rate, TokenBucket, client_address, parse_networks
+from service.limits import (
+    KeyedBuckets,
+    Network,
+    Rate,
+    TokenBucket,
+    address_key,
+    client_address,
+    parse_networks,
+)
 from service.protocol import JOIN, LEAVE, REFRESH, RELAY_EVENTS
 
 RELAY: Final = "relay"
@@ -69,14 +77,15 @@ class Guard:
 
     def admit_session(self, ip: str) -> bool:
         """A new Engine.IO session from ``ip``: within its connection rate, and not out of
-        authentication failures."""
-        return self._ip_failures.has(ip) and self._ip_connects.take(ip)
+        authentication failures. (IPv6 addresses count per /64: :func:`address_key`.)"""
+        key = address_key(ip)
+        return self._ip_failures.has(key) and self._ip_connects.take(key)
 
     def may_authenticate(self, ip: str) -> bool:
-        return self._ip_failures.has(ip)
+        return self._ip_failures.has(address_key(ip))
 
     def authentication_failed(self, ip: str) -> None:
-        self._ip_failures.take(ip)
+        self._ip_failures.take(address_key(ip))
 
     # ---- connections ----
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
+from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 
 Network = IPv4Network | IPv6Network
 
@@ -34,6 +35,14 @@ class Rate:
         if rate > 0 and burst < 1:
             raise ValueError("burst must be at least 1")
         return cls(rate, burst)
+
+    @property
+    def valid(self) -> bool:
+        """Finite, not negative, and a burst of at least one when limited."""
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                      for v in (self.rate, self.burst))
+        return (numbers and math.isfinite(self.rate) and math.isfinite(self.burst)
+                and self.rate >= 0 and self.burst >= 0 and (self.rate == 0 or self.burst >= 1))
 
     @property
     def unlimited(self) -> bool:
@@ -82,16 +91,21 @@ class TokenBucket:
 
 
 class KeyedBuckets:
-    """One bucket per key; buckets that have refilled completely are dropped on a sweep
-    (a full bucket and a new one behave the same)."""
+    """One bucket per key; buckets that have refilled completely are forgotten (a full
+    bucket and a new one behave the same).
+
+    Buckets are kept least recently used first, and each :meth:`take` looks at no more than
+    ``sweep_batch`` of the oldest: forgetting costs a few steps per call, never a pass over
+    every key inside one handshake. A bucket untouched for ``burst / rate`` seconds is full,
+    so memory holds the keys active within that window, plus what the sweep has not reached.
+    """
 
     def __init__(self, rate: Rate, *, clock: Callable[[], float] = time.monotonic,
-                 sweep_every: float = 10.0) -> None:
+                 sweep_batch: int = 8) -> None:
         self.rate = rate
         self._clock = clock
-        self._buckets: dict[str, TokenBucket] = {}
-        self._sweep_every = sweep_every
-        self._swept = clock()
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+        self._sweep_batch = sweep_batch
 
     def take(self, key: str, cost: float = 1.0) -> bool:
         if self.rate.unlimited:
@@ -109,14 +123,38 @@ class KeyedBuckets:
 
     def _bucket(self, key: str) -> TokenBucket:
         now = self._clock()
-        if now - self._swept >= self._sweep_every:
-            self._swept = now
-            for stale in [k for k, b in self._buckets.items() if b.full(now)]:
-                del self._buckets[stale]
+        self._sweep(now)
         bucket = self._buckets.get(key)
         if bucket is None:
             bucket = self._buckets[key] = TokenBucket(self.rate, now)
+        else:
+            self._buckets.move_to_end(key)
         return bucket
+
+    def _sweep(self, now: float) -> None:
+        """Forget up to ``sweep_batch`` of the least recently used buckets that are full."""
+        for _ in range(self._sweep_batch):
+            if not self._buckets:
+                return
+            oldest = next(iter(self._buckets))
+            if not self._buckets[oldest].full(now):
+                return  # it was used after all the others before it: they are younger
+            del self._buckets[oldest]
+
+
+def address_key(ip: str) -> str:
+    """The key an address is limited under: an IPv4 address itself; an IPv6 address's /64
+    (one host is given a whole /64, and would otherwise have billions of budgets); an
+    IPv4-mapped IPv6 address as its IPv4 address."""
+    try:
+        address = ip_address(ip)
+    except ValueError:
+        return ip
+    if isinstance(address, IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ip_network(f"{address}/64", strict=False))
+    return ip
 
 
 def parse_networks(items: Iterable[str]) -> tuple[Network, ...]:

@@ -12,7 +12,7 @@ from sanic.response import HTTPResponse, json, raw, redirect
 
 from service import __version__
 from service.auth import extract_token, mint
-from service.config import Settings
+from service.config import Settings, is_loopback
 from service.errors import AuthError, InvalidPayload
 from service.protocol import parse_user_id
 
@@ -91,9 +91,13 @@ def _register_demo(app: Sanic[Any, Any], settings: Settings) -> None:
 
 def _dev_token(request: Request, settings: Settings) -> HTTPResponse:
     """Development only (SIGNAL_DEMO_TOKENS): a token for any user id, for the demo page of
-    the same origin."""
+    the same origin, to a browser on this machine (a production process would otherwise
+    mint tokens for anyone with the production secret)."""
     if not settings.demo_tokens:
         return json({"error": "not_found"}, status=404)
+    if not _from_this_machine(request):
+        return json({"error": "forbidden", "detail": "dev tokens are for loopback clients"},
+                    status=403)
     origin = request.headers.get("origin")
     if origin is not None and urlsplit(origin).netloc != request.host:
         return json({"error": "forbidden"}, status=403)
@@ -104,3 +108,10 @@ def _dev_token(request: Request, settings: Settings) -> HTTPResponse:
     claims = {settings.jwt_user_claim: user} if settings.jwt_user_claim != "sub" else None
     return json({"token": mint(settings, user, DEV_TOKEN_TTL, claims=claims)},
                 headers={"Cache-Control": "no-store"})
+
+
+def _from_this_machine(request: Request) -> bool:
+    """A loopback TCP peer that is not a proxy forwarding someone else."""
+    forwarded = any(name in request.headers for name in ("x-forwarded-for", "forwarded",
+                                                         "x-real-ip"))
+    return not forwarded and is_loopback(str(request.ip))

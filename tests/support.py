@@ -187,3 +187,12 @@ async def eventually(check: Callable[[], bool], within: float = 3.0) -> None:
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.01)
+
+
+async def eventually_true(check: Callable[[], Any], within: float = 10.0) -> None:
+    """Wait until the coroutine ``check()`` returns True (a generous ceiling, polled)."""
+    deadline = asyncio.get_running_loop().time() + within
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.05)

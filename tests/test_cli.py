@@ -257,3 +257,51 @@ async def test_mint_signs_like_an_identity_provider(workdir: Path, alg: str,
         assert (await TokenVerifier(by_jwks).verify(second)).user_id == "alice"
     finally:
         await server.stop()
+
+
+# ---- dev tokens stay on the developer's machine (issue 9, item 9) ----
+
+async def test_dev_tokens_refuse_a_public_address(workdir: Path) -> None:
+    """With SIGNAL_DEMO_TOKENS on, ``sanic service.app --host 0.0.0.0`` refuses to start,
+    naming the setting; on 127.0.0.1 it starts and warns in its log."""
+    env = _clean_env(SIGNAL_DEMO="true", SIGNAL_DEMO_TOKENS="true")
+    proc = await asyncio.create_subprocess_exec(
+        SANIC, "service.app", "--host", "0.0.0.0", "--port", "1", cwd=workdir, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode != 0
+    assert "SIGNAL_DEMO_TOKENS=true while listening on 0.0.0.0" in out.decode()
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    proc = await asyncio.create_subprocess_exec(
+        SANIC, "service.app", "--host", "127.0.0.1", "--port", str(port), cwd=workdir,
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        assert proc.stdout is not None
+        warned = False
+        while not warned:
+            line = await asyncio.wait_for(proc.stdout.readline(), 30)
+            assert line, "the service stopped"
+            warned = '"event": "demo_tokens_enabled"' in line.decode()
+        async with aiohttp.ClientSession() as http:
+            url = f"http://127.0.0.1:{port}/demo/token?user=alice"
+            async with http.get(url) as response:
+                assert response.status == 200
+            async with http.get(url, headers={"X-Forwarded-For": "203.0.113.9"}) as response:
+                assert response.status == 403  # a local proxy forwarding someone else
+            async with http.get(url, headers={"Forwarded": "for=203.0.113.9"}) as response:
+                assert response.status == 403
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        await asyncio.wait_for(proc.wait(), 20)
+
+
+def test_scripts_run_keeps_dev_tokens_out_of_env(tmp_path: Path) -> None:
+    """scripts/run writes only the development secret into .env: a later production start
+    from the same checkout does not inherit the demo or its dev tokens."""
+    text = (ROOT / "scripts" / "run").read_text()
+    written = text.split("> .env", 1)[0].rsplit("printf", 1)[1]
+    assert "SIGNAL_JWT_SECRET" in written
+    assert "DEMO" not in written
+    assert 'export SIGNAL_DEMO_TOKENS="${SIGNAL_DEMO_TOKENS:-true}"' in text

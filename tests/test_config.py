@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from service.config import Secret, Settings
+from service.config import JwksEndpoint, Secret, Settings
 from service.errors import ConfigError
+from service.limits import Rate
 
 GOOD_SECRET = "s" * 32
 
@@ -134,3 +136,40 @@ def test_ice_servers_setting() -> None:
         with pytest.raises(ConfigError, match="SIGNAL_ICE_SERVERS"):
             Settings.from_env({"SIGNAL_JWT_SECRET": GOOD_SECRET, "SIGNAL_ICE_SERVERS": bad},
                               env_file=None)
+
+
+@pytest.mark.parametrize(("fields", "variable"), [
+    ({"jwt_jwks": (JwksEndpoint("https://idp.example.com/", "http://idp.example.com/jwks"),),
+      "jwt_issuers": ("https://idp.example.com/",)}, "SIGNAL_JWT_JWKS_URL"),
+    ({"max_queued_messages": 0}, "SIGNAL_MAX_QUEUED_MESSAGES"),
+    ({"jwt_leeway": -1}, "SIGNAL_JWT_LEEWAY"),
+    ({"auth_timeout": float("nan")}, "SIGNAL_AUTH_TIMEOUT"),
+    ({"max_message_bytes": 10.5}, "SIGNAL_MAX_MESSAGE_BYTES"),
+    ({"cors_origins": ("app.example.com",)}, "SIGNAL_CORS_ORIGINS"),
+    ({"log_level": "LOUD"}, "SIGNAL_LOG_LEVEL"),
+    ({"limit_relays": Rate(-1, 5)}, "SIGNAL_LIMIT_RELAYS"),
+    ({"trusted_proxies": ("not-a-network",)}, "SIGNAL_TRUSTED_PROXIES"),
+    ({"redis_channel": "bad channel"}, "SIGNAL_REDIS_CHANNEL"),
+    ({"redis_url": Secret("http://x"), "redis_secret": Secret("r" * 32)}, "SIGNAL_REDIS_URL"),
+    ({"jwt_public_keys": ("-----BEGIN PUBLIC KEY-----\nnope\n-----END PUBLIC KEY-----\n",)},
+     "SIGNAL_JWT_PUBLIC_KEY"),
+    ({"jwt_denylist_file": Path("/nonexistent/revoked.txt")}, "SIGNAL_JWT_DENYLIST_FILE"),
+    ({"ice_servers": ({"url": "stun:x"},)}, "SIGNAL_ICE_SERVERS"),
+])
+def test_direct_construction_runs_every_check(fields: dict[str, Any], variable: str) -> None:
+    """``Settings(...)`` built directly gets the same per-field checks as the environment
+    (before: an http:// JWKS URL, a zero queue or a negative leeway passed), naming the
+    variable an operator would set."""
+    with pytest.raises(ConfigError, match=variable):
+        Settings(jwt_secret=Secret(GOOD_SECRET), **fields)
+
+
+def test_one_message_per_bad_variable_from_the_environment() -> None:
+    """A value that cannot be read is named once, with its bounds."""
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"SIGNAL_JWT_SECRET": GOOD_SECRET, "SIGNAL_NODE_TTL": "1",
+                           "SIGNAL_MAX_QUEUED_MESSAGES": "lots"}, env_file=None)
+    assert caught.value.problems == [
+        "SIGNAL_MAX_QUEUED_MESSAGES must be a whole number from 16 to 1000000, got 'lots'.",
+        "SIGNAL_NODE_TTL must be a number of seconds from 2 to 300, got 1.0.",
+    ]

@@ -243,19 +243,26 @@ async def test_session_that_never_authenticates_is_closed() -> None:
         assert not service.app.ctx.sio.eio.sockets
 
 
-async def test_refused_session_is_closed_after_the_timeout(service: RunningService) -> None:
+async def test_refused_session_is_closed_after_the_timeout(
+        capture_logs: list[dict[str, Any]]) -> None:
     """A session whose connect was refused does not linger: the client may not keep it open
-    to try token after token."""
-    settings = limited(auth_timeout=1)
-    async with serving(settings) as svc:
+    to try token after token. It is closed for ``auth_timeout``, after the timeout (1 s) and
+    well before Engine.IO's own ping timeout (45 s) would have ended it."""
+    async with serving(limited(auth_timeout=1)) as svc:
         ws_url = svc.url.replace("http", "ws") + "/socket.io/?EIO=4&transport=websocket"
         async with websockets.connect(ws_url) as ws:
             await ws.recv()
+            started = time.monotonic()
             await ws.send('40{"token":"garbage"}')
             assert str(await ws.recv()).startswith("44")  # CONNECT_ERROR
             with pytest.raises(websockets.ConnectionClosed):
                 while True:
-                    await asyncio.wait_for(ws.recv(), 5)
+                    await asyncio.wait_for(ws.recv(), 15)
+            took = time.monotonic() - started
+        assert 0.5 <= took < 15, took
+        dropped = [r for r in capture_logs if r["event"] == "session_dropped"]
+        assert [r["reason"] for r in dropped] == ["auth_timeout"]
+        assert not svc.app.ctx.sio.eio.sockets
 
 
 # ---- slow consumers ----

@@ -49,15 +49,60 @@ def test_unlimited_bucket_always_allows() -> None:
 
 
 def test_keyed_buckets_forget_refilled_keys() -> None:
-    """Idle keys cost no memory: a bucket that has refilled is dropped on the next sweep."""
+    """Idle keys cost no memory: buckets that have refilled are forgotten as later takes
+    pass by, a few per take."""
     clock = Clock()
-    buckets = KeyedBuckets(Rate(1, 2), clock=clock, sweep_every=10)
+    buckets = KeyedBuckets(Rate(1, 2), clock=clock, sweep_batch=8)
     for n in range(100):
         buckets.take(f"10.0.0.{n}")
     assert len(buckets) == 100
     clock.now += 11
-    buckets.take("10.0.0.200")
-    assert len(buckets) == 1
+    for n in range(20):
+        buckets.take(f"10.0.1.{n}")
+    assert len(buckets) == 20
+
+
+def test_keyed_bucket_sweep_is_bounded_per_take() -> None:
+    """With 100,000 stale keys, one take forgets at most ``sweep_batch`` of them (before: a
+    pass over all of them inside one handshake, ~290 ms); the least recently used go first,
+    and a key in use is never forgotten while its bucket is not full."""
+    clock = Clock()
+    buckets = KeyedBuckets(Rate(5, 30), clock=clock, sweep_batch=8)
+    for n in range(100_000):
+        buckets.take(f"k{n}")
+    clock.now += 60  # every bucket has refilled long ago
+    assert buckets.take("busy", cost=30)  # "busy" spends its whole burst
+    before = len(buckets)
+    buckets.take("new")
+    assert before - len(buckets) + 1 <= 8 + 1
+    while len(buckets) > 2:
+        buckets.take("new")
+    assert set(buckets._buckets) == {"busy", "new"}
+    assert not buckets.has("busy")  # its budget was kept
+
+
+@pytest.mark.parametrize(("ip", "key"), [
+    ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+    ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
+    ("::ffff:198.51.100.7", "198.51.100.7"),
+    ("198.51.100.7", "198.51.100.7"),
+    ("unknown", "unknown"),
+])
+def test_address_keys_group_ipv6_by_64(ip: str, key: str) -> None:
+    from service.limits import address_key
+
+    assert address_key(ip) == key
+
+
+def test_one_ipv6_host_has_one_budget() -> None:
+    """Addresses of one /64 share the per-address session budget: rotating through them
+    (a host has billions) gains nothing; another /64 has its own."""
+    clock = Clock()
+    guard = Guard(Settings(jwt_secret=Secret("s" * 40), limit_ip_connects=Rate(1, 3)),
+                  clock=clock)
+    admitted = [guard.admit_session(f"2001:db8:0:1::{n:x}") for n in range(1, 6)]
+    assert admitted == [True, True, True, False, False]
+    assert guard.admit_session("2001:db8:0:2::1")
 
 
 def test_keyed_buckets_are_independent() -> None:

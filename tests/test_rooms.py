@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from tests.support import RunningService, eventually
 from tests.test_relay import VALID
 
 Peers = Callable[..., Any]
@@ -71,10 +72,14 @@ async def test_foreign_leave_is_refused(peers: Peers) -> None:
     assert await bob.next("hangup") == {"to": "bob", "from": "alice"}
 
 
-async def test_disconnect_leaves_the_room(peers: Peers) -> None:
-    """A socket that disconnects stops counting as a recipient."""
+async def test_disconnect_leaves_the_room(service: RunningService, peers: Peers) -> None:
+    """A socket that disconnects stops counting as a recipient, once the server has seen it
+    go (and not before: the relay just before the close is delivered)."""
     alice, bob = await peers("alice"), await peers("bob")
+    assert await alice.call("hangup", HANGUP_TO_BOB) == {"ok": True, "delivered": True}
+    bob_sid = bob.client.get_sid()
     await bob.close()
+    await eventually(lambda: bob_sid not in service.app.ctx.signaling.sessions)
     assert await alice.call("hangup", HANGUP_TO_BOB) == {"ok": True, "delivered": False}
 
 

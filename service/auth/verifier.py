@@ -65,6 +65,8 @@ class TokenVerifier:
         self._audiences = settings.jwt_audiences or None
         self._leeway = settings.jwt_leeway
         self._user_claim = settings.jwt_user_claim
+        #: issuer -> prefix of its user ids (SIGNAL_JWT_USER_IDS), when ids are per issuer
+        self._prefixes = dict(settings.jwt_user_id_prefixes)
         self._max_lifetime = settings.jwt_max_lifetime
         self._max_bytes = settings.jwt_max_token_bytes
         self.leeway = settings.jwt_leeway
@@ -151,6 +153,9 @@ class TokenVerifier:
         user = claims[self._user_claim]
         if not isinstance(user, str):
             raise TokenInvalid("user claim is not a string")
+        if self._prefixes:
+            # the issuer was checked against SIGNAL_JWT_ISSUER, each of which has a prefix
+            user = self._prefixes[claims["iss"]] + user
         try:
             user_id = parse_user_id(user, self._user_claim)
         except InvalidPayload:

@@ -1,0 +1,236 @@
+"""Reading :class:`~service.config.Settings` from ``SIGNAL_*`` environment variables and an
+optional ``.env`` file (real environment variables win).
+
+This module turns text into typed values, and names a variable whose text cannot be read;
+every other check (ranges, URLs, keys, rules across settings) is :func:`service.config.check`,
+which runs however the settings are made. All problems are reported together.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from dotenv import dotenv_values
+
+from service.config import (
+    BOUNDS,
+    DEFAULT_ALGORITHMS,
+    ICE_SERVERS_HELP,
+    KNOWN,
+    PREFIX,
+    WHOLE,
+    JwksEndpoint,
+    Secret,
+    Settings,
+    bounds_message,
+    normal_origin,
+    variable,
+)
+from service.errors import ConfigError
+from service.limits import Rate
+
+T = TypeVar("T")
+#: the value SIGNAL_JWT_USER_IDS takes for one shared namespace of user ids
+SHARED: str = "shared"
+
+
+def read_settings(environ: Mapping[str, str] | None = None,
+                  env_file: str | Path | None = ".env") -> Settings:
+    """See :meth:`Settings.from_env`."""
+    env = dict(os.environ if environ is None else environ)
+    env_file = env.get(f"{PREFIX}ENV_FILE", env_file)
+    merged: dict[str, str] = {}
+    if env_file is not None and Path(env_file).is_file():
+        merged.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    merged.update(env)
+    return parse({k: v for k, v in merged.items() if k.startswith(PREFIX)})
+
+
+def parse(values: Mapping[str, str]) -> Settings:
+    """Settings from ``SIGNAL_*`` values; one :class:`ConfigError` lists every problem."""
+    problems: list[str] = []
+    defaults = Settings.__dataclass_fields__
+
+    def field(name: str, convert: Callable[[str, str], T]) -> T:
+        var = variable(name)
+        raw = values.get(var)
+        default: T = defaults[name].default  # type: ignore[assignment]
+        if raw is None or raw.strip() == "":
+            return default
+        try:
+            return convert(raw.strip(), var)
+        except ValueError as exc:
+            problems.append(str(exc) or bounds_message(name, raw))
+            return default
+
+    for var in sorted(values):
+        if var[len(PREFIX):] not in KNOWN:
+            problems.append(f"{var} is not a setting of this service (typo?).")
+
+    issuers = field("jwt_issuers", _text_list)
+    user_ids = values.get(variable("jwt_shared_user_ids"), "").strip()
+    kwargs: dict[str, Any] = {
+        "jwt_secret": field("jwt_secret", _secret),
+        "jwt_previous_secret": field("jwt_previous_secret", _secret),
+        "jwt_public_keys": field("jwt_public_keys", _public_keys),
+        "jwt_jwks": field("jwt_jwks", lambda raw, var: _jwks(raw, var, issuers)),
+        "jwt_algorithms": field("jwt_algorithms", _text_list) or DEFAULT_ALGORITHMS,
+        "jwt_issuers": issuers,
+        "jwt_audiences": field("jwt_audiences", _text_list),
+        "jwt_user_claim": field("jwt_user_claim", _text),
+        "jwt_denylist_file": field("jwt_denylist_file", lambda raw, var: Path(raw).expanduser()),
+        "jwt_shared_user_ids": user_ids.lower() == SHARED,
+        "jwt_user_id_prefixes": () if user_ids.lower() in ("", SHARED)
+        else field("jwt_user_id_prefixes", _prefixes),
+        "cors_origins": field("cors_origins", _origins),
+        "log_level": field("log_level", lambda raw, var: raw.upper()),
+        "trusted_proxies": field("trusted_proxies", _text_list),
+        "redis_url": field("redis_url", _secret),
+        "redis_secret": field("redis_secret", _secret),
+        "redis_channel": field("redis_channel", _text),
+        "sticky_sessions": field("sticky_sessions", _bool),
+        "demo": field("demo", _bool),
+        "demo_tokens": field("demo_tokens", _bool),
+        "ice_servers": field("ice_servers", _ice_servers),
+    }
+    for name in BOUNDS:
+        kwargs[name] = field(name, _whole if name in WHOLE else _seconds)
+    for name in ("limit_relays", "limit_user_relays", "limit_rooms", "limit_refreshes",
+                 "limit_other", "limit_strikes", "limit_ip_connects", "limit_ip_auth_failures"):
+        kwargs[name] = field(name, _rate)
+    try:
+        settings = Settings(**kwargs)
+    except ConfigError as exc:
+        raise ConfigError(problems + exc.problems) from None
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+def _secret(raw: str, var: str) -> Secret:
+    return Secret(raw)
+
+
+def _text(raw: str, var: str) -> str:
+    if any(ord(c) < 32 for c in raw):
+        raise ValueError(f"{var} contains control characters.")
+    return raw
+
+
+def _text_list(raw: str, var: str) -> tuple[str, ...]:
+    return tuple(_text(item.strip(), var) for item in raw.split(",") if item.strip())
+
+
+def _whole(raw: str, var: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError("") from None  # reported with the setting's bounds
+
+
+def _seconds(raw: str, var: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError("") from None
+
+
+def _bool(raw: str, var: str) -> bool:
+    value = raw.lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{var} must be true or false, got {raw!r}.")
+
+
+def _rate(raw: str, var: str) -> Rate:
+    try:
+        return Rate.parse(raw)
+    except ValueError:
+        raise ValueError(
+            f"{var} must be RATE:BURST (events per second, largest burst), e.g. 30:120, "
+            f"or 0 for no limit; got {raw!r}."
+        ) from None
+
+
+def _public_keys(raw: str, var: str) -> tuple[str, ...]:
+    """Inline PEM (``\\n`` escapes allowed) or the path of a PEM file; several concatenated
+    public keys are allowed (for rotation). Each block is checked by the settings."""
+    text = raw.replace("\\n", "\n") if raw.lstrip().startswith("-----BEGIN") else None
+    if text is None:
+        path = Path(raw).expanduser()
+        if not path.is_file():
+            raise ValueError(f"{var} is neither a PEM public key nor the path of a file.")
+        text = path.read_text()
+    blocks = tuple(f"-----BEGIN{part}" for part in text.split("-----BEGIN")[1:])
+    if not blocks:
+        raise ValueError(f"{var} holds no PEM block.")
+    return blocks
+
+
+def _jwks(raw: str, var: str, issuers: tuple[str, ...]) -> tuple[JwksEndpoint, ...]:
+    """Comma-separated entries, each ``URL`` (bound to the single SIGNAL_JWT_ISSUER) or
+    ``ISSUER URL``."""
+    endpoints = []
+    for entry in (e.strip() for e in raw.split(",")):
+        if not entry:
+            continue
+        parts = entry.split()
+        if len(parts) == 1:
+            if len(issuers) != 1:
+                raise ValueError(
+                    f"{var}: a bare URL needs exactly one {PREFIX}JWT_ISSUER to bind its keys "
+                    f"to; with several issuers write 'ISSUER URL' entries."
+                )
+            issuer, url = issuers[0], parts[0]
+        elif len(parts) == 2:
+            issuer, url = parts
+        else:
+            raise ValueError(f"{var} entries are 'URL' or 'ISSUER URL', got {entry!r}.")
+        endpoints.append(JwksEndpoint(issuer=issuer, url=url))
+    return tuple(endpoints)
+
+
+def _prefixes(raw: str, var: str) -> tuple[tuple[str, str], ...]:
+    """``ISSUER PREFIX`` entries, comma-separated."""
+    pairs = []
+    for entry in (e.strip() for e in raw.split(",")):
+        if not entry:
+            continue
+        parts = entry.split()
+        if len(parts) != 2:
+            raise ValueError(f"{var} is 'shared' or 'ISSUER PREFIX' entries separated by "
+                             f"commas, got {entry!r}.")
+        pairs.append((_text(parts[0], var), _text(parts[1], var)))
+    return tuple(pairs)
+
+
+def _origins(raw: str, var: str) -> tuple[str, ...]:
+    origins = []
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        origin = normal_origin(item)
+        if origin is None:
+            raise ValueError(
+                f"{var} entries must look like https://app.example.com[:port] "
+                f"(scheme and host, no path), got {item!r}."
+            )
+        origins.append(origin)
+    return tuple(origins)
+
+
+def _ice_servers(raw: str, var: str) -> tuple[dict[str, Any], ...]:
+    """A JSON list of RTCIceServer objects: ``[{"urls": "stun:stun.example.com:3478"}]``."""
+    try:
+        servers = json.loads(raw)
+    except ValueError:
+        raise ValueError(ICE_SERVERS_HELP) from None
+    if not isinstance(servers, list):
+        raise ValueError(ICE_SERVERS_HELP)
+    return tuple(servers)

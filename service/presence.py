@@ -3,7 +3,8 @@ per-user connection cap.
 
 :class:`LocalPresence` is the in-memory default (one process). ``service.cluster`` has the
 Redis one, which answers for the whole cluster. Both raise :class:`PresenceUnavailable` when
-they cannot answer; the relay is then refused with ``unavailable`` rather than guessed.
+they cannot answer (and a delivery :class:`DeliveryUnavailable`); the relay is then refused
+with ``unavailable`` rather than guessed.
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ class Delivery(Protocol):
 
 class PresenceUnavailable(Exception):
     """The presence store cannot be reached."""
+
+
+class DeliveryUnavailable(Exception):
+    """A relay could not be handed to the other nodes."""
 
 
 class Presence(Protocol):
@@ -39,6 +44,10 @@ class Presence(Protocol):
 
     async def healthy(self) -> bool:
         """Whether the store answers now (for readiness)."""
+
+    async def wait_reachable(self, within: float) -> bool:
+        """Wait up to ``within`` seconds until this node's users can be reached (on a
+        cluster: it receives cluster traffic and is counted online); whether they can."""
 
 
 class LocalPresence:
@@ -77,6 +86,9 @@ class LocalPresence:
         return any(other != sid for other in self._joined.get(user, ()))
 
     async def healthy(self) -> bool:
+        return True
+
+    async def wait_reachable(self, within: float) -> bool:
         return True
 
     def connections_of(self, user: str) -> int:

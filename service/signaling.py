@@ -22,7 +22,6 @@ from typing import Any, Final
 import socketio
 
 from service.auth import Identity, TokenVerifier, extract_token
-from service.cluster import ClusterUnavailable
 from service.errors import (
     AuthError,
     ConnectionRefused,
@@ -41,7 +40,7 @@ from service.errors import (
 from service.expiry import ExpiryTimers
 from service.guard import OTHER, ConnectionBudget, Guard, event_class
 from service.logs import log_event
-from service.presence import Delivery, Presence, PresenceUnavailable
+from service.presence import Delivery, DeliveryUnavailable, Presence, PresenceUnavailable
 from service.protocol import (
     JOIN,
     LEAVE,
@@ -56,6 +55,8 @@ from service.supervise import forever
 NAMESPACE: Final = "/"
 #: how often the jti deny-list file is checked for newly revoked, connected tokens
 REVOCATION_SWEEP_SECONDS: Final = 2.0
+#: how long a connect or JoinSocket waits for this node to be reachable through the cluster
+REACHABLE_WAIT_SECONDS: Final = 2.0
 #: how long a closing client has to take its last messages
 CLOSE_TIMEOUT_SECONDS: Final = 5.0
 Ack = dict[str, Any]
@@ -195,6 +196,9 @@ class Signaling:
                 raise
             if self.shutting_down:
                 raise ServiceUnavailable("this node is shutting down")
+            if not await self.presence.wait_reachable(REACHABLE_WAIT_SECONDS):
+                # a node that just started, or lost Redis: calls to this socket would be lost
+                raise ServiceUnavailable("this node is not connected to the cluster")
             try:
                 admitted = await self.presence.add_connection(
                     identity.user_id, sid, self.guard.max_per_user)
@@ -248,6 +252,10 @@ class Signaling:
     async def join(self, sid: str, *args: object) -> Ack:
         """``JoinSocket(userID)``: enter the caller's own room; any other id is refused."""
         user_id = self._own_id(sid, parse_room_request(args))
+        # the ack means "you can be called now": not before this node receives cluster
+        # traffic and is counted online
+        if not await self.presence.wait_reachable(REACHABLE_WAIT_SECONDS):
+            raise Unavailable("this node is not connected to the cluster; retry")
         try:
             await self.presence.join(user_id, sid)
         except PresenceUnavailable:
@@ -271,7 +279,7 @@ class Signaling:
         try:
             delivered = await self.delivery.relay(event, relay.stamped(sender), relay.to,
                                                   user_room(relay.to), sid)
-        except (PresenceUnavailable, ClusterUnavailable):
+        except (PresenceUnavailable, DeliveryUnavailable):
             raise Unavailable("the cluster cannot be reached; nothing was sent") from None
         return {"ok": True, "delivered": delivered}
 

@@ -1,0 +1,30 @@
+""":class:`ClusterDelivery`: relays across the cluster."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import socketio
+
+from service.cluster.manager import SignedRedisManager
+from service.cluster.presence import RedisPresence
+
+
+class ClusterDelivery:
+    """Presence check and publish in one Redis round trip, then delivery to this node's own
+    recipients (Redis does not echo them back to it)."""
+
+    def __init__(self, sio: socketio.AsyncServer, manager: SignedRedisManager,
+                 presence: RedisPresence) -> None:
+        self._sio = sio
+        self._manager = manager
+        self._presence = presence
+
+    async def relay(self, event: str, message: dict[str, Any], to: str, room: str,
+                    sid: str) -> bool:
+        envelope = self._manager.emit_envelope(event, message, room, sid)
+        delivered = await self._presence.publish_if_present(to, sid, self._manager.channel,
+                                                            envelope)
+        if delivered:
+            await self._sio.emit(event, message, room=room, skip_sid=sid, ignore_queue=True)
+        return delivered

@@ -19,8 +19,9 @@ from service.protocol import parse_user_id
 if TYPE_CHECKING:
     from service.signaling import Signaling
 
-#: the demo page may talk to its own origin only (and show camera streams)
-DEMO_CSP: Final = ("default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; "
+#: the demo page may talk to its own origin only (and show camera streams); 'self' covers
+#: its own origin's ws:/wss: too (CSP Level 3), not any websocket host
+DEMO_CSP: Final = ("default-src 'self'; connect-src 'self'; img-src 'self' data:; "
                    "media-src 'self' blob: mediastream:; style-src 'self' 'unsafe-inline'; "
                    "frame-ancestors 'none'")
 DEMO_FILES: Final = {"demo.js": "text/javascript", "socket.io.min.js": "text/javascript"}

@@ -156,6 +156,15 @@ async def test_demo_page_runs_under_its_csp(demo_service: RunningService,
     await page.click("#connect")
     await page.locator("#signaling").filter(has_text="connected").wait_for()
     assert problems == []
+    # connect-src is the page's own origin: a websocket to another host is refused by the
+    # browser before it connects (127.0.0.2: another origin, still this machine)
+    blocked = await page.evaluate("""() => new Promise(resolve => {
+        document.addEventListener('securitypolicyviolation',
+                                  e => resolve(e.effectiveDirective), {once: true});
+        const ws = new WebSocket('ws://127.0.0.2:9/socket.io/');
+        ws.onerror = () => setTimeout(() => resolve('no violation: it tried'), 1000);
+    })""")
+    assert blocked == "connect-src"
     await context.close()
 
 

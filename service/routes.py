@@ -13,7 +13,7 @@ from sanic.response import HTTPResponse, json, raw, redirect
 from service import __version__
 from service.auth import extract_token, mint
 from service.config import Settings, is_loopback
-from service.errors import AuthError, InvalidPayload
+from service.errors import AuthError, InvalidPayload, Throttled
 from service.protocol import parse_user_id
 
 if TYPE_CHECKING:
@@ -47,11 +47,18 @@ def register(app: Sanic[Any, Any], signaling: Signaling, settings: Settings) -> 
     @app.get("/ice-servers")
     async def ice_servers(request: Request) -> HTTPResponse:
         """The RTCIceServer list (SIGNAL_ICE_SERVERS) for a client with a valid token: TURN
-        credentials are not for everyone."""
+        credentials are not for everyone. Failed tokens spend the address's authentication
+        budget, the one Socket.IO connects spend (no second door to test tokens at)."""
+        guard = signaling.guard
+        ip = guard.client_ip(str(request.ip), request.headers.get("x-forwarded-for"))
+        if not guard.may_authenticate(ip):
+            return json({"error": Throttled.code, "reason": Throttled.reason}, status=429,
+                        headers={"Retry-After": "5"})
         try:
             token = extract_token(None, request.headers.get("authorization"))
             await signaling.verifier.verify(token)
         except AuthError as exc:
+            guard.authentication_failed(ip)
             return json({"error": exc.code, "reason": exc.reason}, status=401,
                         headers={"WWW-Authenticate": "Bearer"})
         return json({"iceServers": list(settings.ice_servers)},

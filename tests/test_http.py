@@ -77,3 +77,35 @@ async def test_origin_is_checked_on_websocket_too(transport: str, origin: str) -
             assert not peer.client.connected
     finally:
         await stop()
+
+
+async def test_ice_servers_share_the_socket_auth_failure_budget() -> None:
+    """Bad tokens at /ice-servers spend the address's authentication budget (then 429, even
+    for a valid token), and an address out of budget there cannot connect over Socket.IO
+    either, nor the other way round (issue 10, item 4)."""
+    import aiohttp
+
+    from service.config import Secret
+    from service.limits import Rate
+    from tests.support import SECRET, refusal, serving
+
+    settings = Settings(jwt_secret=Secret(SECRET), limit_ip_auth_failures=Rate(0.01, 3),
+                        limit_ip_connects=Rate(0, 0))
+    async with serving(settings) as service, aiohttp.ClientSession() as http:
+        url = f"{service.url}/ice-servers"
+
+        async def status(token: str) -> int:
+            async with http.get(url, headers={"Authorization": f"Bearer {token}"}) as response:
+                return response.status
+
+        assert [await status("bad") for _ in range(4)] == [401, 401, 401, 429]
+        assert await status(service.token("alice")) == 429
+        handshake = f"{service.url}/socket.io/?EIO=4&transport=polling"
+        async with http.get(handshake) as response:  # out of failures: no session at all
+            assert (response.status, await response.json()) == (401, "rate_limited")
+    async with serving(settings) as service, aiohttp.ClientSession() as http:
+        for _ in range(3):
+            await refusal(service.url, "polling", token="bad")
+        async with http.get(f"{service.url}/ice-servers",
+                            headers={"Authorization": f"Bearer {service.token('a')}"}) as r:
+            assert r.status == 429

@@ -22,6 +22,9 @@
   request with nothing, and the timer is cancelled at the upgrade (Sanic disables timeouts
   for websockets anyway). Timers armed while handling a request no longer carry the request
   in their context (a cancelled ``asyncio`` timer keeps its context until its deadline).
+- **Requests no client makes.** JSONP polling and ``Sec-Fetch-Mode: no-cors`` requests (what
+  ``<img>`` and ``<script>`` tags send) are refused before they open a session or spend the
+  address's budget.
 - **Slow readers.** A websocket send that cannot complete within ``send_timeout`` ends the
   connection.
 """
@@ -36,7 +39,7 @@ from typing import Any, Final
 import engineio
 from engineio.async_drivers.sanic import WebSocket as SanicWebSocket
 from sanic import Request, Sanic
-from sanic.response import HTTPResponse
+from sanic.response import HTTPResponse, json
 
 from service.logs import log_event
 
@@ -58,6 +61,8 @@ def create_route(app: Sanic[Any, Any], server: engineio.AsyncServer, endpoint: s
     ``create_route``)."""
 
     async def engineio_endpoint(request: Request) -> HTTPResponse | None:
+        if refusal := _not_for_a_client(request):
+            return refusal
         # Sanic keeps the current request in a context variable. Every task and timer
         # started while handling it (Engine.IO's long-poll and per-frame timeouts, the token
         # timers, Sanic's keepalive and its abort after a close handshake) copies the context
@@ -71,6 +76,19 @@ def create_route(app: Sanic[Any, Any], server: engineio.AsyncServer, endpoint: s
     engineio_endpoint.is_websocket = True  # type: ignore[attr-defined]
     app.add_route(engineio_endpoint, endpoint, methods=["GET", "POST", "OPTIONS"])
     app.enable_websocket()
+
+
+def _not_for_a_client(request: Request) -> HTTPResponse | None:
+    """Requests no Socket.IO client makes, refused before they cost a session or the
+    address's budget: JSONP polling (``j=``: a ``<script>`` tag's transport), and whatever a
+    browser marks ``Sec-Fetch-Mode: no-cors`` (``<img>``/``<script>`` tags, by which any web
+    page could spend its visitors' session budget; clients use XHR/fetch or a websocket)."""
+    if "j" in request.args:
+        return json({"error": "jsonp_not_supported"}, status=400)
+    if request.headers.get("sec-fetch-mode", "").lower() == "no-cors":
+        return json({"error": "forbidden", "detail": "not a Socket.IO client request"},
+                    status=403)
+    return None
 
 
 class EngineServer(engineio.AsyncServer):  # type: ignore[misc]

@@ -109,3 +109,29 @@ async def test_ice_servers_share_the_socket_auth_failure_budget() -> None:
         async with http.get(f"{service.url}/ice-servers",
                             headers={"Authorization": f"Bearer {service.token('a')}"}) as r:
             assert r.status == 429
+
+
+async def test_jsonp_and_no_cors_handshakes_are_refused_unspent() -> None:
+    """JSONP polling (``j=``) and handshakes a browser marks ``Sec-Fetch-Mode: no-cors``
+    (``<img>``/``<script>`` tags on any page) are refused and spend nothing of the address's
+    session budget; the app's own handshakes still go through (issue 10, item 5)."""
+    import aiohttp
+
+    from service.config import Secret
+    from service.limits import Rate
+    from tests.support import SECRET, serving
+
+    settings = Settings(jwt_secret=Secret(SECRET), limit_ip_connects=Rate(0.01, 2))
+    async with serving(settings) as service, aiohttp.ClientSession() as http:
+        base = f"{service.url}/socket.io/?EIO=4&transport=polling"
+        for _ in range(5):
+            async with http.get(base, headers={"Sec-Fetch-Mode": "no-cors",
+                                               "Sec-Fetch-Dest": "image"}) as response:
+                assert response.status == 403
+            async with http.get(f"{base}&j=0") as response:
+                assert response.status == 400
+        for mode in ("cors", None):  # a browser app's XHR, a native client
+            headers = {"Sec-Fetch-Mode": mode} if mode else {}
+            async with http.get(base, headers=headers) as response:
+                assert response.status == 200
+                assert (await response.text()).startswith("0{")

@@ -14,7 +14,7 @@ from service.auth import TokenVerifier
 from service.cluster import ClusterDelivery, RedisLink, RedisPresence, SignedRedisManager
 from service.config import Settings, is_loopback
 from service.guard import Guard
-from service.logs import configure_logging, log_event
+from service.logs import configure_logging, log_event, sanic_log_config
 from service.presence import Delivery, LocalDelivery, LocalPresence, Presence
 from service.signaling import Signaling
 from service.socket_server import SignalingServer
@@ -32,7 +32,7 @@ def create_app(settings: Settings, *, name: str = "signaling") -> Sanic[Any, Any
     # events) and lose the whole batch. The byte limit, advertised to clients as maxPayload,
     # is the real bound and implies at most one packet per byte. (A class attribute.)
     Payload.max_decode_packets = settings.max_message_bytes
-    app = Sanic(name)
+    app = Sanic(name, log_config=sanic_log_config())
     # polling clients would fill an access log with one line per long-poll; connect and
     # disconnect are logged by the service itself
     app.config.ACCESS_LOG = False

@@ -1,4 +1,6 @@
-"""Structured logs: one JSON object per line on stdout, for a log pipeline to parse.
+"""Structured logs: one JSON object per line on stdout, for a log pipeline to parse. That holds
+for every line the process writes while serving: the service's own records, Sanic's, and any
+library's (through a JSON handler on the root logger), whatever a client put in them.
 
 Call sites pass named fields (``log_event(logger, "connect", sid=..., user=...)``); there is
 no free-text path for a payload to slip into. Never pass a token, an SDP body or an ICE
@@ -56,7 +58,32 @@ def configure_logging(level: str) -> logging.Logger:
     logger.propagate = False
     for name in _QUIET_LIBRARIES:
         logging.getLogger(name).setLevel(logging.ERROR)
+    # every other library's records reach the root logger: through the same formatter, so a
+    # client-chosen string (an Engine.IO sid with a newline, say) cannot write a line of its own
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        if getattr(existing, "_signaling", False):
+            root.removeHandler(existing)
+    root_handler = logging.StreamHandler(sys.stdout)
+    root_handler.setFormatter(JsonFormatter())
+    root_handler._signaling = True  # type: ignore[attr-defined]
+    root.addHandler(root_handler)
     return logger
+
+
+def sanic_log_config() -> dict[str, Any]:
+    """Sanic's own loggers (start-up, errors, websockets), in the same JSON lines: passed to
+    ``Sanic(log_config=...)`` in place of its text formats."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": JsonFormatter}},
+        "handlers": {"stdout": {"class": "logging.StreamHandler", "formatter": "json",
+                                "stream": "ext://sys.stdout"}},
+        "loggers": {name: {"level": "INFO", "handlers": ["stdout"], "propagate": False}
+                    for name in ("sanic.root", "sanic.error", "sanic.access", "sanic.server",
+                                 "sanic.websockets")},
+    }
 
 
 def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, **fields: Any) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import socketio
@@ -74,3 +77,35 @@ async def test_nothing_secret_is_logged_even_at_debug(transport: str, caplog: An
     everything = "\n".join(str(r) for r in capture_logs) + caplog.text
     for secret in (*tokens, "a=rtpmap", "203.0.113.7", CANDIDATE["usernameFragment"]):
         assert secret not in everything
+
+
+async def test_every_line_is_one_json_object_while_serving() -> None:
+    """Through a real ``sanic service.app``: Sanic's start-up and shutdown lines, the
+    service's records and a library's (Engine.IO's "Invalid session") are each one JSON
+    object per line, even when a client put a newline and a forged record in the sid (before:
+    Engine.IO's line went out as text, followed by the attacker's line) (issue 10, item 3)."""
+    import aiohttp
+
+    from tests.processes import start_node, stop_node
+    from tests.support import SECRET, Peer
+
+    forged = '{"ts": "2026-01-01T00:00:00.000Z", "level": "info", "event": "connect"}'
+    node = await start_node({"SIGNAL_JWT_SECRET": SECRET})
+    try:
+        async with aiohttp.ClientSession() as http:
+            url = f"{node.url}/socket.io/?EIO=4&transport=polling&sid=x%0A{quote(forged)}"
+            async with http.get(url) as response:
+                assert response.status == 400
+        peer = Peer(node.url, "websocket")
+        with contextlib.suppress(Exception):
+            await peer.connect("not-a-token")
+        await peer.close()
+    finally:
+        await stop_node(node)
+    assert node.lines
+    records = [json.loads(line) for line in node.lines]  # fails on any line that is not
+    assert all(isinstance(r, dict) and {"ts", "level", "event"} <= set(r) for r in records)
+    assert not [r for r in records if r["event"] == "connect"]  # the forged line stayed inside
+    assert any(r["logger"] == "engineio.server" and "Invalid session" in r["event"]
+               for r in records)
+    assert any(r["logger"] == "sanic.root" for r in records)

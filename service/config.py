@@ -109,6 +109,10 @@ class Settings:
     limit_strikes: Rate = Rate(1, 50)
     limit_ip_connects: Rate = Rate(5, 30)
     limit_ip_auth_failures: Rate = Rate(0.2, 10)
+    #: Engine.IO packets of any kind (messages, pings, upgrades, noops) per session ...
+    limit_packets: Rate = Rate(50, 500)
+    #: ... and per client address
+    limit_ip_packets: Rate = Rate(500, 5000)
     max_connections_per_user: int = 10
     auth_timeout: float = 5.0
     max_queued_messages: int = 512
@@ -241,7 +245,8 @@ def check(s: Settings) -> list[str]:
         problems.append(f"{PREFIX}LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, "
                         f"got {s.log_level!r}.")
     for field in ("limit_relays", "limit_user_relays", "limit_rooms", "limit_refreshes",
-                  "limit_other", "limit_strikes", "limit_ip_connects", "limit_ip_auth_failures"):
+                  "limit_other", "limit_strikes", "limit_ip_connects", "limit_ip_auth_failures",
+                  "limit_packets", "limit_ip_packets"):
         rate = getattr(s, field)
         if not isinstance(rate, Rate) or not rate.valid:
             problems.append(f"{variable(field)} must be RATE:BURST (events per second, largest "

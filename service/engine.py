@@ -25,6 +25,11 @@
 - **Requests no client makes.** JSONP polling and ``Sec-Fetch-Mode: no-cors`` requests (what
   ``<img>`` and ``<script>`` tags send) are refused before they open a session or spend the
   address's budget.
+- **Packet floods below Socket.IO.** Every Engine.IO packet a client sends (messages, pings,
+  upgrades, noops) counts against its session's and its address's packet budgets, over
+  websocket frame by frame and over long-polling per POST, counted before the body is decoded;
+  a POST may carry at most :data:`MAX_PACKETS_PER_POST`. Over either, the session is closed.
+  The outgoing queue is bounded for Engine.IO's own packets too (:class:`BoundedQueue`).
 - **Slow readers.** A websocket send that cannot complete within ``send_timeout`` ends the
   connection.
 """
@@ -34,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import engineio
@@ -50,6 +56,15 @@ POLL_FLUSH_SECONDS: Final = 2.0
 PACKET_STARTS: Final = frozenset("0123456b")
 #: websocket close code for a frame that is not an Engine.IO packet (RFC 6455: protocol error)
 CLOSE_PROTOCOL_ERROR: Final = 1002
+#: ... and for a client over its packet budget (policy violation)
+CLOSE_POLICY: Final = 1008
+#: packets one long-polling POST may carry; clients batch what queued up, a few hundred at
+#: most (a burst of ICE candidates); more closes the session
+MAX_PACKETS_PER_POST: Final = 500
+#: the separator of packets in a long-polling body
+RECORD_SEPARATOR: Final = b"\x1e"
+Drop = Callable[[str, str], Awaitable[None]]
+AllowPackets = Callable[[Any, int], bool]
 
 
 #: what the websocket wrapper returns for a request it upgraded: no HTTP response follows
@@ -62,6 +77,10 @@ def create_route(app: Sanic[Any, Any], server: engineio.AsyncServer, endpoint: s
 
     async def engineio_endpoint(request: Request) -> HTTPResponse | None:
         if refusal := _not_for_a_client(request):
+            return refusal
+        if (request.method == "POST" and isinstance(server, EngineServer)
+                and (refusal := await server.check_post(request.args.get("sid"),
+                                                        request.body))):
             return refusal
         # Sanic keeps the current request in a context variable. Every task and timer
         # started while handling it (Engine.IO's long-poll and per-frame timeouts, the token
@@ -91,6 +110,27 @@ def _not_for_a_client(request: Request) -> HTTPResponse | None:
     return None
 
 
+class BoundedQueue(asyncio.Queue[Any]):
+    """A session's outgoing queue that never holds more than ``limit`` packets: Engine.IO
+    queues its own packets (a NOOP for each UPGRADE a client sends) past every check above
+    it. What does not fit is dropped and ``overflowed`` set (the session is closed for it);
+    ``None``, the marker that ends a writer, always fits."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.overflowed = False
+
+    def put_nowait(self, item: Any) -> None:
+        if item is not None and self.qsize() >= self.limit:
+            self.overflowed = True
+            return
+        super().put_nowait(item)
+
+    async def put(self, item: Any) -> None:
+        self.put_nowait(item)
+
+
 class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
     """``engineio.AsyncServer`` with the repairs in this module's docstring."""
 
@@ -99,6 +139,33 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
         #: the pending ping task of each session
         self.ping_tasks: dict[str, asyncio.Task[Any]] = {}
         self.log: logging.Logger = logging.getLogger("signaling")
+        #: outgoing packets a session may have waiting (one more than the Socket.IO check)
+        self.queue_limit = 1_000_000
+        #: may this session (an Engine.IO socket) send ``count`` more packets now?
+        self.allow_packets: AllowPackets = lambda sock, count: True
+        #: close a session at once, with a logged reason (set by the Socket.IO server)
+        self.drop: Drop | None = None
+
+    def create_queue(self, *args: Any, **kwargs: Any) -> BoundedQueue:
+        return BoundedQueue(self.queue_limit)
+
+    async def check_post(self, sid: str | None, body: bytes) -> HTTPResponse | None:
+        """A long-polling POST is counted before Engine.IO decodes it: over
+        :data:`MAX_PACKETS_PER_POST` or over the session's or address's packet budget, the
+        session is closed and the POST refused."""
+        sock = self.sockets.get(sid) if sid is not None else None
+        if sock is None or sock.closed or sock.closing:
+            return None  # Engine.IO answers that one itself
+        count = body.count(RECORD_SEPARATOR) + 1
+        if count > MAX_PACKETS_PER_POST:
+            reason = "too_many_packets"
+        elif not self.allow_packets(sock, count):
+            reason = "rate_limited"
+        else:
+            return None
+        if self.drop is not None:
+            await self.drop(sock.sid, reason)
+        return json({"error": reason}, status=400)
 
     def start_background_task(self, target: Any, *args: Any, **kwargs: Any) -> Any:
         task = super().start_background_task(target, *args, **kwargs)
@@ -168,18 +235,22 @@ class GuardedWebSocket(SanicWebSocket):  # type: ignore[misc]
         if session is not None and (session.closed or session.closing):
             raise OSError("session ended")  # e.g. after the client's CLOSE packet
         data = await self._sock.recv()
-        if isinstance(data, bytes):
-            return data
-        if not isinstance(data, str):
+        if not isinstance(data, (str, bytes)):
             raise OSError("websocket closed")
-        if not data or data[0] not in PACKET_STARTS:
-            self.close_code = CLOSE_PROTOCOL_ERROR
-            request = self.environ.get("sanic.request") if self.environ else None
-            log_event(self.server.log, "session_dropped", logging.WARNING,
-                      eio_sid=getattr(session, "sid", None), reason="protocol_error",
-                      ip=getattr(request, "ip", None))
-            raise OSError("not an Engine.IO packet")
+        if isinstance(data, str) and (not data or data[0] not in PACKET_STARTS):
+            self._give_up(session, CLOSE_PROTOCOL_ERROR, "protocol_error")
+        if session is not None and not self.server.allow_packets(session, 1):
+            self._give_up(session, CLOSE_POLICY, "rate_limited")
         return data
+
+    def _give_up(self, session: Any, code: int, reason: str) -> None:
+        """Log why, close with ``code``, and end the read loop (via :class:`OSError`)."""
+        self.close_code = code
+        request = self.environ.get("sanic.request") if self.environ else None
+        log_event(self.server.log, "session_dropped", logging.WARNING,
+                  eio_sid=getattr(session, "sid", None), reason=reason,
+                  ip=getattr(request, "ip", None))
+        raise OSError(reason)
 
 
 def driver(base: dict[str, Any], send_timeout: float) -> dict[str, Any]:

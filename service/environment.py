@@ -100,7 +100,8 @@ def parse(values: Mapping[str, str]) -> Settings:
     for name in BOUNDS:
         kwargs[name] = field(name, _whole if name in WHOLE else _seconds)
     for name in ("limit_relays", "limit_user_relays", "limit_rooms", "limit_refreshes",
-                 "limit_other", "limit_strikes", "limit_ip_connects", "limit_ip_auth_failures"):
+                 "limit_other", "limit_strikes", "limit_ip_connects", "limit_ip_auth_failures",
+                 "limit_packets", "limit_ip_packets"):
         kwargs[name] = field(name, _rate)
     try:
         settings = Settings(**kwargs)

@@ -13,6 +13,7 @@ from service import routes
 from service.auth import TokenVerifier
 from service.cluster import ClusterDelivery, RedisLink, RedisPresence, SignedRedisManager
 from service.config import Settings, is_loopback
+from service.engine import MAX_PACKETS_PER_POST
 from service.guard import Guard
 from service.logs import configure_logging, log_event, sanic_log_config
 from service.presence import Delivery, LocalDelivery, LocalPresence, Presence
@@ -29,9 +30,10 @@ def create_app(settings: Settings, *, name: str = "signaling") -> Sanic[Any, Any
     logger = configure_logging(settings.log_level)
     # Engine.IO refuses a polling POST of more than 16 packets, a limit clients are never
     # told: they batch whatever queued up (one ICE gathering burst is often more than 16
-    # events) and lose the whole batch. The byte limit, advertised to clients as maxPayload,
-    # is the real bound and implies at most one packet per byte. (A class attribute.)
-    Payload.max_decode_packets = settings.max_message_bytes
+    # events) and lose the whole batch. A POST of more than MAX_PACKETS_PER_POST is refused
+    # (and its session closed) by the service's Engine.IO route before it is decoded; this is
+    # the same bound where Engine.IO decodes. (A class attribute.)
+    Payload.max_decode_packets = MAX_PACKETS_PER_POST
     app = Sanic(name, log_config=sanic_log_config())
     # polling clients would fill an access log with one line per long-poll; connect and
     # disconnect are logged by the service itself

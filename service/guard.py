@@ -2,6 +2,8 @@
 
 Per address: new sessions (``limit_ip_connects``) and failed authentications
 (``limit_ip_auth_failures``; an address out of failures may not try again until it refills).
+Per Engine.IO session and per address: packets of any kind, below Socket.IO (``limit_packets``,
+``limit_ip_packets``): pings, upgrades and noops cost the server too.
 Per user: relays across all of the user's connections on this node (``limit_user_relays``).
 Per connection: one bucket per event class, and a bucket of strikes: each refused event
 spends one, and a connection out of strikes is disconnected. (The per-user connection cap is
@@ -67,6 +69,8 @@ class Guard:
         self._user_relays = KeyedBuckets(settings.limit_user_relays, clock=clock)
         self._ip_connects = KeyedBuckets(settings.limit_ip_connects, clock=clock)
         self._ip_failures = KeyedBuckets(settings.limit_ip_auth_failures, clock=clock)
+        self._packets = settings.limit_packets
+        self._ip_packets = KeyedBuckets(settings.limit_ip_packets, clock=clock)
         self._trusted: tuple[Network, ...] = parse_networks(settings.trusted_proxies)
         self.max_per_user = settings.max_connections_per_user
 
@@ -86,6 +90,23 @@ class Guard:
 
     def authentication_failed(self, ip: str) -> None:
         self._ip_failures.take(address_key(ip))
+
+    # ---- Engine.IO packets ----
+
+    def packet_bucket(self) -> TokenBucket:
+        """A new Engine.IO session's budget of packets of any kind."""
+        return TokenBucket(self._packets, self._clock())
+
+    def allow_packets(self, bucket: TokenBucket, ip: str, count: int) -> bool:
+        """Spend ``count`` packets of a session (``bucket``) and of its address. An address
+        out of packets stops only its busy sessions (those that spent over half their own
+        burst): a quiet client behind the same NAT as a flooder is not cut off for it."""
+        now = self._clock()
+        if not bucket.take(now, count):
+            return False
+        if self._ip_packets.take(address_key(ip), count):
+            return True
+        return bucket.tokens >= self._packets.burst / 2
 
     # ---- connections ----
 

@@ -57,6 +57,8 @@ NAMESPACE: Final = "/"
 REVOCATION_SWEEP_SECONDS: Final = 2.0
 #: how long a connect or JoinSocket waits for this node to be reachable through the cluster
 REACHABLE_WAIT_SECONDS: Final = 2.0
+#: where a session's packet budget and address live in its Engine.IO ``session`` dict
+PACKETS: Final = "signaling.packets"
 #: how long a closing client has to take its last messages
 CLOSE_TIMEOUT_SECONDS: Final = 5.0
 Ack = dict[str, Any]
@@ -162,6 +164,7 @@ class Signaling:
 
         self.sio.on("*", catch_all)
         self.sio.admit = self.admit_session
+        self.sio.eio.allow_packets = self.allow_packets
 
     def client_ip(self, environ: dict[str, Any]) -> str:
         """The client's address: the TCP peer (python-socketio's Sanic driver reports
@@ -180,6 +183,16 @@ class Signaling:
             return None
         log_event(self.log, "session_refused", logging.WARNING, reason=Throttled.reason, ip=ip)
         return Throttled.reason
+
+    def allow_packets(self, sock: Any, count: int) -> bool:
+        """Engine.IO asks for each websocket frame and each polling POST: may this session
+        (and its address) send ``count`` more packets of any kind now?"""
+        state = sock.session.get(PACKETS)
+        if state is None:
+            ip = self.client_ip(self.sio.environ.get(sock.sid, {}))
+            state = sock.session[PACKETS] = (self.guard.packet_bucket(), ip)
+        bucket, ip = state
+        return self.guard.allow_packets(bucket, ip, count)
 
     async def connect(self, sid: str, environ: dict[str, Any], auth: object = None) -> None:
         """Admit the socket if it presents a valid token; otherwise refuse with a reason."""

@@ -83,6 +83,8 @@ class SignalingServer(socketio.AsyncServer):  # type: ignore[misc]
         self._dropping: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.eio.log = log
+        self.eio.drop = self.drop
+        self.eio.queue_limit = max_queued + 1  # room for the check below to see it full
         self.eio._async = driver(self.eio._async, send_timeout)
 
     def _engineio_server_class(self) -> type[EngineServer]:

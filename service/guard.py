@@ -29,6 +29,10 @@ from service.limits import (
 )
 from service.protocol import JOIN, LEAVE, REFRESH, RELAY_EVENTS
 
+#: a message costs one token per this many bytes, on top of one
+COST_BYTES: Final = 8192
+#: ... and never more than this many (a full-size relay still fits a burst)
+MAX_COST: Final = 8
 RELAY: Final = "relay"
 ROOM: Final = "room"
 REFRESH_CLASS: Final = "refresh"
@@ -119,12 +123,15 @@ class Guard:
 
     # ---- events ----
 
-    def allow(self, budget: ConnectionBudget, user: str, kind: str) -> bool:
-        """Spend a token for one ``kind`` event of ``user`` on this connection."""
+    def allow(self, budget: ConnectionBudget, user: str, kind: str, size: int = 0) -> bool:
+        """Spend tokens for one ``kind`` event of ``user`` on this connection: one, plus one
+        per :data:`COST_BYTES` of the raw message (a big message costs the server more to
+        decode, check and send on), at most :data:`MAX_COST`."""
         now = self._clock()
-        if not budget.buckets[kind].take(now):
+        cost = min(1 + size // COST_BYTES, MAX_COST)
+        if not budget.buckets[kind].take(now, cost):
             return False
-        return kind != RELAY or self._user_relays.take(user)
+        return kind != RELAY or self._user_relays.take(user, cost)
 
     def strike(self, budget: ConnectionBudget) -> bool:
         """Record a refused event; False when the connection is out of strikes."""

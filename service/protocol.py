@@ -28,6 +28,11 @@ MAX_MLINE_INDEX: Final = 65535
 #: the whole relayed message, as UTF-8 JSON, including pass-through fields; a little under
 #: the default transport limit (SIGNAL_MAX_MESSAGE_BYTES, 64 KiB), which also counts framing
 MAX_RELAY_BYTES: Final = 60 * 1024
+#: a relay's JSON values (objects, lists and scalars) and nesting at most: what an app puts
+#: beside the description or candidate (a callId, a few flags) is far below; a 59 KB list of
+#: numbers (thousands of nodes, each copied and walked on its way through) is not
+MAX_RELAY_NODES: Final = 256
+MAX_RELAY_DEPTH: Final = 8
 
 JOIN: Final = "JoinSocket"
 LEAVE: Final = "LeaveSocket"
@@ -115,6 +120,7 @@ def parse_relay(event: str, args: Sequence[object]) -> Relay:
     payload = _single(args)
     if not isinstance(payload, dict):
         raise InvalidPayload(f"{event} payload must be an object")
+    _check_shape(event, payload)
     to = parse_user_id(payload.get("to"), "to")
     if event in _DESCRIPTION_TYPES:
         _description(event, payload.get(event))
@@ -179,6 +185,29 @@ def _optional_text(value: Mapping[str, object], key: str, limit: int) -> str | N
     if not isinstance(item, str) or len(item) > limit:
         raise InvalidPayload(f"candidate.candidate.{key} must be a string of at most {limit}")
     return item
+
+
+def _check_shape(event: str, payload: Mapping[str, Any]) -> None:
+    """At most :data:`MAX_RELAY_NODES` values, nested at most :data:`MAX_RELAY_DEPTH` deep;
+    stops counting as soon as it is over."""
+    budget = MAX_RELAY_NODES
+    stack: list[tuple[object, int]] = [(payload, 1)]
+    while stack:
+        value, depth = stack.pop()
+        budget -= 1
+        if budget < 0:
+            raise InvalidPayload(f"{event} payload has more than {MAX_RELAY_NODES} values")
+        if isinstance(value, dict):
+            children: Any = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth >= MAX_RELAY_DEPTH and children:
+            raise InvalidPayload(f"{event} payload is nested deeper than {MAX_RELAY_DEPTH}")
+        if len(children) > budget:
+            raise InvalidPayload(f"{event} payload has more than {MAX_RELAY_NODES} values")
+        stack.extend((child, depth + 1) for child in children)
 
 
 def _check_size(event: str, body: Mapping[str, Any]) -> None:

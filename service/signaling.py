@@ -81,6 +81,8 @@ class Session:
     budget: ConnectionBudget
     #: why the server closed it, when it did
     closing: str | None = None
+    #: the event being handled was charged to the budget before it was decoded
+    charged: bool = False
 
 
 class Signaling:
@@ -101,6 +103,7 @@ class Signaling:
         self.timers = ExpiryTimers(warning=expiry_warning, leeway=verifier.leeway,
                                    warn=self._warn_expiring, expire=self._expire)
         self._background: list[asyncio.Task[None]] = []
+        self._handlers: frozenset[str] = frozenset()
         #: the deny-list version the last revocation sweep saw
         self._swept = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -150,6 +153,7 @@ class Signaling:
         return True, "ready"
     def register(self) -> None:
         """Install every handler on the server."""
+        self._handlers = frozenset({JOIN, LEAVE, REFRESH, *RELAY_EVENTS})
         self.sio.on("connect", self.connect)
         self.sio.on("disconnect", self.disconnect)
         self.sio.on(JOIN, self._answering(JOIN, self.join))
@@ -164,6 +168,7 @@ class Signaling:
 
         self.sio.on("*", catch_all)
         self.sio.admit = self.admit_session
+        self.sio.precheck = self.precheck
         self.sio.eio.allow_packets = self.allow_packets
 
     def client_ip(self, environ: dict[str, Any]) -> str:
@@ -183,6 +188,37 @@ class Signaling:
             return None
         log_event(self.log, "session_refused", logging.WARNING, reason=Throttled.reason, ip=ip)
         return Throttled.reason
+
+    def precheck(self, sid: str, event: str, size: int) -> Ack | None:
+        """Before an event's arguments are decoded (``size``: its raw length): refuse it when
+        the connection is on its way out, when it is not part of the protocol (after
+        spending the "other" budget), or when it does not fit its budget, which a big message
+        spends more of. None: go on and handle it (its budget already spent)."""
+        session = self.sessions.get(sid)
+        if session is None:
+            return None
+        kind = event_class(event) if event in self._handlers else OTHER
+        refusal = self._spend(sid, session, kind, size)
+        if refusal is not None:
+            return refusal
+        session.charged = True
+        if event not in self._handlers:
+            log_event(self.log, "unknown_event", logging.DEBUG, sid=sid, name=event[:64])
+            return {"ok": False, "error": UnknownEvent.code}
+        return None
+
+    def _spend(self, sid: str, session: Session, kind: str, size: int) -> Ack | None:
+        """The refusal for an event of ``kind`` now, if any (spending its budget)."""
+        if session.closing is not None:
+            return {"ok": False, "error": session.closing}  # on its way out: no work
+        if self.shutting_down:
+            return {"ok": False, "error": ShuttingDown.code}
+        if not self.guard.allow(session.budget, session.identity.user_id, kind, size):
+            if not self.guard.strike(session.budget):
+                self.begin_close(sid, RateLimited.code)
+            error = RateLimited(f"too many {kind} events; slow down")
+            return {"ok": False, "error": error.code, "detail": str(error)}
+        return None
 
     def allow_packets(self, sock: Any, count: int) -> bool:
         """Engine.IO asks for each websocket frame and each polling POST: may this session
@@ -394,16 +430,15 @@ class Signaling:
 
         async def answered(sid: str, *args: object) -> Ack:
             session = self.sessions.get(sid)
-            if session is not None and session.closing is not None:
-                return {"ok": False, "error": session.closing}  # on its way out: no work
+            if session is not None:
+                if session.charged:  # precheck spent the budget from the raw message
+                    session.charged = False
+                    if session.closing is not None:
+                        return {"ok": False, "error": session.closing}
+                elif (refusal := self._spend(sid, session, kind, 0)) is not None:
+                    return refusal
             if self.shutting_down:
                 return {"ok": False, "error": ShuttingDown.code}
-            if session is not None and not self.guard.allow(
-                    session.budget, session.identity.user_id, kind):
-                if not self.guard.strike(session.budget):
-                    self.begin_close(sid, RateLimited.code)
-                error = RateLimited(f"too many {kind} events; slow down")
-                return {"ok": False, "error": error.code, "detail": str(error)}
             try:
                 return await handler(sid, *args)
             except RequestError as exc:

@@ -7,6 +7,9 @@
   unknown event.
 - **Sessions.** Each new Engine.IO session asks ``admit(environ)`` first (per-address
   throttling), and is closed if it has not authenticated within ``auth_timeout``.
+- **Cheap refusals.** An event on the main namespace is shown to ``precheck`` by name and size
+  before its arguments are decoded: unknown names, a connection out of budget or on its way
+  out are answered without paying for the JSON.
 - **Malformed input.** A packet python-socketio cannot decode (bad JSON, bad type, nesting
   too deep) drops the session, as the JavaScript server does, with one log line instead of a
   traceback per frame. Binary events are not part of the protocol: one with an ack id is
@@ -30,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import re
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -52,6 +56,11 @@ CLIENT_TYPES: Final = frozenset(str(t) for t in (packet.CONNECT, packet.DISCONNE
 #: ... and the binary ones, which the protocol does not use
 BINARY_TYPES: Final = frozenset(str(t) for t in (packet.BINARY_EVENT, packet.BINARY_ACK))
 Admit = Callable[[dict[str, Any]], str | None]
+#: ``precheck(sid, event_name, raw_size)``: an ack refusing the event, or None to handle it
+Precheck = Callable[[str, str, int], dict[str, Any] | None]
+EVENT_TYPE: Final = str(packet.EVENT)
+#: an EVENT on the main namespace: ack id and a plain event name, before the arguments
+EVENT_HEAD: Final = re.compile(r'2(?P<id>\d{1,18})?\["(?P<name>[^"\\]{1,128})"[,\]]')
 
 
 class MalformedPacket(ValueError):
@@ -78,6 +87,7 @@ class SignalingServer(socketio.AsyncServer):  # type: ignore[misc]
         self.auth_timeout = auth_timeout
         self.max_queued = max_queued
         self.admit: Admit | None = None
+        self.precheck: Precheck | None = None
         self._auth_timers: dict[str, asyncio.TimerHandle] = {}
         self._skip_attachments: dict[str, int] = {}
         self._dropping: set[str] = set()
@@ -114,6 +124,9 @@ class SignalingServer(socketio.AsyncServer):  # type: ignore[misc]
         except MalformedPacket:
             await self.drop(eio_sid, "protocol_error")
             return
+        if kind == EVENT_TYPE and self.precheck is not None and await self._prechecked(
+                eio_sid, data):
+            return
         try:
             await super()._handle_eio_message(eio_sid, data)
         except MalformedPacket:
@@ -121,6 +134,24 @@ class SignalingServer(socketio.AsyncServer):  # type: ignore[misc]
         except Exception:
             # a bug while handling a well-formed packet: the client did nothing wrong
             self.log.exception("message_failed", extra={"fields": {"eio_sid": eio_sid}})
+
+    async def _prechecked(self, eio_sid: str, data: str) -> bool:
+        """Ask ``precheck`` about an event on the main namespace from its name and size alone,
+        before its arguments are decoded; True when it was answered (refused) here."""
+        head = EVENT_HEAD.match(data)
+        if head is None:
+            return False  # (a namespace, or an escaped name: decoded and checked as usual)
+        sid = self.manager.sid_from_eio_sid(eio_sid, "/")
+        if sid is None or not self.manager.is_connected(sid, "/"):
+            return False
+        assert self.precheck is not None
+        refusal = self.precheck(sid, head.group("name"), len(data))
+        if refusal is None:
+            return False
+        if head.group("id"):
+            await self._send_packet(eio_sid, self.packet_class(
+                packet.ACK, namespace="/", id=int(head.group("id")), data=[refusal]))
+        return True
 
     async def _refuse_binary(self, eio_sid: str, data: str) -> None:
         pkt = self.packet_class(encoded_packet=data)

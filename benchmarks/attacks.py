@@ -1,0 +1,271 @@
+#!/usr/bin/env python3
+"""Replays issue 10's attack run against ``sanic service.app`` with default settings.
+
+    .venv/bin/python benchmarks/attacks.py [--posts 20]
+
+Each attack, with what it measures in the service process (its RSS and CPU from /proc, so the
+attacker's own cost is excluded) and in a well-behaved client beside it:
+
+1. Engine.IO floods: POSTs of 32,768 UPGRADE packets (64 KiB), with and without a token, then
+   POSTs of 400 (under the per-POST bound): the answers, the worker's RSS before and after,
+   and /healthz latency (max, p50) while it happens.
+2. Costly payloads: server CPU per crafted relay (a 56 KB list of integers, 5,900 tiny keys, an
+   unknown event carrying the list) as a ratio to a normal ICE candidate relay, same run.
+3. Log injection: an Engine.IO sid with a newline and a forged record; every line the service
+   printed must parse as JSON.
+4. The /ice-servers token oracle: 200 bad tokens as fast as possible: how many got to be
+   verified (401) before the address budget answered 429.
+5. Side doors: a handshake marked ``Sec-Fetch-Mode: no-cors`` and a JSONP one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import socketio
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from relay import CANDIDATE, SECRET, cpu_seconds  # noqa: E402
+
+from service.auth import mint  # noqa: E402
+from service.config import Secret, Settings  # noqa: E402
+
+TOKENS = Settings(jwt_secret=Secret(SECRET))
+
+
+def rss_mib(pid: int) -> float:
+    """RSS of ``pid`` and its children (the Sanic worker), MiB."""
+    pids = [pid]
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.exists():
+        pids += [int(p) for p in children.read_text().split()]
+    total = 0
+    for p in pids:
+        for line in Path(f"/proc/{p}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total / 1024
+
+
+async def start(extra_env: dict[str, str] | None = None,
+                ) -> tuple[asyncio.subprocess.Process, str, list[str]]:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("SIGNAL_")},
+           "SIGNAL_JWT_SECRET": SECRET, "SIGNAL_ENV_FILE": "/dev/null", **(extra_env or {})}
+    proc = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).with_name("sanic")), "service.app", "--host", "127.0.0.1",
+        "--port", str(port), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, start_new_session=True)
+    lines: list[str] = []
+
+    async def pump() -> None:
+        assert proc.stdout is not None
+        async for raw in proc.stdout:
+            lines.append(raw.decode(errors="replace").rstrip("\n"))
+
+    proc._pump = asyncio.ensure_future(pump())  # type: ignore[attr-defined]
+    url = f"http://127.0.0.1:{port}"
+    async with aiohttp.ClientSession() as http:
+        for _ in range(200):
+            try:
+                async with http.get(f"{url}/healthz") as response:
+                    if response.status == 200 and any("Worker ready" in x for x in lines):
+                        return proc, url, lines
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.05)
+    raise SystemExit("the service did not start")
+
+
+async def stop(proc: asyncio.subprocess.Process) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGINT)
+        await asyncio.wait_for(proc.wait(), 15)
+    except TimeoutError:
+        os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+
+
+async def watch_healthz(http: aiohttp.ClientSession, url: str, until: asyncio.Event,
+                        out: list[float]) -> None:
+    while not until.is_set():
+        started = time.monotonic()
+        async with http.get(f"{url}/healthz") as response:
+            await response.read()
+        out.append((time.monotonic() - started) * 1000)
+        await asyncio.sleep(0.01)
+
+
+async def polling_session(http: aiohttp.ClientSession, url: str, token: str | None) -> str:
+    base = f"{url}/socket.io/?EIO=4&transport=polling"
+    async with http.get(base) as response:
+        text = await response.text()
+    if not text.startswith("0"):
+        return ""
+    sid = json.loads(text[1:])["sid"]
+    if token is not None:
+        async with http.post(f"{base}&sid={sid}", data="40" + json.dumps({"token": token})):
+            pass
+    return f"{base}&sid={sid}"
+
+
+async def engineio_floods(url: str, pid: int, posts: int) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    async with aiohttp.ClientSession() as http:
+        rss_before = rss_mib(pid)
+        latencies: list[float] = []
+        done = asyncio.Event()
+        watcher = asyncio.ensure_future(watch_healthz(http, url, done, latencies))
+        statuses: dict[str, list[int]] = {"big_token": [], "big_no_token": [], "small": []}
+        refused = 0
+        big = "\x1e".join(["5"] * 32_768).encode()
+        for n in range(posts):
+            for key, token in (("big_token", mint(TOKENS, f"m{n}")), ("big_no_token", None)):
+                session = await polling_session(http, url, token)
+                if not session:
+                    refused += 1  # the address is over its session budget (5/s, burst 30)
+                    continue
+                async with http.post(session, data=big) as response:
+                    statuses[key].append(response.status)
+        await asyncio.sleep(6)  # the address's session budget refills a little (5/s)
+        session = await polling_session(http, url, mint(TOKENS, "mallory"))
+        small = "\x1e".join(["5"] * 400).encode()
+        for _ in range(posts if session else 0):
+            async with http.post(session, data=small) as response:
+                statuses["small"].append(response.status)
+            if response.status != 200:
+                break
+
+        done.set()
+        await watcher
+        result.update({
+            "statuses": {k: sorted(set(v)) for k, v in statuses.items()},
+            "flood_handshakes_refused_by_address_budget": refused,
+            "rss_before_mib": round(rss_before, 1), "rss_after_mib": round(rss_mib(pid), 1),
+            "healthz_max_ms": round(max(latencies), 1),
+            "healthz_p50_ms": round(statistics.median(latencies), 2),
+        })
+    return result
+
+
+async def payload_costs(url: str, pid: int, count: int) -> dict[str, Any]:
+    sender = socketio.AsyncClient(reconnection=False)
+    await sender.connect(url, auth={"token": mint(TOKENS, "alice")}, transports=["websocket"])
+    receiver = socketio.AsyncClient(reconnection=False)
+    await receiver.connect(url, auth={"token": mint(TOKENS, "bob")}, transports=["websocket"])
+    await receiver.call("JoinSocket", "bob")
+    crafted: dict[str, tuple[str, Any]] = {
+        "normal candidate": ("candidate", {"to": "bob", "candidate": CANDIDATE}),
+        "56 KB of integers": ("hangup", {"to": "bob", "numbers": [100] * 14_000}),
+        "5,900 tiny keys": ("hangup", {"to": "bob", **{f"k{n}": 0 for n in range(5_900)}}),
+        "unknown event + list": ("no_such_event", {"numbers": [100] * 14_000}),
+    }
+    out: dict[str, Any] = {}
+    for name, (event, data) in crafted.items():
+        before = cpu_seconds(pid)
+        acks = [await sender.call(event, data) for _ in range(count)]
+        spent = cpu_seconds(pid) - before
+        out[name] = {"cpu_us_per_message": round(spent / count * 1e6),
+                     "answers": sorted({a.get("error", "ok") for a in acks})}
+    base = max(out["normal candidate"]["cpu_us_per_message"], 1)
+    for name in out:
+        out[name]["ratio_to_normal"] = round(out[name]["cpu_us_per_message"] / base, 1)
+    await sender.disconnect()
+    await receiver.disconnect()
+    return out
+
+
+async def log_injection(url: str, lines: list[str]) -> dict[str, Any]:
+    forged = '{"ts": "2026-01-01T00:00:00.000Z", "level": "info", "event": "connect"}'
+    async with aiohttp.ClientSession() as http:
+        target = f"{url}/socket.io/?EIO=4&transport=polling&sid=x%0A{quote(forged)}"
+        async with http.get(target) as response:
+            await response.read()
+    await asyncio.sleep(0.2)
+    bad = []
+    for line in lines:
+        try:
+            if not isinstance(json.loads(line), dict):
+                bad.append(line)
+        except ValueError:
+            bad.append(line)
+    return {"lines": len(lines), "not_json": len(bad), "examples": bad[:3]}
+
+
+async def ice_servers_oracle(url: str) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as http:
+        statuses = []
+        for n in range(200):
+            async with http.get(f"{url}/ice-servers",
+                                headers={"Authorization": f"Bearer bad-{n}"}) as response:
+                statuses.append(response.status)
+    return {"401": statuses.count(401), "429": statuses.count(429)}
+
+
+async def side_doors(url: str) -> dict[str, int]:
+    base = f"{url}/socket.io/?EIO=4&transport=polling"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(base, headers={"Sec-Fetch-Mode": "no-cors"}) as response:
+            no_cors = response.status
+        async with http.get(f"{base}&j=0") as response:
+            jsonp = response.status
+    return {"no_cors_handshake": no_cors, "jsonp_handshake": jsonp}
+
+
+async def main_async(posts: int, count: int) -> dict[str, Any]:
+    report: dict[str, Any] = {}
+    proc, url, lines = await start()
+    try:
+        report["engineio_floods"] = await engineio_floods(url, proc.pid, posts)
+        report["log_injection"] = await log_injection(url, lines)
+        report["ice_servers_oracle"] = await ice_servers_oracle(url)
+        report["side_doors"] = await side_doors(url)
+    finally:
+        await stop(proc)
+    # payload costs with the relay limits lifted, so every message is handled, not refused
+    # for its rate (the point is what one costs)
+    proc, url, lines = await start({f"SIGNAL_LIMIT_{n}": "0" for n in (
+        "RELAYS", "USER_RELAYS", "OTHER", "STRIKES", "PACKETS", "IP_PACKETS")})
+    try:
+        report["payload_costs"] = await payload_costs(url, proc.pid, count)
+    finally:
+        await stop(proc)
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--posts", type=int, default=20)
+    parser.add_argument("--count", type=int, default=200)
+    parser.add_argument("--json", type=Path, help="also write the report here")
+    args = parser.parse_args(argv)
+    report = asyncio.run(main_async(args.posts, args.count))
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -2,26 +2,21 @@
 
 Users are addressed through rooms named ``user:<id>``, never a bare id, so a client cannot
 reach a socket through the per-socket rooms python-socketio names after each sid.
-
-A connection lives as long as its token: ``token_expiring`` is emitted shortly before
-``exp``, ``RefreshToken`` swaps in a new token for the same user, and at ``exp`` (plus leeway),
-or when the token's ``jti`` is revoked, the server emits ``server_disconnect`` with the reason
-and closes the connection.
+``RefreshToken`` swaps in a new token for the same user. Who is connected, and how a
+connection ends (expiry, revocation, shutdown), is :mod:`service.sessions`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, Final
 
 import socketio
 
-from service.auth import Identity, TokenVerifier, extract_token
+from service.auth import TokenVerifier, extract_token
 from service.errors import (
     AuthError,
     ConnectionRefused,
@@ -38,7 +33,7 @@ from service.errors import (
     UnknownEvent,
 )
 from service.expiry import ExpiryTimers
-from service.guard import OTHER, ConnectionBudget, Guard, event_class
+from service.guard import OTHER, Guard, event_class
 from service.logs import log_event
 from service.presence import Delivery, DeliveryUnavailable, Presence, PresenceUnavailable
 from service.protocol import (
@@ -50,17 +45,12 @@ from service.protocol import (
     parse_relay,
     parse_room_request,
 )
-from service.supervise import forever
+from service.sessions import Session, Sessions
 
-NAMESPACE: Final = "/"
-#: how often the jti deny-list file is checked for newly revoked, connected tokens
-REVOCATION_SWEEP_SECONDS: Final = 2.0
 #: how long a connect or JoinSocket waits for this node to be reachable through the cluster
 REACHABLE_WAIT_SECONDS: Final = 2.0
 #: where a session's packet budget and address live in its Engine.IO ``session`` dict
 PACKETS: Final = "signaling.packets"
-#: how long a closing client has to take its last messages
-CLOSE_TIMEOUT_SECONDS: Final = 5.0
 Ack = dict[str, Any]
 Handler = Callable[..., Awaitable[Ack]]
 
@@ -68,21 +58,6 @@ Handler = Callable[..., Awaitable[Ack]]
 def user_room(user_id: str) -> str:
     """The room every socket of ``user_id`` joins with ``JoinSocket``."""
     return f"user:{user_id}"
-
-
-@dataclass(slots=True)
-class Session:
-    """What the server remembers about one connected socket."""
-
-    identity: Identity
-    transport: str
-    ip: str
-    connected_at: float
-    budget: ConnectionBudget
-    #: why the server closed it, when it did
-    closing: str | None = None
-    #: the event being handled was charged to the budget before it was decoded
-    charged: bool = False
 
 
 class Signaling:
@@ -97,60 +72,40 @@ class Signaling:
         self.guard = guard
         self.presence = presence
         self.log = logger
-        self.shutting_down = False
-        self._drained = asyncio.Event()
-        self.sessions: dict[str, Session] = {}
-        self.timers = ExpiryTimers(warning=expiry_warning, leeway=verifier.leeway,
-                                   warn=self._warn_expiring, expire=self._expire)
-        self._background: list[asyncio.Task[None]] = []
+        #: the registry and life cycle of this node's connections
+        self.life = Sessions(sio, verifier, presence, logger, expiry_warning=expiry_warning)
         self._handlers: frozenset[str] = frozenset()
-        #: the deny-list version the last revocation sweep saw
-        self._swept = 0
-        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def sessions(self) -> dict[str, Session]:
+        return self.life.by_sid
+
+    @property
+    def timers(self) -> ExpiryTimers:
+        return self.life.timers
+
+    @property
+    def shutting_down(self) -> bool:
+        return self.life.shutting_down
 
     async def start(self) -> None:
         """Background work while serving: presence, JWKS, the deny-list."""
-        if not self.sio.manager_initialized:
-            # subscribe to the cluster now, not when the first client happens to connect
-            self.sio.manager_initialized = True
-            self.sio.manager.initialize()
-        await self.presence.start()
-        self._background = [asyncio.ensure_future(self.verifier.prefetch())]
-        if self.verifier.denylist is not None:
-            self._swept = self.verifier.denylist.version
-            self._background.append(asyncio.ensure_future(
-                forever(self._sweep_revoked, name="revocation_sweep", log=self.log)))
+        await self.life.start()
 
     async def stop(self) -> None:
-        self.timers.close()
-        tasks = [*self._background, *self._tasks]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self.presence.stop()
+        await self.life.stop()
 
     async def shutdown(self, within: float) -> None:
-        """Leave gracefully: take no new sessions or events, tell every client to reconnect
-        (``server_disconnect {reason: shutting_down}``; it lands on another node) after its
-        queued messages, and wait up to ``within`` seconds for them to go."""
-        self.shutting_down = True
-        log_event(self.log, "shutting_down", connections=len(self.sessions))
-        for sid in list(self.sessions):
-            self.begin_close(sid, ShuttingDown.code)
-        if self.sessions:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._drained.wait(), within)
-        log_event(self.log, "shut_down", left_behind=len(self.sessions))
+        """See :meth:`Sessions.shutdown`."""
+        await self.life.shutdown(within)
 
     async def ready(self) -> tuple[bool, str]:
         """Whether this node should get traffic, and why not."""
-        if self.shutting_down:
-            return False, "shutting_down"
-        if not await self.presence.healthy():
-            return False, "redis_unreachable"
-        return True, "ready"
+        return await self.life.ready()
+
+    def begin_close(self, sid: str, reason: str) -> None:
+        self.life.begin_close(sid, reason)
+
     def register(self) -> None:
         """Install every handler on the server."""
         self._handlers = frozenset({JOIN, LEAVE, REFRESH, *RELAY_EVENTS})
@@ -255,7 +210,7 @@ class Signaling:
                 raise ServiceUnavailable("presence store unreachable") from None
             except asyncio.CancelledError:
                 # the connection went away while the store counted it: uncount it
-                self._spawn(self.presence.remove_connection(identity.user_id, sid))
+                self.life.spawn(self.presence.remove_connection(identity.user_id, sid))
                 raise
             if not admitted:
                 raise TooManyConnections("user is at its connection limit")
@@ -276,21 +231,16 @@ class Signaling:
             raise socketio.exceptions.ConnectionRefusedError(
                 "internal_error", {"reason": "internal_error"}
             ) from None
-        self.sessions[sid] = Session(identity, transport, ip, time.monotonic(),
-                                     self.guard.budget())
-        self.timers.arm(sid, identity)
+        self.life.add(sid, Session(identity, transport, ip, time.monotonic(),
+                                   self.guard.budget()))
         log_event(self.log, "connect", sid=sid, user=identity.user_id, transport=transport,
                   ip=ip, exp=identity.expires_at)
 
     async def disconnect(self, sid: str, reason: str | None = None) -> None:
         """Forget the socket; python-socketio removes it from its rooms."""
-        session = self.sessions.pop(sid, None)
-        self.timers.disarm(sid)
+        session = await self.life.remove(sid)
         if session is None:
             return
-        await self.presence.remove_connection(session.identity.user_id, sid)
-        if self.shutting_down and not self.sessions:
-            self._drained.set()
         log_event(
             self.log, "disconnect", sid=sid, user=session.identity.user_id,
             transport=self._transport(sid, session.transport),
@@ -345,69 +295,6 @@ class Signaling:
         log_event(self.log, "token_refreshed", sid=sid, user=identity.user_id,
                   exp=identity.expires_at)
         return {"ok": True, "exp": identity.expires_at}
-
-    def begin_close(self, sid: str, reason: str) -> None:
-        """From now on the connection's events are refused; :meth:`close` runs in the
-        background."""
-        session = self.sessions.get(sid)
-        if session is None or session.closing is not None:
-            return
-        session.closing = reason
-        self._spawn(self._close(sid, reason))
-
-    async def close(self, sid: str, reason: str) -> None:
-        """Tell the client why (``server_disconnect``), then disconnect it; a client that
-        does not take its last messages within a few seconds is cut off."""
-        session = self.sessions.get(sid)
-        if session is None or session.closing is not None:
-            return
-        session.closing = reason
-        await self._close(sid, reason)
-
-    async def _close(self, sid: str, reason: str) -> None:
-        self.timers.disarm(sid)
-        eio_sid = self.sio.manager.eio_sid_from_sid(sid, NAMESPACE)
-        # the socket is on this node: no need to go through the cluster (ignore_queue)
-        await self.sio.emit("server_disconnect", {"reason": reason}, to=sid, ignore_queue=True)
-        try:
-            await asyncio.wait_for(self.sio.disconnect(sid, ignore_queue=True),
-                                   CLOSE_TIMEOUT_SECONDS)
-        except TimeoutError:
-            if eio_sid is not None:
-                await self.sio.drop(eio_sid, reason)
-
-    def _spawn(self, work: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _warn_expiring(self, sid: str, identity: Identity) -> None:
-        session = self.sessions.get(sid)
-        if session is None or session.identity is not identity:
-            return
-        remaining = max(0, round(identity.expires_at - time.time()))
-        await self.sio.emit("token_expiring", {"exp": identity.expires_at,
-                                               "expires_in": remaining}, to=sid,
-                            ignore_queue=True)
-
-    async def _expire(self, sid: str, identity: Identity) -> None:
-        session = self.sessions.get(sid)
-        if session is not None and session.identity is identity:
-            await self.close(sid, TokenExpired.reason)
-
-    async def _sweep_revoked(self) -> float:
-        """Close connections whose token was revoked, whenever the deny-list has changed
-        since the last complete sweep (whoever re-read it); one step of a supervised loop."""
-        denylist = self.verifier.denylist
-        assert denylist is not None
-        denylist.refresh()
-        version = denylist.version
-        if version != self._swept:
-            for sid, session in list(self.sessions.items()):
-                if self.verifier.is_revoked(session.identity):
-                    await self.close(sid, "token_revoked")
-            self._swept = version
-        return REVOCATION_SWEEP_SECONDS
 
     async def unknown(self, sid: str, *args: object) -> Ack:
         """Any event outside the protocol (the catch-all's event name comes first in

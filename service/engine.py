@@ -113,8 +113,9 @@ def _not_for_a_client(request: Request) -> HTTPResponse | None:
 class BoundedQueue(asyncio.Queue[Any]):
     """A session's outgoing queue that never holds more than ``limit`` packets: Engine.IO
     queues its own packets (a NOOP for each UPGRADE a client sends) past every check above
-    it. What does not fit is dropped and ``overflowed`` set (the session is closed for it);
-    ``None``, the marker that ends a writer, always fits."""
+    it. What does not fit is dropped and ``overflowed`` set (the packets that filled it
+    also spent the session's packet budget, which closes it); ``None``, the marker that ends a
+    writer, always fits."""
 
     def __init__(self, limit: int) -> None:
         super().__init__()

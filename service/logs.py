@@ -47,28 +47,26 @@ class JsonFormatter(logging.Formatter):
 def configure_logging(level: str) -> logging.Logger:
     """Point the service logger at stdout in JSON at ``level``; idempotent."""
     logger = logging.getLogger(LOGGER_NAME)
-    for handler in list(logger.handlers):
-        if getattr(handler, "_signaling", False):
-            logger.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(JsonFormatter())
-    handler._signaling = True  # type: ignore[attr-defined]
-    logger.addHandler(handler)
+    _json_to_stdout(logger)
     logger.setLevel(level)
     logger.propagate = False
     for name in _QUIET_LIBRARIES:
         logging.getLogger(name).setLevel(logging.ERROR)
     # every other library's records reach the root logger: through the same formatter, so a
     # client-chosen string (an Engine.IO sid with a newline, say) cannot write a line of its own
-    root = logging.getLogger()
-    for existing in list(root.handlers):
-        if getattr(existing, "_signaling", False):
-            root.removeHandler(existing)
-    root_handler = logging.StreamHandler(sys.stdout)
-    root_handler.setFormatter(JsonFormatter())
-    root_handler._signaling = True  # type: ignore[attr-defined]
-    root.addHandler(root_handler)
+    _json_to_stdout(logging.getLogger())
     return logger
+
+
+def _json_to_stdout(logger: logging.Logger) -> None:
+    """Give ``logger`` one JSON handler on stdout (replacing the one added before)."""
+    for existing in list(logger.handlers):
+        if getattr(existing, "_signaling", False):
+            logger.removeHandler(existing)
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JsonFormatter())
+    handler._signaling = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
 
 
 def sanic_log_config() -> dict[str, Any]:

@@ -1,0 +1,68 @@
+// The Node socket.io 4.8 server the Python service is measured against: the same job, kept
+// small. JWT (HS256, exp required) on connect from the auth payload or a Bearer header;
+// JoinSocket/LeaveSocket for the caller's own room only; offer/answer/candidate/hangup
+// validated ({to, ...} with the event's own field) and relayed to room "user:<to>" with a
+// server-stamped `from`; acks {ok, delivered}. Usage: PORT=... SECRET=... node server.mjs
+import { createServer } from "node:http";
+import { Server } from "socket.io";
+import jwt from "jsonwebtoken";
+
+const port = Number(process.env.PORT || 9000);
+const secret = process.env.SECRET;
+const maxBytes = 65536;
+const httpServer = createServer((req, res) => {
+  if (req.url === "/healthz") {
+    res.writeHead(200, { "content-type": "application/json" });
+    res.end('{"status":"ok"}');
+  } else {
+    res.writeHead(404);
+    res.end();
+  }
+});
+const io = new Server(httpServer, { maxHttpBufferSize: maxBytes, cors: { origin: false } });
+
+io.use((socket, next) => {
+  const header = socket.handshake.headers.authorization || "";
+  const token = socket.handshake.auth?.token
+    || (header.startsWith("Bearer ") ? header.slice(7) : null);
+  if (!token) return next(Object.assign(new Error("unauthorized"), { data: { reason: "token_missing" } }));
+  try {
+    const claims = jwt.verify(token, secret, { algorithms: ["HS256"] });
+    if (typeof claims.sub !== "string" || !claims.sub || typeof claims.exp !== "number") throw new Error();
+    socket.data.user = claims.sub;
+    next();
+  } catch {
+    next(Object.assign(new Error("unauthorized"), { data: { reason: "token_invalid" } }));
+  }
+});
+
+const userId = (v) => (typeof v === "number" && Number.isInteger(v) ? String(v) : v);
+const validId = (v) => typeof v === "string" && v.length > 0 && v.length <= 256;
+const fields = { offer: "offer", answer: "answer", candidate: "candidate", hangup: null };
+
+io.on("connection", (socket) => {
+  const room = (id) => `user:${id}`;
+  const ack = (cb, value) => { if (typeof cb === "function") cb(value); };
+  for (const [event, leave] of [["JoinSocket", false], ["LeaveSocket", true]]) {
+    socket.on(event, (id, cb) => {
+      if (userId(id) !== socket.data.user) return ack(cb, { ok: false, error: "forbidden" });
+      leave ? socket.leave(room(id)) : socket.join(room(id));
+      ack(cb, { ok: true });
+    });
+  }
+  for (const [event, field] of Object.entries(fields)) {
+    socket.on(event, (payload, cb) => {
+      const to = userId(payload?.to);
+      if (typeof payload !== "object" || payload === null || !validId(to)
+          || (field && (typeof payload[field] !== "object" || payload[field] === null))) {
+        return ack(cb, { ok: false, error: "invalid_payload" });
+      }
+      const target = io.sockets.adapter.rooms.get(room(to));
+      const delivered = !!target && [...target].some((id) => id !== socket.id);
+      if (delivered) socket.to(room(to)).emit(event, { ...payload, from: socket.data.user });
+      ack(cb, { ok: true, delivered });
+    });
+  }
+});
+
+httpServer.listen(port, "127.0.0.1");

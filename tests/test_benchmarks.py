@@ -1,0 +1,33 @@
+"""The benchmarks run (smoke sizes, no time thresholds): they must not rot between the
+sessions that read their numbers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.timeout(240)
+async def test_versus_node_smoke(tmp_path: Path) -> None:
+    """``benchmarks/versus_node.py --smoke`` drives both servers through every scenario and
+    reports numbers and ratios for each."""
+    out = tmp_path / "report.json"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "benchmarks/versus_node.py", "--smoke", "--json", str(out), cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    text, _ = await asyncio.wait_for(proc.communicate(), 220)
+    assert proc.returncode == 0, text.decode()[-3000:]
+    report = json.loads(out.read_text())
+    scenarios = {"connect_storm", "relays_200B", "relays_3KB"}
+    for side in ("python", "node"):
+        assert set(report[side]) == scenarios
+        assert report[side]["relays_200B"]["relays"] > 0
+        assert report[side]["connect_storm"]["connects_per_s"] > 0
+    assert report["ratio_python_to_node"]["relays_200B"]["server_cpu_us_per_relay"] > 0

@@ -13,13 +13,15 @@ this script. Scenarios, each measured on both servers:
   CPU per connect; the connections then stay open, idle, for
 - idle memory: server RSS growth per open connection;
 - saturated relays: 50 pairs, each sender keeping 4 acknowledged relays in flight, for
-  ``--seconds``, with a 200 B and a 3 KB payload: relays/s and server CPU per relay.
+  ``--seconds``, with a 200 B and a 3 KB payload: relays/s and server CPU per relay;
+- a fixed ``--rate`` (1,000 relays/s) over 10 pairs: delivery latency p50/p99/max and the
+  server's CPU share.
 
 Server CPU and RSS are read from /proc (the server and its children). A run where processes
 other than the two measured ones used more than 10 % of a core is flagged ``busy``. ``--smoke``
 runs every scenario at a tiny size, for CI: no time thresholds, only that both servers answer.
-Not yet here (issue 11): idle CPU and 10,000 connections, a fixed 1,000 relays/s latency run,
-churn, and the Redis path.
+Not yet here (issue 11): idle CPU and 10,000 connections, churn, and the Redis path; and the
+load generator, one Python process, is the bottleneck for Node's relays/s and connects/s.
 """
 
 from __future__ import annotations
@@ -266,8 +268,48 @@ async def saturated(server: Server, pairs: int, seconds: float, pad: int = 0
             "relays": done, "busy": spent["busy"]}
 
 
-async def run_server(server: Server, connects: int, pairs: int, seconds: float
-                     ) -> dict[str, Any]:
+async def fixed_rate(server: Server, rate: int, seconds: float) -> dict[str, Any]:
+    """``rate`` relays/s spread over 10 pairs: delivery latency sender → receiver and the
+    server's CPU share."""
+    pairs = 10
+    senders, receivers = [], []
+    latencies: list[float] = []
+    for n in range(pairs):
+        sender, _ = await Client.connect(server.url, f"fs{n}")
+        receiver, _ = await Client.connect(server.url, f"fr{n}")
+        receiver.on_event = lambda event, data: latencies.append(time.perf_counter() - data["t"])
+        assert (await receiver.call("JoinSocket", f"fr{n}"))["ok"]
+        senders.append(sender)
+        receivers.append(receiver)
+    pending: set[asyncio.Task[Any]] = set()
+
+    async def run() -> None:
+        start = time.perf_counter()
+        total = int(rate * seconds)
+        for n in range(total):
+            delay = start + n / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            message = {"to": f"fr{n % pairs}", "candidate": CANDIDATE, "t": time.perf_counter()}
+            task = asyncio.ensure_future(senders[n % pairs].call("candidate", message))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+        await asyncio.gather(*pending)
+
+    _, spent = await measured(server, run)
+    for client in senders + receivers:
+        await client.close()
+    latencies.sort()
+    ms = [x * 1000 for x in latencies] or [0.0]
+    return {"delivered": len(latencies), "p50_ms": round(statistics.median(ms), 3),
+            "p99_ms": round(ms[max(0, int(len(ms) * 0.99) - 1)], 3),
+            "max_ms": round(ms[-1], 3),
+            "server_cpu_percent": round(spent["server_cpu_s"] / spent["wall_s"] * 100, 1),
+            "busy": spent["busy"]}
+
+
+async def run_server(server: Server, connects: int, pairs: int, seconds: float,
+                     rate: int) -> dict[str, Any]:
     await server.start()
     try:
         clients, storm = await connect_storm(server, connects)
@@ -277,6 +319,7 @@ async def run_server(server: Server, connects: int, pairs: int, seconds: float
             "connect_storm": storm,
             "relays_200B": await saturated(server, pairs, seconds),
             "relays_3KB": await saturated(server, pairs, seconds, PAD_3KB),
+            f"fixed_{rate}_per_s": await fixed_rate(server, rate, seconds),
         }
     finally:
         await server.stop()
@@ -292,11 +335,12 @@ def ratios(python: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-async def main_async(connects: int, pairs: int, seconds: float) -> dict[str, Any]:
+async def main_async(connects: int, pairs: int, seconds: float, rate: int
+                     ) -> dict[str, Any]:
     with __import__("contextlib").suppress(OSError):
         os.sched_setaffinity(0, {1})  # the load generator stays off the servers' core
-    report = {"python": await run_server(python_server(), connects, pairs, seconds),
-              "node": await run_server(node_server(), connects, pairs, seconds)}
+    report = {"python": await run_server(python_server(), connects, pairs, seconds, rate),
+              "node": await run_server(node_server(), connects, pairs, seconds, rate)}
     report["ratio_python_to_node"] = ratios(report["python"], report["node"])
     return report
 
@@ -306,12 +350,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--connects", type=int, default=2000)
     parser.add_argument("--pairs", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--rate", type=int, default=1000, help="relays/s of the fixed run")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for CI")
     parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.connects, args.pairs, args.seconds = 20, 2, 0.5
-    report = asyncio.run(main_async(args.connects, args.pairs, args.seconds))
+        args.connects, args.pairs, args.seconds, args.rate = 20, 2, 0.5, 100
+    report = asyncio.run(main_async(args.connects, args.pairs, args.seconds, args.rate))
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:

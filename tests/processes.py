@@ -89,6 +89,11 @@ async def start_node(env: dict[str, str], *args: str, ready: str = "/healthz") -
                 break
             await asyncio.sleep(0.05)
     node.kill()
+    # reap it and read its output to the end: an unread pipe left to the garbage collector
+    # fails whichever test happens to be running then (ResourceWarning)
+    await proc.wait()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(node._pump, 5)  # type: ignore[attr-defined]
     raise AssertionError("service did not start:\n" + "\n".join(node.lines[-40:]))
 
 

@@ -25,9 +25,10 @@ async def test_versus_node_smoke(tmp_path: Path) -> None:
     text, _ = await asyncio.wait_for(proc.communicate(), 220)
     assert proc.returncode == 0, text.decode()[-3000:]
     report = json.loads(out.read_text())
-    scenarios = {"connect_storm", "relays_200B", "relays_3KB"}
+    scenarios = {"connect_storm", "relays_200B", "relays_3KB", "fixed_100_per_s"}
     for side in ("python", "node"):
         assert set(report[side]) == scenarios
         assert report[side]["relays_200B"]["relays"] > 0
         assert report[side]["connect_storm"]["connects_per_s"] > 0
+        assert report[side]["fixed_100_per_s"]["delivered"] == 50  # 100/s for 0.5 s
     assert report["ratio_python_to_node"]["relays_200B"]["server_cpu_us_per_relay"] > 0

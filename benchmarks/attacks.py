@@ -259,12 +259,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=200)
     parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args(argv)
-    report = asyncio.run(main_async(args.posts, args.count))
+    write_report(asyncio.run(main_async(args.posts, args.count)), args.json)
+    return 0
+
+
+def write_report(report: dict[str, Any], path: Path | None) -> None:
+    """Print a benchmark's report as JSON, and write it to ``path`` when given."""
     text = json.dumps(report, indent=2)
     print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
-    return 0
+    if path is not None:
+        path.write_text(text + "\n")
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from attacks import rss_mib  # noqa: E402
+from attacks import rss_mib, write_report  # noqa: E402
 from relay import CANDIDATE, SECRET, cpu_seconds  # noqa: E402
 
 from service.auth import mint  # noqa: E402
@@ -356,11 +356,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.smoke:
         args.connects, args.pairs, args.seconds, args.rate = 20, 2, 0.5, 100
-    report = asyncio.run(main_async(args.connects, args.pairs, args.seconds, args.rate))
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    write_report(asyncio.run(main_async(args.connects, args.pairs, args.seconds, args.rate)),
+                 args.json)
     return 0
 
 

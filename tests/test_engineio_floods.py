@@ -17,7 +17,8 @@ import websockets
 from service.config import Secret, Settings
 from service.engine import MAX_PACKETS_PER_POST, BoundedQueue
 from service.limits import Rate
-from tests.support import SECRET, Peer, RunningService, eventually, serving
+from tests.support import SECRET, RunningService, eventually, serving
+from tests.test_raw_frames import _pair
 
 UNLIMITED = Rate(0, 0)
 
@@ -44,14 +45,6 @@ async def _healthz_ms(http: aiohttp.ClientSession, service: RunningService) -> f
     async with http.get(f"{service.url}/healthz") as response:
         assert response.status == 200
     return (time.monotonic() - started) * 1000
-
-
-async def _pair(service: RunningService) -> tuple[Peer, Peer]:
-    alice, bob = Peer(service.url, "websocket"), Peer(service.url, "websocket")
-    for peer, user in ((alice, "alice"), (bob, "bob")):
-        await peer.connect(service.token(user))
-        assert await peer.call("JoinSocket", user) == {"ok": True}
-    return alice, bob
 
 
 def test_bounded_queue_drops_what_does_not_fit() -> None:

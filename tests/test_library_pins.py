@@ -133,3 +133,21 @@ def test_redis_manager_internals_we_use() -> None:
     listen = source(socketio.AsyncRedisManager._listen)
     assert "self._redis_listen_with_retries()" in listen
     assert "message['type'] == 'message'" in listen
+
+
+def test_fast_json_keeps_the_integer_guard_when_python_has_none() -> None:
+    """Packets are decoded by the C decoder alone while Python bounds integer parsing
+    (``sys.get_int_max_str_digits``); with that bound lifted, python-engineio's own guard
+    (at most 100 digits) comes back, so a huge number can never cost quadratic time."""
+    import sys
+
+    from service.socket_server import FastJson
+
+    assert FastJson.loads("[" + "7" * 200 + "]") == [int("7" * 200)]
+    previous = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(0)
+    try:
+        with pytest.raises(ValueError):
+            FastJson.loads("[" + "7" * 200 + "]")
+    finally:
+        sys.set_int_max_str_digits(previous)

@@ -3,10 +3,10 @@
 - **Closing a polling session** no longer waits for a long-poll that is not there: Engine.IO's
   ``disconnect`` waits until the client has fetched its last packets, which, on the error
   path of a POST (an unexpected packet type), held that POST open for good.
-- **Ping tasks.** Engine.IO keeps one sleeping task per session to send the next PING, and
-  that task holds the session (queue, websocket, request) for up to ``ping_interval`` after
-  it ended: reconnect churn cost as much memory as live connections. A session's ping task is
-  cancelled when the session ends.
+- **Pings.** Engine.IO keeps one sleeping task per session to send the next PING, and that
+  task held the session (queue, websocket, request) for up to ``ping_interval`` after it
+  ended: reconnect churn cost as much memory as live connections. The next PING is a timer
+  here (cheaper than a task; it holds the session weakly), cancelled when the session ends.
 - **Websocket frames.** A frame that is not an Engine.IO packet (``abc``, an empty frame, an
   unknown packet type) made python-engineio raise out of the websocket handler, and Sanic then
   wrote an ``HTTP/1.1 500`` response into the open websocket, with a traceback in the log, per
@@ -38,16 +38,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
+import time
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import engineio
+from engineio import exceptions as eio_exceptions
+from engineio import packet as eio_packet
 from engineio.async_drivers.sanic import WebSocket as SanicWebSocket
 from sanic import Request, Sanic
 from sanic.response import HTTPResponse, json
 
 from service.logs import log_event
+from service.websocket import GOING_AWAY, Wire, accept
 
 #: how long closing a polling session waits for a pending long-poll to take its last packets
 POLL_FLUSH_SECONDS: Final = 2.0
@@ -58,11 +64,14 @@ PACKET_STARTS: Final = frozenset("0123456b")
 CLOSE_PROTOCOL_ERROR: Final = 1002
 #: ... and for a client over its packet budget (policy violation)
 CLOSE_POLICY: Final = 1008
+#: ... and for a message over ``max_http_buffer_size``
+CLOSE_TOO_BIG: Final = 1009
 #: packets one long-polling POST may carry; clients batch what queued up, a few hundred at
 #: most (a burst of ICE candidates); more closes the session
 MAX_PACKETS_PER_POST: Final = 500
 #: the separator of packets in a long-polling body
 RECORD_SEPARATOR: Final = b"\x1e"
+_EMPTY: Final = contextvars.Context()
 Drop = Callable[[str, str], Awaitable[None]]
 AllowPackets = Callable[[Any, int], bool]
 
@@ -115,15 +124,38 @@ class BoundedQueue(asyncio.Queue[Any]):
     queues its own packets (a NOOP for each UPGRADE a client sends) past every check above
     it. What does not fit is dropped and ``overflowed`` set (the packets that filled it
     also spent the session's packet budget, which closes it); ``None``, the marker that ends a
-    writer, always fits."""
+    writer, always fits.
+
+    Once the session is on a websocket (:meth:`attach`), nothing waits here: each packet is
+    written to the connection as it is put, ``None`` (or a CLOSE packet) closes it, and
+    :meth:`qsize` is the number of messages the peer has yet to read (``Wire.backlog``)."""
 
     def __init__(self, limit: int) -> None:
         super().__init__()
         self.limit = limit
         self.overflowed = False
+        self.wire: Wire | None = None
+
+    def attach(self, wire: Wire) -> None:
+        """Write to ``wire`` from now on, starting with what is queued."""
+        while not self.empty():
+            item = self.get_nowait()
+            self.task_done()
+            self._write(wire, item)
+        self.wire = wire
+
+    def detach(self) -> None:
+        """The connection is over: what is put from now on is dropped. (Engine.IO's service
+        task keeps a copy of the session list for up to a ping timeout; the session must not
+        hold the connection meanwhile.)"""
+        self.wire = None
+        self.limit = 0
 
     def put_nowait(self, item: Any) -> None:
-        if item is not None and self.qsize() >= self.limit:
+        if self.wire is not None:
+            self._write(self.wire, item)
+            return
+        if item is not None and super().qsize() >= self.limit:
             self.overflowed = True
             return
         super().put_nowait(item)
@@ -131,14 +163,26 @@ class BoundedQueue(asyncio.Queue[Any]):
     async def put(self, item: Any) -> None:
         self.put_nowait(item)
 
+    def qsize(self) -> int:
+        return self.wire.backlog if self.wire is not None else super().qsize()
+
+    @staticmethod
+    def _write(wire: Wire, item: Any) -> None:
+        if item is None:
+            wire.fail()
+            return
+        wire.send(item.encode())
+        if item.packet_type == eio_packet.CLOSE:
+            wire.fail()
+
 
 class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
     """``engineio.AsyncServer`` with the repairs in this module's docstring."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        #: the pending ping task of each session
-        self.ping_tasks: dict[str, asyncio.Task[Any]] = {}
+        #: the pending ping timer of each session
+        self.ping_tasks: dict[str, asyncio.TimerHandle] = {}
         self.log: logging.Logger = logging.getLogger("signaling")
         #: outgoing packets a session may have waiting (one more than the Socket.IO check)
         self.queue_limit = 1_000_000
@@ -169,23 +213,36 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
         return json({"error": reason}, status=400)
 
     def start_background_task(self, target: Any, *args: Any, **kwargs: Any) -> Any:
-        task = super().start_background_task(target, *args, **kwargs)
         sock = getattr(target, "__self__", None)
         if getattr(target, "__name__", None) == "_send_ping" and sock is not None:
-            sid = sock.sid
-            self.ping_tasks[sid] = task
-            task.add_done_callback(lambda done: self._forget_ping(sid, done))
-        return task
+            return self._schedule_ping(sock)
+        return super().start_background_task(target, *args, **kwargs)
 
-    def _forget_ping(self, sid: str, task: asyncio.Task[Any]) -> None:
-        if self.ping_tasks.get(sid) is task:
-            del self.ping_tasks[sid]
+    def _schedule_ping(self, sock: Any) -> asyncio.TimerHandle:
+        """What Engine.IO's ``AsyncSocket._send_ping`` task does (sleep ``ping_interval``,
+        then, if the session is still open, note the time and send a PING), as a timer: a
+        sleeping task per connection cost ~1.5 KB of every idle connection. The timer holds
+        the session weakly (a cancelled timer stays scheduled until its deadline)."""
+        timer = asyncio.get_running_loop().call_later(
+            self.ping_interval, self._ping, weakref.ref(sock), context=_EMPTY)
+        self.ping_tasks[sock.sid] = timer
+        return timer
+
+    def _ping(self, ref: weakref.ref[Any]) -> None:
+        sock = ref()
+        if sock is None:
+            return
+        if self.ping_tasks.get(sock.sid) is not None:
+            del self.ping_tasks[sock.sid]
+        if not sock.closing and not sock.closed:
+            sock.last_ping = time.time()
+            sock.queue.put_nowait(eio_packet.Packet(eio_packet.PING))
 
     async def _trigger_event(self, event: str, *args: Any, **kwargs: Any) -> Any:
         if event == "disconnect" and args:
-            task = self.ping_tasks.pop(args[0], None)
-            if task is not None and task is not asyncio.current_task():
-                task.cancel()
+            timer = self.ping_tasks.pop(args[0], None)
+            if timer is not None:
+                timer.cancel()
         return await super()._trigger_event(event, *args, **kwargs)
 
     async def disconnect(self, sid: str | None = None) -> None:
@@ -200,62 +257,117 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
         self.sockets.pop(sid, None)
 
 
-class GuardedWebSocket(SanicWebSocket):  # type: ignore[misc]
-    """Engine.IO's Sanic websocket wrapper: bounded sends, checked frames, prompt closes.
+class EngineWebSocket(SanicWebSocket):  # type: ignore[misc]
+    """Engine.IO's websocket transport, run here instead of python-engineio's
+    ``AsyncSocket._websocket_handler``: the connection is a :class:`~service.websocket.Wire`
+    (no task, timer or lock per message), the session's queue writes straight to it, and
+    every frame is checked (packet type, size, packet budget) before Engine.IO decodes it.
 
-    ``handler`` is the Engine.IO socket's bound ``_websocket_handler``, so the wrapper knows
-    its session. Raising :class:`OSError` from :meth:`wait` is how the handler is told the
-    connection is over (it stops reading, lets the writer close the websocket, and ends the
-    session).
+    ``handler`` is the Engine.IO socket's bound ``_websocket_handler``; only its socket
+    (``__self__``) is used. The loop below keeps that handler's protocol: the probe/upgrade
+    exchange of a session upgrading from long-polling, then each packet to
+    ``socket.receive``, and the session closed (``transport close``) when the connection is.
     """
 
     send_timeout: float = 10.0
-    close_code: int = 1000
 
     async def __call__(self, environ: dict[str, Any]) -> object:
         request = environ["sanic.request"]
-        protocol = request.transport.get_protocol()
-        self._sock = await protocol.websocket_handshake(request)
+        server = self.server
+        try:
+            wire = accept(request, send_timeout=self.send_timeout)
+        except ValueError:
+            return server._bad_request()
         # Sanic's timeout checks stop at an upgraded connection, but the one already
         # scheduled would hold the connection for up to half a timeout after it closed
-        timer = getattr(protocol, "_callback_check_timeouts", None)
+        timer = getattr(request.transport.get_protocol(), "_callback_check_timeouts", None)
         if timer is not None:
             timer.cancel()
         self.environ = environ
-        await self.handler(self)
+        session = self.handler.__self__
+        wire.on_stalled = lambda: self._give_up(wire, session, GOING_AWAY, "send_timeout")
+        await self._serve(wire, session)
         return UPGRADED
 
-    async def send(self, message: Any) -> None:
-        await asyncio.wait_for(super().send(message), self.send_timeout)
+    async def _serve(self, wire: Wire, session: Any) -> None:
+        server = self.server
+        if session.connected:
+            if not await self._upgrade(wire, session):
+                wire.fail()
+                return
+        else:
+            session.connected = True
+            session.upgraded = True
+        session.queue.attach(wire)
+        limit = server.max_http_buffer_size
+        allow = server.allow_packets
+        try:
+            while True:
+                try:
+                    data = await wire.recv()
+                except asyncio.CancelledError:
+                    # Sanic cancels the handler when the connection is lost; the session
+                    # is closed below all the same (as Engine.IO's own loop does)
+                    break
+                if data is None or session.closed or session.closing:
+                    break
+                if isinstance(data, str) and (not data or data[0] not in PACKET_STARTS):
+                    self._give_up(wire, session, CLOSE_PROTOCOL_ERROR, "protocol_error")
+                    break
+                if not allow(session, 1):
+                    self._give_up(wire, session, CLOSE_POLICY, "rate_limited")
+                    break
+                if len(data) > limit:
+                    self._give_up(wire, session, CLOSE_TOO_BIG, "too_big")
+                    break
+                try:
+                    pkt = eio_packet.Packet(encoded_packet=data)
+                except ValueError:  # a ``b`` packet that is not base64
+                    self._give_up(wire, session, CLOSE_PROTOCOL_ERROR, "protocol_error")
+                    break
+                try:
+                    await session.receive(pkt)
+                except eio_exceptions.UnknownPacketError:
+                    pass
+                except eio_exceptions.SocketIsClosedError:
+                    break
+                except Exception:
+                    server.log.exception("receive_failed",
+                                         extra={"fields": {"eio_sid": session.sid}})
+                if session.closed:  # e.g. the client's CLOSE packet
+                    break
+        finally:
+            wire.fail()
+            session.queue.detach()
+            await session.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
 
-    async def close(self) -> None:
-        await self._sock.close(code=self.close_code)
+    async def _upgrade(self, wire: Wire, session: Any) -> bool:
+        """The probe exchange of a session upgrading from long-polling (as Engine.IO's)."""
+        session.upgrading = True  # polling GETs now answer NOOP
+        try:
+            probe = await wire.recv()
+            if probe != "2probe":
+                return False
+            wire.send("3probe")
+            session.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))  # ends the poll
+            if await wire.recv() != "5":
+                return False
+            session.upgraded = True
+            return True
+        finally:
+            session.upgrading = False
 
-    async def wait(self) -> str | bytes:
-        session = getattr(self.handler, "__self__", None)
-        if session is not None and (session.closed or session.closing):
-            raise OSError("session ended")  # e.g. after the client's CLOSE packet
-        data = await self._sock.recv()
-        if not isinstance(data, (str, bytes)):
-            raise OSError("websocket closed")
-        if isinstance(data, str) and (not data or data[0] not in PACKET_STARTS):
-            self._give_up(session, CLOSE_PROTOCOL_ERROR, "protocol_error")
-        if session is not None and not self.server.allow_packets(session, 1):
-            self._give_up(session, CLOSE_POLICY, "rate_limited")
-        return data
-
-    def _give_up(self, session: Any, code: int, reason: str) -> None:
-        """Log why, close with ``code``, and end the read loop (via :class:`OSError`)."""
-        self.close_code = code
+    def _give_up(self, wire: Wire, session: Any, code: int, reason: str) -> None:
+        """Log why and close the connection with ``code``."""
         request = self.environ.get("sanic.request") if self.environ else None
         log_event(self.server.log, "session_dropped", logging.WARNING,
                   eio_sid=getattr(session, "sid", None), reason=reason,
                   ip=getattr(request, "ip", None))
-        raise OSError(reason)
+        wire.fail(code)
 
 
 def driver(base: dict[str, Any], send_timeout: float) -> dict[str, Any]:
     """A copy of the Sanic driver table (shared by every server in the process) with this
     module's route and websocket wrapper."""
-    websocket = type("GuardedWebSocket", (GuardedWebSocket,), {"send_timeout": send_timeout})
+    websocket = type("EngineWebSocket", (EngineWebSocket,), {"send_timeout": send_timeout})
     return {**base, "websocket": websocket, "create_route": create_route}

@@ -17,6 +17,7 @@ from service.engine import MAX_PACKETS_PER_POST
 from service.guard import Guard
 from service.logs import configure_logging, log_event, sanic_log_config
 from service.presence import Delivery, LocalDelivery, LocalPresence, Presence
+from service.rooms import InlineManager
 from service.signaling import Signaling
 from service.socket_server import SignalingServer
 
@@ -124,7 +125,7 @@ def _cluster(settings: Settings, logger: logging.Logger,
              ) -> tuple[Any, Presence, RedisLink | None]:
     """The client manager and presence: in memory, or on Redis when SIGNAL_REDIS_URL is set."""
     if settings.redis_url is None:
-        return None, LocalPresence(), None
+        return InlineManager(), LocalPresence(), None
     assert settings.redis_secret is not None  # Settings checks it
     link = RedisLink(settings.redis_url.reveal(), max_connections=settings.redis_max_connections)
     manager = SignedRedisManager(link, channel=settings.redis_channel,

@@ -21,7 +21,7 @@ from sanic.server.protocols.http_protocol import HttpProtocol
 from sanic.server.protocols.websocket_protocol import WebSocketProtocol
 
 from service.cluster import SignedRedisManager
-from service.engine import EngineServer, GuardedWebSocket
+from service.engine import EngineServer, EngineWebSocket
 from service.socket_server import CheckedPacket, SignalingServer
 
 
@@ -73,7 +73,7 @@ def test_our_classes_override_what_we_think() -> None:
                              max_queued=16, send_timeout=1, async_mode="sanic")
     assert isinstance(server.eio, EngineServer)
     assert server.packet_class is CheckedPacket
-    assert issubclass(server.eio._async["websocket"], GuardedWebSocket)
+    assert issubclass(server.eio._async["websocket"], EngineWebSocket)
     assert server.eio._async["create_route"].__module__ == "service.engine"
     assert issubclass(SignedRedisManager, socketio.AsyncRedisManager)
 

@@ -32,6 +32,7 @@ from redis.exceptions import RedisError
 from service.cluster.link import RedisLink
 from service.logs import log_event
 from service.presence import DeliveryUnavailable
+from service.rooms import InlineManager
 
 #: messages older than this (or from a clock this far ahead) are dropped
 MAX_MESSAGE_AGE: Final = 30.0
@@ -72,8 +73,9 @@ class ReplayWindow:
         return len(self._seen)
 
 
-class SignedRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
-    """python-socketio's Redis manager on the process's Redis link, with signed messages."""
+class SignedRedisManager(socketio.AsyncRedisManager, InlineManager):  # type: ignore[misc]
+    """python-socketio's Redis manager on the process's Redis link, with signed messages
+    (and local deliveries sent inline: :class:`~service.rooms.InlineManager`)."""
 
     def __init__(self, link: RedisLink, *, channel: str, secret: str,
                  logger: logging.Logger) -> None:

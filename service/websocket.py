@@ -1,0 +1,272 @@
+"""A websocket on Sanic's transport with nothing per message but the parse and the write.
+
+Sanic's own websocket (``WebsocketImplProtocol``) hands each message through a frame assembler
+(locks and futures), keeps a ping task per connection and makes every send a coroutine; for a
+signaling server that relays many small messages over many idle connections that machinery
+cost more than everything else together. :class:`Wire` takes its place in the slot Sanic's
+``WebSocketProtocol`` keeps for it (``protocol.websocket``; Sanic forwards ``data_received``,
+``eof_received``, ``connection_lost`` and its shutdown calls to it): frames are parsed by the
+``websockets`` library's sans-I/O ``ServerProtocol`` as Sanic's are, complete messages wait in
+a deque for one reader, and text is written to the transport at once.
+
+- **Limits.** A message over ``max_size`` closes the connection with 1009 (the parser's
+  check, as in Sanic); bad framing with 1002; text that is not UTF-8 with 1007.
+- **Slow readers.** Writes never wait. What the peer has not read waits in the transport's
+  buffer; :attr:`backlog` counts the messages written since that buffer was last empty, and
+  a buffer that stays non-empty for ``send_timeout`` seconds ends the connection
+  (``on_stalled``).
+- **Closing.** After its close frame (or the peer's) the server ends its side of the stream
+  and waits up to :data:`CLOSE_TIMEOUT` for the peer to close; it reads (and discards) what
+  the peer still sends meanwhile, so the close frame is not lost to a reset.
+- **Timers** hold the connection weakly: asyncio keeps a cancelled timer until its deadline.
+
+A connection that goes silent is Engine.IO's business (its pings and ping timeout).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextvars
+import logging
+import struct
+import weakref
+from collections.abc import Callable
+from typing import Any, Final
+
+from sanic import Request
+from websockets.datastructures import Headers
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request as HandshakeRequest
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+
+#: RFC 6455 close codes used here
+NORMAL: Final = 1000
+GOING_AWAY: Final = 1001
+INVALID_DATA: Final = 1007
+#: how long a closing connection waits for the peer's side of the close handshake
+CLOSE_TIMEOUT: Final = 5.0
+#: the parser's logger: at DEBUG the ``websockets`` library logs every frame, and frames carry
+#: SDP and ICE candidates, which are never logged; its per-connection INFO lines are noise
+PARSER_LOG: Final = logging.getLogger("signaling.websocket")
+PARSER_LOG.setLevel(logging.WARNING)
+_EMPTY: Final = contextvars.Context()
+_FIN_TEXT: Final = 0x81
+_FIN_BINARY: Final = 0x82
+_SHORT: Final = struct.Struct("!BB")
+_MEDIUM: Final = struct.Struct("!BBH")
+_LONG: Final = struct.Struct("!BBQ")
+
+
+def frame_header(first: int, length: int) -> bytes:
+    """The header of an unmasked (server) frame of ``length`` payload bytes."""
+    if length < 126:
+        return _SHORT.pack(first, length)
+    if length < 65536:
+        return _MEDIUM.pack(first, 126, length)
+    return _LONG.pack(first, 127, length)
+
+
+class Wire:
+    """One upgraded connection (see the module docstring)."""
+
+    def __init__(self, protocol: Any, parser: ServerProtocol, *, send_timeout: float) -> None:
+        self.transport: asyncio.Transport = protocol.transport
+        self.loop = asyncio.get_running_loop()
+        #: the parser; Sanic's protocol reads its ``state`` when it shuts down
+        self.ws_proto = parser
+        self.inbox: collections.deque[str | bytes] = collections.deque()
+        self.closed = False
+        #: messages written since the transport's buffer was last empty
+        self.backlog = 0
+        #: called once when the peer has not read for ``send_timeout`` seconds
+        self.on_stalled: Callable[[], None] | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._fragments: list[Any] | None = None
+        self._fragment_opcode = Opcode.TEXT
+        self._send_timeout = send_timeout
+        self._stall_timer: asyncio.TimerHandle | None = None
+        self._close_timer: asyncio.TimerHandle | None = None
+
+    # ---- what Sanic's WebSocketProtocol calls ----
+
+    def data_received(self, data: bytes) -> None:
+        if self.ws_proto.state is State.CLOSED:
+            return
+        parser = self.ws_proto
+        parser.receive_data(data)
+        for event in parser.events_received():
+            self._frame(event)  # type: ignore[arg-type]  # (only frames once open)
+        self._write_pending()
+        if self.inbox:
+            self._wake()
+
+    def eof_received(self) -> bool:
+        if self.ws_proto.state is not State.CLOSED:
+            self.ws_proto.receive_eof()
+            self._write_pending()
+        self._gone()
+        return False  # let the transport close
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+        self._gone()
+
+    def end_connection(self, code: int = GOING_AWAY) -> None:
+        """Close now (Sanic calls this when the handler has returned)."""
+        self.fail(code)
+
+    async def close(self, code: int = GOING_AWAY, reason: str = "") -> None:
+        """Close now (Sanic calls this at shutdown)."""
+        self.fail(code, reason)
+
+    # ---- the reader's side ----
+
+    async def recv(self) -> str | bytes | None:
+        """The next message, or None once the connection is over."""
+        while not self.inbox:
+            if self.closed:
+                return None
+            self._waiter = self.loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self.inbox.popleft()
+
+    # ---- the writer's side ----
+
+    def send(self, message: str | bytes) -> None:
+        """Write one message (never waits; see :attr:`backlog`)."""
+        transport = self.transport
+        if self.closed or transport.is_closing():
+            return
+        if isinstance(message, str):
+            data = message.encode()
+            first = _FIN_TEXT
+        else:
+            data, first = message, _FIN_BINARY
+        if transport.get_write_buffer_size():
+            self.backlog += 1
+        else:
+            self.backlog = 0
+        transport.write(frame_header(first, len(data)) + data)
+        if transport.get_write_buffer_size() and self._stall_timer is None:
+            self._stall_timer = self._later(self._send_timeout, self._check_stall)
+
+    def fail(self, code: int = NORMAL, reason: str = "") -> None:
+        """End the connection: a close frame with ``code`` (unless one was exchanged) and
+        the end of our side of the stream; the reader sees the end at once."""
+        if self.ws_proto.state is State.OPEN and not self.transport.is_closing():
+            self.ws_proto.send_close(code, reason)
+            self._write_pending()
+        self._half_close()
+        self._gone()
+
+    # ---- inside ----
+
+    def _frame(self, frame: Frame) -> None:
+        opcode = frame.opcode
+        if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+            if frame.fin:
+                self._message(opcode, frame.data)
+            else:
+                self._fragments, self._fragment_opcode = [frame.data], opcode
+        elif opcode is Opcode.CONT and self._fragments is not None:
+            self._fragments.append(frame.data)
+            if frame.fin:
+                data = b"".join(self._fragments)
+                self._fragments = None
+                self._message(self._fragment_opcode, data)
+        # PING, PONG, CLOSE: the parser has answered them (pending writes)
+
+    def _message(self, opcode: Opcode, data: Any) -> None:
+        if self.closed:
+            return  # the reader has gone: the rest is discarded
+        if opcode is Opcode.BINARY:
+            self.inbox.append(bytes(data))
+            return
+        try:
+            self.inbox.append(data.decode())
+        except UnicodeDecodeError:
+            self.fail(INVALID_DATA, "invalid UTF-8")
+
+    def _write_pending(self) -> None:
+        for data in self.ws_proto.data_to_send():
+            if data:
+                self.transport.write(data)
+            else:  # the end of our side: the close handshake is over, or failed
+                self._half_close()
+                self._gone()
+
+    def _half_close(self) -> None:
+        """Send our end of the stream and let the peer close: closing outright while it still
+        sends (the rest of an oversized message, its answer to our close frame) would turn
+        what we wrote last into a reset. A peer that never closes is cut off."""
+        transport = self.transport
+        if self._close_timer is not None or transport.is_closing():
+            return
+        self._close_timer = self._later(CLOSE_TIMEOUT, self._abort)
+        if transport.can_write_eof():
+            transport.write_eof()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _gone(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+        self.on_stalled = None
+        self._wake()
+
+    def _later(self, delay: float, method: Callable[[], None]) -> asyncio.TimerHandle:
+        """A timer that does not hold this connection: asyncio keeps a cancelled timer, and
+        what its callback refers to, until its deadline."""
+        return self.loop.call_later(delay, _call, weakref.WeakMethod(method),
+                                    context=_EMPTY)
+
+    def _abort(self) -> None:
+        self.transport.abort()
+
+    def _check_stall(self) -> None:
+        self._stall_timer = None
+        if self.closed or not self.transport.get_write_buffer_size():
+            return
+        if self.on_stalled is not None:
+            self.on_stalled()
+        else:
+            self.fail(GOING_AWAY, "not reading")
+
+
+def _call(method: weakref.WeakMethod[Callable[[], None]]) -> None:
+    bound = method()
+    if bound is not None:
+        bound()
+
+
+def accept(request: Request, *, send_timeout: float) -> Wire:
+    """Complete the websocket handshake of ``request`` and put a :class:`Wire` in Sanic's
+    protocol. Raises ``ValueError`` for a request that is not a valid upgrade (nothing has
+    been written then)."""
+    protocol: Any = request.transport.get_protocol()
+    parser = ServerProtocol(max_size=protocol.websocket_max_size, state=State.OPEN,
+                            logger=PARSER_LOG)
+    response = parser.accept(HandshakeRequest(path=request.path,
+                                              headers=Headers(request.headers)))
+    if response.status_code != 101:
+        raise ValueError(response.reason_phrase)
+    head = [f"HTTP/1.1 101 {response.reason_phrase}\r\n"]
+    head.extend(f"{name}: {value}\r\n" for name, value in response.headers.raw_items())
+    head.append("\r\n")
+    protocol.transport.write("".join(head).encode())
+    wire = Wire(protocol, parser, send_timeout=send_timeout)
+    protocol.websocket = wire
+    return wire
+

@@ -239,6 +239,15 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
             sock.queue.put_nowait(eio_packet.Packet(eio_packet.PING))
 
     async def _trigger_event(self, event: str, *args: Any, **kwargs: Any) -> Any:
+        if event == "message" and not kwargs.get("run_async"):
+            # the hot path, straight to python-socketio's handler (Engine.IO's wraps each
+            # call in a new closure after asking whether it is a coroutine function); it
+            # logs and swallows what it raises, as Engine.IO's wrapper does
+            try:
+                return await self.handlers["message"](*args)
+            except Exception:
+                self.log.exception("message_failed", extra={"fields": {"eio_sid": args[0]}})
+                return None
         if event == "disconnect" and args:
             timer = self.ping_tasks.pop(args[0], None)
             if timer is not None:

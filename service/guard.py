@@ -101,14 +101,15 @@ class Guard:
         """A new Engine.IO session's budget of packets of any kind."""
         return TokenBucket(self._packets, self._clock())
 
-    def allow_packets(self, bucket: TokenBucket, ip: str, count: int) -> bool:
-        """Spend ``count`` packets of a session (``bucket``) and of its address. An address
-        out of packets stops only its busy sessions (those that spent over half their own
-        burst): a quiet client behind the same NAT as a flooder is not cut off for it."""
+    def allow_packets(self, bucket: TokenBucket, address: str, count: int) -> bool:
+        """Spend ``count`` packets of a session (``bucket``) and of its address (``address``:
+        the :func:`address_key` of its IP, worked out once per session). An address out of
+        packets stops only its busy sessions (those that spent over half their own burst): a
+        quiet client behind the same NAT as a flooder is not cut off for it."""
         now = self._clock()
         if not bucket.take(now, count):
             return False
-        if self._ip_packets.take(address_key(ip), count):
+        if self._ip_packets.take(address, count):
             return True
         return bucket.tokens >= self._packets.burst / 2
 

@@ -13,9 +13,12 @@ Floats, booleans and every other type are refused.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
+
+import orjson
 
 from service.errors import InvalidPayload
 
@@ -201,6 +204,9 @@ def _check_shape(event: str, payload: Mapping[str, Any]) -> None:
             children: Any = value.values()
         elif isinstance(value, list):
             children = value
+        elif isinstance(value, float) and not math.isfinite(value):
+            # NaN and Infinity (Python's JSON decoder accepts them): not portable JSON
+            raise InvalidPayload(f"{event} payload must be plain JSON text")
         else:
             continue
         if depth >= MAX_RELAY_DEPTH and children:
@@ -212,12 +218,14 @@ def _check_shape(event: str, payload: Mapping[str, Any]) -> None:
 
 def _check_size(event: str, body: Mapping[str, Any]) -> None:
     try:
-        size = len(
-            json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
-        )
-    except (TypeError, ValueError, RecursionError):
-        # bytes (binary attachments), NaN/Infinity, lone surrogates: not portable JSON
-        raise InvalidPayload(f"{event} payload must be plain JSON text") from None
+        size = len(orjson.dumps(body))
+    except TypeError:  # beyond orjson (an integer over 64 bits, a lone surrogate): the
+        try:           # standard library decides
+            size = len(json.dumps(body, ensure_ascii=False, allow_nan=False,
+                                  separators=(",", ":")).encode())
+        except (TypeError, ValueError, RecursionError):
+            # bytes (binary attachments), lone surrogates: not portable JSON
+            raise InvalidPayload(f"{event} payload must be plain JSON text") from None
     if size > MAX_RELAY_BYTES:
         raise InvalidPayload(f"{event} payload is larger than {MAX_RELAY_BYTES} bytes")
 

@@ -34,6 +34,7 @@ from service.errors import (
 )
 from service.expiry import ExpiryTimers
 from service.guard import OTHER, Guard, event_class
+from service.limits import address_key
 from service.logs import log_event
 from service.presence import Delivery, DeliveryUnavailable, Presence, PresenceUnavailable
 from service.protocol import (
@@ -181,9 +182,9 @@ class Signaling:
         state = sock.session.get(PACKETS)
         if state is None:
             ip = self.client_ip(self.sio.environ.get(sock.sid, {}))
-            state = sock.session[PACKETS] = (self.guard.packet_bucket(), ip)
-        bucket, ip = state
-        return self.guard.allow_packets(bucket, ip, count)
+            state = sock.session[PACKETS] = (self.guard.packet_bucket(), address_key(ip))
+        bucket, key = state
+        return self.guard.allow_packets(bucket, key, count)
 
     async def connect(self, sid: str, environ: dict[str, Any], auth: object = None) -> None:
         """Admit the socket if it presents a valid token; otherwise refuse with a reason."""

@@ -39,6 +39,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, Final
 
+import orjson
 import socketio
 from engineio import json as engineio_json
 from engineio import packet as eio_packet
@@ -71,11 +72,18 @@ class MalformedPacket(ValueError):
 
 
 class FastJson:
-    """The JSON python-socketio decodes packets with. Its default (Engine.IO's) calls a
-    Python function for every integer, to refuse numbers of over 100 digits: a 56 KB list of
-    small integers then cost 2.8 ms, ~7 relays' worth. Python itself bounds what an integer
-    may cost to parse (``sys.get_int_max_str_digits()``, 4300 digits by default), so the C
-    decoder runs alone, unless that bound was lifted."""
+    """The JSON python-socketio encodes and decodes packets with.
+
+    Decoding: Engine.IO's default calls a Python function for every integer, to refuse
+    numbers of over 100 digits: a 56 KB list of small integers then cost 2.8 ms, ~7 relays'
+    worth. Python itself bounds what an integer may cost to parse
+    (``sys.get_int_max_str_digits()``, 4300 digits by default), so the C decoder runs alone,
+    unless that bound was lifted.
+
+    Encoding: orjson (compact, UTF-8), several times faster than the standard library for
+    the small objects a relay and its ack are; what orjson refuses (integers beyond 64 bits,
+    lone surrogates) is encoded by the standard library as before. (Relays are checked to be
+    plain JSON before they are sent on: no NaN reaches here from a client.)"""
 
     @staticmethod
     def loads(text: str | bytes, **kwargs: Any) -> Any:
@@ -85,7 +93,10 @@ class FastJson:
 
     @staticmethod
     def dumps(value: Any, **kwargs: Any) -> str:
-        return json.dumps(value, **kwargs)
+        try:
+            return orjson.dumps(value).decode()
+        except TypeError:
+            return json.dumps(value, **kwargs)
 
 
 class CheckedPacket(packet.Packet):  # type: ignore[misc]
@@ -93,6 +104,10 @@ class CheckedPacket(packet.Packet):  # type: ignore[misc]
     whose JSON is :class:`FastJson`."""
 
     json = FastJson
+    #: the protocol is JSON text: the service never sends bytes, and python-socketio's
+    #: search of every outgoing packet for them (a recursive walk per packet) is skipped.
+    #: Binary packets from clients are still decoded, and refused (see the module docstring)
+    uses_binary_events = False
 
     def decode(self, encoded_packet: str | bytes) -> int:
         try:

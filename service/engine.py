@@ -60,6 +60,7 @@ POLL_FLUSH_SECONDS: Final = 2.0
 #: the first character of every Engine.IO packet a client may send as text: a packet type
 #: (0 open … 6 noop) or ``b`` (base64 binary)
 PACKET_STARTS: Final = frozenset("0123456b")
+MESSAGE_START: Final = str(eio_packet.MESSAGE)
 #: websocket close code for a frame that is not an Engine.IO packet (RFC 6455: protocol error)
 CLOSE_PROTOCOL_ERROR: Final = 1002
 #: ... and for a client over its packet budget (policy violation)
@@ -329,6 +330,12 @@ class EngineWebSocket(SanicWebSocket):  # type: ignore[misc]
                 if len(data) > limit:
                     self._give_up(wire, session, CLOSE_TOO_BIG, "too_big")
                     break
+                if data[0] == MESSAGE_START:
+                    # a text MESSAGE, the hot path: what ``socket.receive`` would do with it
+                    await server._trigger_event("message", session.sid, data[1:])
+                    if session.closed:
+                        break
+                    continue
                 try:
                     pkt = eio_packet.Packet(encoded_packet=data)
                 except ValueError:  # a ``b`` packet that is not base64

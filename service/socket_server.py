@@ -63,6 +63,8 @@ Admit = Callable[[dict[str, Any]], str | None]
 #: ``precheck(sid, event_name, raw_size)``: an ack refusing the event, or None to handle it
 Precheck = Callable[[str, str, int], dict[str, Any] | None]
 EVENT_TYPE: Final = str(packet.EVENT)
+#: the Engine.IO packet type of a Socket.IO packet
+MESSAGE_TYPE: Final = str(eio_packet.MESSAGE)
 #: an EVENT on the main namespace: ack id and a plain event name, before the arguments
 EVENT_HEAD: Final = re.compile(r'2(?P<id>\d{1,18})?\["(?P<name>[^"\\]{1,128})"[,\]]')
 
@@ -302,10 +304,24 @@ class SignalingServer(socketio.AsyncServer):  # type: ignore[misc]
     # ---- outgoing ----
 
     async def _send_packet(self, eio_sid: str, pkt: Any) -> None:
+        sock = self.eio.sockets.get(eio_sid)
+        wire = getattr(sock.queue, "wire", None) if sock is not None else None
+        if wire is not None and not sock.closed:
+            if await self._has_room(eio_sid):
+                # on a websocket: encoded and written here (what python-socketio's
+                # ``eio.send`` → ``send_packet`` → ``socket.send`` → queue would end up doing)
+                wire.send(MESSAGE_TYPE + pkt.encode())
+            return
         if await self._has_room(eio_sid):
             await super()._send_packet(eio_sid, pkt)
 
     async def _send_eio_packet(self, eio_sid: str, eio_pkt: Any) -> None:
+        sock = self.eio.sockets.get(eio_sid)
+        wire = getattr(sock.queue, "wire", None) if sock is not None else None
+        if wire is not None and not sock.closed:
+            if await self._has_room(eio_sid):
+                wire.send(eio_pkt.encode())
+            return
         if await self._has_room(eio_sid):
             await super()._send_eio_packet(eio_sid, eio_pkt)
 

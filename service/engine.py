@@ -296,7 +296,12 @@ class EngineWebSocket(SanicWebSocket):  # type: ignore[misc]
         self.environ = environ
         session = self.handler.__self__
         wire.on_stalled = lambda: self._give_up(wire, session, GOING_AWAY, "send_timeout")
-        await self._serve(wire, session)
+        try:
+            await self._serve(wire, session)
+        except Exception:
+            # a bug here must not reach Sanic, which would write an HTTP 500 response into
+            # the upgraded connection
+            server.log.exception("websocket_failed", extra={"fields": {"eio_sid": session.sid}})
         return UPGRADED
 
     async def _serve(self, wire: Wire, session: Any) -> None:
@@ -330,7 +335,7 @@ class EngineWebSocket(SanicWebSocket):  # type: ignore[misc]
                 if len(data) > limit:
                     self._give_up(wire, session, CLOSE_TOO_BIG, "too_big")
                     break
-                if data[0] == MESSAGE_START:
+                if isinstance(data, str) and data[0] == MESSAGE_START:
                     # a text MESSAGE, the hot path: what ``socket.receive`` would do with it
                     await server._trigger_event("message", session.sid, data[1:])
                     if session.closed:

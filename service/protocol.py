@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -48,6 +49,8 @@ REFRESH: Final = "RefreshToken"
 #: a refresh token argument longer than this is refused before the verifier sees it
 MAX_REFRESH_TOKEN_LENGTH: Final = 65536
 
+#: control characters, which no user id contains
+_CONTROL: Final = re.compile("[\x00-\x1f\x7f]")
 #: which RTCSessionDescription ``type`` each description-carrying event may hold
 _DESCRIPTION_TYPES: Final = {OFFER: ("offer",), ANSWER: ("answer", "pranswer")}
 
@@ -96,7 +99,7 @@ def parse_user_id(value: object, field: str = "userID") -> str:
         raise InvalidPayload(f"{field} must be a string")
     if not 0 < len(value) <= MAX_USER_ID_LENGTH:
         raise InvalidPayload(f"{field} must be 1 to {MAX_USER_ID_LENGTH} characters")
-    if any(ord(c) < 32 or ord(c) == 127 for c in value) or _has_surrogate(value):
+    if _CONTROL.search(value) is not None or _has_surrogate(value):
         raise InvalidPayload(f"{field} must not contain control characters")
     return value
 

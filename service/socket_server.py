@@ -66,7 +66,7 @@ EVENT_TYPE: Final = str(packet.EVENT)
 #: the Engine.IO packet type of a Socket.IO packet
 MESSAGE_TYPE: Final = str(eio_packet.MESSAGE)
 #: an EVENT on the main namespace: ack id and a plain event name, before the arguments
-EVENT_HEAD: Final = re.compile(r'2(?P<id>\d{1,18})?\["(?P<name>[^"\\]{1,128})"[,\]]')
+EVENT_HEAD: Final = re.compile(r'2(?P<id>\d{1,18})?(?P<args>\[)"(?P<name>[^"\\]{1,128})"[,\]]')
 
 
 class MalformedPacket(ValueError):
@@ -177,21 +177,34 @@ class SignalingServer(socketio.AsyncServer):  # type: ignore[misc]
             self.log.exception("message_failed", extra={"fields": {"eio_sid": eio_sid}})
 
     async def _prechecked(self, eio_sid: str, data: str) -> bool:
-        """Ask ``precheck`` about an event on the main namespace from its name and size alone,
-        before its arguments are decoded; True when it was answered (refused) here."""
+        """An event on the main namespace, shown to ``precheck`` by name and size before its
+        arguments are decoded: refused here, or decoded here (as python-socketio's packet
+        would: the JSON array after the ack id) and handed to ``_handle_event``. True when it
+        was dealt with; False for the rest (a namespace, an escaped name, a client not
+        connected), which python-socketio decodes and dispatches itself."""
         head = EVENT_HEAD.match(data)
         if head is None:
-            return False  # (a namespace, or an escaped name: decoded and checked as usual)
+            return False
         sid = self.manager.sid_from_eio_sid(eio_sid, "/")
         if sid is None or not self.manager.is_connected(sid, "/"):
             return False
         assert self.precheck is not None
         refusal = self.precheck(sid, head.group("name"), len(data))
-        if refusal is None:
-            return False
-        if head.group("id"):
-            await self._send_packet(eio_sid, self.packet_class(
-                packet.ACK, namespace="/", id=int(head.group("id")), data=[refusal]))
+        ident = head.group("id")
+        if refusal is not None:
+            if ident:
+                await self._send_packet(eio_sid, self.packet_class(
+                    packet.ACK, namespace="/", id=int(ident), data=[refusal]))
+            return True
+        try:
+            args = self.packet_class.json.loads(data[head.start("args"):])
+        except (ValueError, RecursionError):
+            await self.drop(eio_sid, "protocol_error")
+            return True
+        try:
+            await self._handle_event(eio_sid, "/", int(ident) if ident else None, args)
+        except Exception:
+            self.log.exception("message_failed", extra={"fields": {"eio_sid": eio_sid}})
         return True
 
     async def _refuse_binary(self, eio_sid: str, data: str) -> None:

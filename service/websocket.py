@@ -77,6 +77,7 @@ class Wire:
         #: the parser; Sanic's protocol reads its ``state`` when it shuts down
         self.ws_proto = parser
         self.inbox: collections.deque[str | bytes] = collections.deque()
+        self._out: list[bytes] = []
         self.closed = False
         #: messages written since the transport's buffer was last empty
         self.backlog = 0
@@ -139,26 +140,36 @@ class Wire:
     # ---- the writer's side ----
 
     def send(self, message: str | bytes) -> None:
-        """Write one message (never waits; see :attr:`backlog`)."""
-        transport = self.transport
-        if self.closed or transport.is_closing():
+        """Queue one message for the end of this turn of the event loop (never waits; see
+        :attr:`backlog`): what one turn sends to a connection goes out in one write."""
+        if self.closed:
             return
         if isinstance(message, str):
             data = message.encode()
             first = _FIN_TEXT
         else:
             data, first = message, _FIN_BINARY
+        if not self._out:
+            self.loop.call_soon(self._flush, context=_EMPTY)
+        self._out.append(frame_header(first, len(data)) + data)
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        transport = self.transport
+        if not out or transport.is_closing():
+            return
         if transport.get_write_buffer_size():
-            self.backlog += 1
+            self.backlog += len(out)
         else:
             self.backlog = 0
-        transport.write(frame_header(first, len(data)) + data)
+        transport.writelines(out)
         if transport.get_write_buffer_size() and self._stall_timer is None:
             self._stall_timer = self._later(self._send_timeout, self._check_stall)
 
     def fail(self, code: int = NORMAL, reason: str = "") -> None:
         """End the connection: a close frame with ``code`` (unless one was exchanged) and
         the end of our side of the stream; the reader sees the end at once."""
+        self._flush()  # what was sent before goes first
         if self.ws_proto.state is State.OPEN and not self.transport.is_closing():
             self.ws_proto.send_close(code, reason)
             self._write_pending()

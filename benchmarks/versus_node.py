@@ -41,14 +41,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import websockets
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from attacks import rss_mib, write_report  # noqa: E402
-from relay import CANDIDATE, SECRET, cpu_seconds  # noqa: E402
+from relay import SECRET, cpu_seconds  # noqa: E402
 
 from service.auth import mint  # noqa: E402
 from service.config import Secret, Settings  # noqa: E402
@@ -59,6 +58,7 @@ LIMITS = {f"SIGNAL_LIMIT_{name}": HIGH for name in (
     "RELAYS", "USER_RELAYS", "ROOMS", "REFRESHES", "OTHER", "STRIKES", "IP_CONNECTS",
     "IP_AUTH_FAILURES", "PACKETS", "IP_PACKETS")}
 TOKENS = Settings(jwt_secret=Secret(SECRET))
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 #: a 3 KB relay: the candidate plus an app field (a candidate line itself is at most 2 KB)
 PAD_3KB = 2800
 
@@ -80,8 +80,9 @@ class Server:
     """One server process, pinned to CPU 0."""
 
     def __init__(self, name: str, argv: list[str], env: dict[str, str], cwd: Path,
-                 port: int) -> None:
+                 port: int, cpus: str = "0") -> None:
         self.name, self.argv, self.env, self.cwd, self.port = name, argv, env, cwd, port
+        self.cpus = cpus
         self.proc: asyncio.subprocess.Process | None = None
 
     @property
@@ -94,7 +95,7 @@ class Server:
         return self.proc.pid
 
     async def start(self) -> None:
-        taskset = ["taskset", "-c", "0"] if shutil.which("taskset") else []
+        taskset = ["taskset", "-c", self.cpus] if shutil.which("taskset") else []
         self.proc = await asyncio.create_subprocess_exec(
             *taskset, *self.argv, cwd=self.cwd, env=self.env, stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL, start_new_session=True)
@@ -117,14 +118,17 @@ class Server:
         await self.proc.wait()
 
 
-def python_server() -> Server:
+def python_server(workers: int = 1, cpus: str = "0", redis: bool = False) -> Server:
     port = free_port()
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("SIGNAL_")},
            "SIGNAL_JWT_SECRET": SECRET, "SIGNAL_ENV_FILE": "/dev/null",
            "SIGNAL_LOG_LEVEL": "WARNING", "SIGNAL_MAX_CONNECTIONS_PER_USER": "0", **LIMITS}
+    if redis:
+        env.update(SIGNAL_REDIS_URL=REDIS_URL, SIGNAL_REDIS_SECRET=SECRET,
+                   SIGNAL_REDIS_CHANNEL=f"bench-{port}")
     sanic = str(Path(sys.executable).with_name("sanic"))
-    return Server("python", [sanic, "service.app", "--host", "127.0.0.1", "--port", str(port)],
-                  env, ROOT, port)
+    return Server("python", [sanic, "service.app", "--host", "127.0.0.1", "--port", str(port),
+                             "--workers", str(workers)], env, ROOT, port, cpus)
 
 
 def node_server() -> Server:
@@ -136,193 +140,199 @@ def node_server() -> Server:
                                                     "SECRET": SECRET}, NODE_DIR, port)
 
 
-class Client:
-    """A raw Engine.IO 4 / Socket.IO 5 client over one websocket."""
+class Load:
+    """The load generator (``node_reference/load.mjs``: raw Engine.IO/Socket.IO clients over
+    ``ws``), pinned to ``cpus``, driven one JSON command per line."""
 
-    def __init__(self, ws: Any) -> None:
-        self.ws = ws
-        self.next_id = 0
-        self.acks: dict[int, asyncio.Future[Any]] = {}
-        self.on_event: Callable[[str, Any], None] | None = None
-        self.reader: asyncio.Task[None] | None = None
+    def __init__(self, url: str, cpus: str = "1") -> None:
+        self.url, self.cpus = url, cpus
+        self.proc: asyncio.subprocess.Process | None = None
 
-    @classmethod
-    async def connect(cls, url: str, user: str) -> tuple[Client, float]:
-        started = time.perf_counter()
-        ws = await websockets.connect(
-            url.replace("http", "ws") + "/socket.io/?EIO=4&transport=websocket",
-            max_size=None, compression=None)
-        await ws.recv()
-        await ws.send("40" + json.dumps({"token": mint(TOKENS, user, 3600)}))
-        while not str(await ws.recv()).startswith("40"):
-            pass
-        client = cls(ws)
-        client.reader = asyncio.ensure_future(client._read())
-        return client, time.perf_counter() - started
+    async def __aenter__(self) -> Load:
+        taskset = ["taskset", "-c", self.cpus] if shutil.which("taskset") else []
+        self.proc = await asyncio.create_subprocess_exec(
+            *taskset, "node", "load.mjs", self.url, cwd=NODE_DIR, stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, limit=64 * 1024 * 1024)
+        return self
 
-    async def _read(self) -> None:
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.close()
         try:
-            async for frame in self.ws:
-                text = str(frame)
-                if text == "2":
-                    await self.ws.send("3")
-                elif text.startswith("43"):
-                    bracket = text.index("[")
-                    future = self.acks.pop(int(text[2:bracket]), None)
-                    if future is not None and not future.done():
-                        future.set_result(json.loads(text[bracket:])[0])
-                elif text.startswith("42") and self.on_event is not None:
-                    event, data = json.loads(text[2:])
-                    self.on_event(event, data)
-        except websockets.ConnectionClosed:
-            pass
+            await asyncio.wait_for(self.proc.wait(), 10)
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
 
-    async def call(self, event: str, data: Any) -> Any:
-        self.next_id += 1
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.acks[self.next_id] = future
-        await self.ws.send(f"42{self.next_id}" + json.dumps([event, data]))
-        return await future
+    async def run(self, cmd: str, **params: Any) -> dict[str, Any]:
+        assert self.proc is not None and self.proc.stdin and self.proc.stdout
+        self.proc.stdin.write((json.dumps({"cmd": cmd, **params}) + "\n").encode())
+        await self.proc.stdin.drain()
+        line = await self.proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"load generator ended during {cmd}")
+        result: dict[str, Any] = json.loads(line)
+        if "error" in result:
+            raise SystemExit(f"load generator: {cmd}: {result['error']}")
+        return result
 
-    async def close(self) -> None:
-        await self.ws.close()
-        if self.reader is not None:
-            await self.reader
+    async def connect(self, users: Sequence[str], inflight: int = 100) -> dict[str, Any]:
+        tokens = [mint(TOKENS, user, 3600) for user in users]
+        return await self.run("connect", tokens=tokens, inflight=inflight)
+
+    async def pairs(self, prefix: str, count: int) -> tuple[list[int], list[int], list[str]]:
+        senders = (await self.connect([f"{prefix}s{n}" for n in range(count)]))["ids"]
+        users = [f"{prefix}r{n}" for n in range(count)]
+        receivers = (await self.connect(users))["ids"]
+        await self.run("join", ids=receivers, users=users)
+        return senders, receivers, users
 
 
-async def measured(server: Server, work: Callable[[], Awaitable[Any]]) -> tuple[Any, dict[str,
-                                                                                      float]]:
-    """Run ``work``; its result and what the server (and everyone else) spent meanwhile."""
-    own = cpu_seconds(os.getpid())
+async def measured(server: Server, work: Callable[[], Awaitable[Any]],
+                   generators: int = 1) -> tuple[Any, dict[str, Any]]:
+    """Run ``work``; its result and what the server (and everyone else) spent meanwhile.
+    ``busy``: processes other than the server, this script and the load generator(s)
+    (at most one core each) used more than 10 % of a core."""
     cpu, system, started = cpu_seconds(server.pid), system_cpu_seconds(), time.monotonic()
     result = await work()
     wall = time.monotonic() - started
     server_cpu = cpu_seconds(server.pid) - cpu
-    others = system_cpu_seconds() - system - server_cpu - (cpu_seconds(os.getpid()) - own)
+    others = system_cpu_seconds() - system - server_cpu
     return result, {"wall_s": wall, "server_cpu_s": server_cpu,
-                    "busy": others > 0.10 * wall}
+                    "busy": others > (generators + 0.10) * wall}
 
 
-async def connect_storm(server: Server, count: int) -> tuple[list[Client], dict[str, Any]]:
-    clients: list[Client] = []
-    times: list[float] = []
-    gate = asyncio.Semaphore(100)
+def percentile(values: Sequence[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, int(len(ordered) * share) - 1)] if ordered else 0.0
+
+
+async def connect_and_idle(server: Server, load: Load, count: int, idle_seconds: float,
+                           prefix: str) -> dict[str, Any]:
+    """``count`` connections, 100 handshakes in flight; then, all of them open and silent,
+    the server's RSS per connection and its CPU share over ``idle_seconds``."""
     rss_before = rss_mib(server.pid)
-
-    async def one(n: int) -> None:
-        async with gate:
-            client, took = await Client.connect(server.url, f"u{n}")
-            clients.append(client)
-            times.append(took)
-
-    async def storm() -> None:
-        await asyncio.gather(*(one(n) for n in range(count)))
-
-    _, spent = await measured(server, storm)
+    result, spent = await measured(server, lambda: load.connect(
+        [f"{prefix}{n}" for n in range(count)]))
     await asyncio.sleep(1.0)
     rss_after = rss_mib(server.pid)
-    times.sort()
-    return clients, {
+    _, idle = await measured(server, lambda: asyncio.sleep(idle_seconds))
+    times = result["times_ms"]
+    await load.run("close", ids=result["ids"])
+    return {
         "connects_per_s": round(count / spent["wall_s"]),
-        "handshake_p50_ms": round(statistics.median(times) * 1000, 2),
-        "handshake_p99_ms": round(times[int(len(times) * 0.99) - 1] * 1000, 2),
+        "handshake_p50_ms": round(statistics.median(times), 2),
+        "handshake_p99_ms": round(percentile(times, 0.99), 2),
         "server_cpu_per_connect_ms": round(spent["server_cpu_s"] / count * 1000, 3),
         "idle_kb_per_connection": round((rss_after - rss_before) * 1024 / count, 1),
-        "busy": spent["busy"],
+        "idle_cpu_percent": round(idle["server_cpu_s"] / idle["wall_s"] * 100, 2),
+        "busy": spent["busy"] or idle["busy"],
     }
 
 
-async def saturated(server: Server, pairs: int, seconds: float, pad: int = 0
-                    ) -> dict[str, Any]:
-    senders, receivers = [], []
-    for n in range(pairs):
-        sender, _ = await Client.connect(server.url, f"s{n}")
-        receiver, _ = await Client.connect(server.url, f"r{n}")
-        assert (await receiver.call("JoinSocket", f"r{n}"))["ok"]
-        senders.append(sender)
-        receivers.append(receiver)
-    done = 0
-    stop_at = 0.0
-
-    async def pump(sender: Client, to: str) -> None:
-        nonlocal done
-        message: dict[str, Any] = {"to": to, "candidate": CANDIDATE}
-        if pad:
-            message["pad"] = "x" * pad
-        while time.monotonic() < stop_at:
-            ack = await sender.call("candidate", message)
-            assert ack.get("delivered") is True, ack
-            done += 1
-
-    async def run() -> None:
-        nonlocal stop_at
-        stop_at = time.monotonic() + seconds
-        await asyncio.gather(*(pump(s, f"r{n}") for n, s in enumerate(senders)
-                               for _ in range(4)))
-
-    _, spent = await measured(server, run)
-    for client in senders + receivers:
-        await client.close()
+async def saturated(server: Server, load: Load, pairs: int, seconds: float, pad: int = 0,
+                    prefix: str = "sat") -> dict[str, Any]:
+    """``pairs`` senders, each keeping 4 acknowledged relays in flight to its receiver."""
+    senders, receivers, users = await load.pairs(prefix, pairs)
+    result, spent = await measured(server, lambda: load.run(
+        "relay", senders=senders, to=users, depth=4, seconds=seconds, pad=pad))
+    await load.run("close", ids=senders + receivers)
+    done = result["done"]
     return {"relays_per_s": round(done / spent["wall_s"]),
             "server_cpu_us_per_relay": round(spent["server_cpu_s"] / max(done, 1) * 1e6, 1),
             "relays": done, "busy": spent["busy"]}
 
 
-async def fixed_rate(server: Server, rate: int, seconds: float) -> dict[str, Any]:
+async def fixed_rate(server: Server, load: Load, rate: int, seconds: float) -> dict[str, Any]:
     """``rate`` relays/s spread over 10 pairs: delivery latency sender → receiver and the
     server's CPU share."""
-    pairs = 10
-    senders, receivers = [], []
-    latencies: list[float] = []
-    for n in range(pairs):
-        sender, _ = await Client.connect(server.url, f"fs{n}")
-        receiver, _ = await Client.connect(server.url, f"fr{n}")
-        receiver.on_event = lambda event, data: latencies.append(time.perf_counter() - data["t"])
-        assert (await receiver.call("JoinSocket", f"fr{n}"))["ok"]
-        senders.append(sender)
-        receivers.append(receiver)
-    pending: set[asyncio.Task[Any]] = set()
-
-    async def run() -> None:
-        start = time.perf_counter()
-        total = int(rate * seconds)
-        for n in range(total):
-            delay = start + n / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            message = {"to": f"fr{n % pairs}", "candidate": CANDIDATE, "t": time.perf_counter()}
-            task = asyncio.ensure_future(senders[n % pairs].call("candidate", message))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
-        await asyncio.gather(*pending)
-
-    _, spent = await measured(server, run)
-    for client in senders + receivers:
-        await client.close()
-    latencies.sort()
-    ms = [x * 1000 for x in latencies] or [0.0]
-    return {"delivered": len(latencies), "p50_ms": round(statistics.median(ms), 3),
-            "p99_ms": round(ms[max(0, int(len(ms) * 0.99) - 1)], 3),
-            "max_ms": round(ms[-1], 3),
+    senders, receivers, users = await load.pairs("fixed", 10)
+    result, spent = await measured(server, lambda: load.run(
+        "fixed", senders=senders, receivers=receivers, to=users, rate=rate, seconds=seconds))
+    await load.run("close", ids=senders + receivers)
+    ms = result["latencies_ms"] or [0.0]
+    return {"delivered": result["delivered"], "p50_ms": round(statistics.median(ms), 3),
+            "p99_ms": round(percentile(ms, 0.99), 3), "max_ms": round(ms[-1], 3),
             "server_cpu_percent": round(spent["server_cpu_s"] / spent["wall_s"] * 100, 1),
             "busy": spent["busy"]}
 
 
-async def run_server(server: Server, connects: int, pairs: int, seconds: float,
-                     rate: int) -> dict[str, Any]:
+async def churn(server: Server, load: Load, pairs: int, seconds: float, batch: int
+                ) -> dict[str, Any]:
+    """Relays between ``pairs`` pairs while a second generator connects and disconnects
+    ``batch`` clients at a time for ``seconds``; the server's RSS before, right after, and
+    once the churned connections are gone (it should come back near where it started)."""
+    senders, receivers, users = await load.pairs("churn", pairs)
+    await asyncio.sleep(0.5)
+    baseline = rss_mib(server.pid)
+    cycles = 0
+
+    async def churning() -> None:
+        nonlocal cycles
+        async with Load(load.url, load.cpus) as other:
+            stop_at = time.monotonic() + seconds
+            while time.monotonic() < stop_at:
+                ids = (await other.connect([f"c{cycles}-{n}" for n in range(batch)]))["ids"]
+                await other.run("close", ids=ids)
+                cycles += 1
+
+    async def both() -> Any:
+        relayed, _ = await asyncio.gather(load.run(
+            "relay", senders=senders, to=users, depth=1, seconds=seconds, pad=0), churning())
+        return relayed
+
+    result, spent = await measured(server, both, generators=2)
+    peak = rss_mib(server.pid)
+    await load.run("close", ids=senders + receivers)
+    await asyncio.sleep(2.0)
+    settled = rss_mib(server.pid)
+    return {"connections_churned": cycles * batch, "relays": result["done"],
+            "rss_baseline_mib": round(baseline, 1), "rss_after_churn_mib": round(peak, 1),
+            "rss_settled_mib": round(settled, 1),
+            "rss_growth_kb_per_churned": round((settled - baseline) * 1024
+                                               / max(cycles * batch, 1), 3),
+            "busy": spent["busy"]}
+
+
+async def run_server(server: Server, sizes: argparse.Namespace) -> dict[str, Any]:
     await server.start()
     try:
-        clients, storm = await connect_storm(server, connects)
-        for client in clients:
-            await client.close()
-        return {
-            "connect_storm": storm,
-            "relays_200B": await saturated(server, pairs, seconds),
-            "relays_3KB": await saturated(server, pairs, seconds, PAD_3KB),
-            f"fixed_{rate}_per_s": await fixed_rate(server, rate, seconds),
-        }
+        async with Load(server.url) as load:
+            return {
+                "connect_storm": await connect_and_idle(server, load, sizes.connects,
+                                                        sizes.idle_seconds, "u"),
+                f"idle_{sizes.many}": await connect_and_idle(server, load, sizes.many,
+                                                             sizes.idle_seconds, "m"),
+                "relays_200B": await saturated(server, load, sizes.pairs, sizes.seconds),
+                "relays_3KB": await saturated(server, load, sizes.pairs, sizes.seconds,
+                                              PAD_3KB, "big"),
+                f"fixed_{sizes.rate}_per_s": await fixed_rate(server, load, sizes.rate,
+                                                              sizes.seconds),
+                "churn": await churn(server, load, 10, sizes.seconds, sizes.churn_batch),
+            }
     finally:
         await server.stop()
+
+
+async def redis_path(sizes: argparse.Namespace, in_memory: dict[str, Any]) -> dict[str, Any]:
+    """Saturated 200 B relays through Redis (SIGNAL_REDIS_URL), one worker on CPU 0 and two
+    workers on CPUs 0-1 (the generator then shares CPU 1 with a worker); relays/s as a ratio
+    to the in-memory run, and two workers to one."""
+    out: dict[str, Any] = {}
+    for workers, cpus in ((1, "0"), (2, "0,1")):
+        server = python_server(workers=workers, cpus=cpus, redis=True)
+        await server.start()
+        try:
+            async with Load(server.url) as load:
+                out[f"workers_{workers}"] = await saturated(server, load, sizes.pairs,
+                                                            sizes.seconds, prefix="redis")
+        finally:
+            await server.stop()
+    base = in_memory["relays_200B"]["relays_per_s"]
+    one = out["workers_1"]["relays_per_s"]
+    out["one_worker_to_in_memory"] = round(one / base, 2) if base else None
+    out["two_workers_to_one"] = round(out["workers_2"]["relays_per_s"] / one, 2) if one else None
+    return out
 
 
 def ratios(python: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
@@ -335,29 +345,36 @@ def ratios(python: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-async def main_async(connects: int, pairs: int, seconds: float, rate: int
-                     ) -> dict[str, Any]:
+async def main_async(sizes: argparse.Namespace) -> dict[str, Any]:
     with __import__("contextlib").suppress(OSError):
-        os.sched_setaffinity(0, {1})  # the load generator stays off the servers' core
-    report = {"python": await run_server(python_server(), connects, pairs, seconds, rate),
-              "node": await run_server(node_server(), connects, pairs, seconds, rate)}
+        os.sched_setaffinity(0, {1})  # this script stays off the servers' core
+    report: dict[str, Any] = {"python": await run_server(python_server(), sizes),
+                              "node": await run_server(node_server(), sizes)}
     report["ratio_python_to_node"] = ratios(report["python"], report["node"])
+    if sizes.redis:
+        report["redis"] = await redis_path(sizes, report["python"])
     return report
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--connects", type=int, default=2000)
+    parser.add_argument("--many", type=int, default=10_000,
+                        help="connections of the large idle scenario")
+    parser.add_argument("--idle-seconds", type=float, default=5.0)
     parser.add_argument("--pairs", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rate", type=int, default=1000, help="relays/s of the fixed run")
+    parser.add_argument("--churn-batch", type=int, default=200)
+    parser.add_argument("--no-redis", dest="redis", action="store_false",
+                        help="skip the Redis path (needs Redis on 127.0.0.1:6379)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for CI")
     parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.connects, args.pairs, args.seconds, args.rate = 20, 2, 0.5, 100
-    write_report(asyncio.run(main_async(args.connects, args.pairs, args.seconds, args.rate)),
-                 args.json)
+        args.connects, args.many, args.idle_seconds = 20, 40, 0.2
+        args.pairs, args.seconds, args.rate, args.churn_batch = 2, 0.5, 100, 5
+    write_report(asyncio.run(main_async(args)), args.json)
     return 0
 
 

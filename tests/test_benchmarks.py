@@ -16,8 +16,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.timeout(240)
 async def test_versus_node_smoke(tmp_path: Path) -> None:
-    """``benchmarks/versus_node.py --smoke`` drives both servers through every scenario and
-    reports numbers and ratios for each."""
+    """``benchmarks/versus_node.py --smoke`` drives both servers through every scenario (the
+    Redis path on the service alone) and reports numbers and ratios for each."""
     out = tmp_path / "report.json"
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "benchmarks/versus_node.py", "--smoke", "--json", str(out), cwd=ROOT,
@@ -25,10 +25,15 @@ async def test_versus_node_smoke(tmp_path: Path) -> None:
     text, _ = await asyncio.wait_for(proc.communicate(), 220)
     assert proc.returncode == 0, text.decode()[-3000:]
     report = json.loads(out.read_text())
-    scenarios = {"connect_storm", "relays_200B", "relays_3KB", "fixed_100_per_s"}
+    scenarios = {"connect_storm", "idle_40", "relays_200B", "relays_3KB", "fixed_100_per_s",
+                 "churn"}
     for side in ("python", "node"):
         assert set(report[side]) == scenarios
         assert report[side]["relays_200B"]["relays"] > 0
         assert report[side]["connect_storm"]["connects_per_s"] > 0
+        assert report[side]["idle_40"]["idle_kb_per_connection"] is not None
         assert report[side]["fixed_100_per_s"]["delivered"] == 50  # 100/s for 0.5 s
+        assert report[side]["churn"]["connections_churned"] > 0
+    for workers in ("workers_1", "workers_2"):
+        assert report["redis"][workers]["relays"] > 0
     assert report["ratio_python_to_node"]["relays_200B"]["server_cpu_us_per_relay"] > 0

@@ -27,6 +27,7 @@ from typing import Final
 
 from redis.exceptions import RedisError
 
+from service.cluster.batch import ScriptBatch
 from service.cluster.link import RedisLink
 from service.logs import log_event
 from service.presence import PresenceUnavailable
@@ -59,10 +60,24 @@ return 1
 """
 
 #: KEYS[1]: the recipient's joined sockets; ARGV: node key prefix, the sender's member,
-#: channel, signed envelope. Publishes only when another live socket has joined; returns how
-#: many have. One round trip per relay instead of two.
-_PUBLISH_IF_PRESENT = _COUNT_LIVE + """
-if live > 0 then redis.call('PUBLISH', ARGV[3], ARGV[4]) end
+#: channel, signed envelope, this node. Returns how many other live sockets have joined, and
+#: publishes when one of them is on another node (this node delivers to its own). One round
+#: trip per relay instead of two, shared with the other relays of the same loop turn
+#: (:class:`~service.cluster.batch.ScriptBatch`).
+_PUBLISH_IF_PRESENT = """
+local live, remote = 0, 0
+for _, member in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local node = string.match(member, '^(.-)|')
+  if node and redis.call('EXISTS', ARGV[1] .. node) == 1 then
+    if member ~= ARGV[2] then
+      live = live + 1
+      if node ~= ARGV[5] then remote = remote + 1 end
+    end
+  else
+    redis.call('SREM', KEYS[1], member)
+  end
+end
+if remote > 0 then redis.call('PUBLISH', ARGV[3], ARGV[4]) end
 return live
 """
 
@@ -92,7 +107,8 @@ class RedisPresence:
         self._node_prefix = f"{prefix}:node:"
         self._node_key = self._node_prefix + self.node
         self._add = self._redis.register_script(_ADD_UNDER_CAP)
-        self._publish_if_present = self._redis.register_script(_PUBLISH_IF_PRESENT)
+        self._publish_if_present = ScriptBatch(
+            self._redis, self._redis.register_script(_PUBLISH_IF_PRESENT))
         self._connections: dict[str, str] = {}  # sid -> user, on this node
         self._joined: dict[str, str] = {}
         #: (key, member) to remove when Redis is back, each once
@@ -262,11 +278,11 @@ class RedisPresence:
     async def publish_if_present(self, user: str, sid: str, channel: str,
                                  envelope: str) -> bool:
         """In one round trip: whether another live socket has joined ``user``'s room, and if
-        so, publish ``envelope`` on ``channel``."""
+        one is on another node, publish ``envelope`` on ``channel``."""
         try:
-            live = await self._publish_if_present(
+            live = await self._publish_if_present.call(
                 keys=[self._joined_key(user)],
-                args=[self._node_prefix, self._member(sid), channel, envelope])
+                args=[self._node_prefix, self._member(sid), channel, envelope, self.node])
         except (RedisError, OSError) as exc:
             raise PresenceUnavailable(str(type(exc).__name__)) from None
         return int(live) > 0

@@ -52,6 +52,8 @@ OVERRIDES = [
     (sanic_driver.WebSocket, "wait", ["self"]),
     (sanic_driver.WebSocket, "send", ["self", "message"]),
     (sanic_driver.WebSocket, "close", ["self"]),
+    (socketio.AsyncManager, "emit", ["self", "event", "data", "namespace", "room",
+                                     "skip_sid", "callback", "to", "kwargs"]),
     (socketio.AsyncRedisManager, "_redis_connect", ["self"]),
     (socketio.AsyncRedisManager, "_redis_listen_with_retries", ["self"]),
     (socketio.AsyncRedisManager, "_publish", ["self", "data"]),
@@ -151,3 +153,74 @@ def test_fast_json_keeps_the_integer_guard_when_python_has_none() -> None:
             FastJson.loads("[" + "7" * 200 + "]")
     finally:
         sys.set_int_max_str_digits(previous)
+
+
+def test_engineio_websocket_protocol_we_run_ourselves() -> None:
+    """``EngineWebSocket`` runs the websocket transport in place of
+    ``AsyncSocket._websocket_handler``: the upgrade exchange (``2probe`` → ``3probe``, a NOOP
+    to end the pending poll, then ``5``), then each packet to ``socket.receive``, which hands
+    a MESSAGE's data to ``_trigger_event('message', sid, data)``; the session is closed with
+    ``transport close`` when the connection ends. A PING is due ``ping_interval`` after the
+    last PONG: ``_send_ping`` sleeps that long, notes ``last_ping`` and sends PING (what the
+    ping timer in ``EngineServer._ping`` does)."""
+    handler = source(async_socket.AsyncSocket._websocket_handler)
+    for fragment in ("decoded_pkt.data != 'probe'", "packet.Packet(packet.PONG, data='probe')",
+                     "await self.queue.put(packet.Packet(packet.NOOP))",
+                     "decoded_pkt.packet_type != packet.UPGRADE", "await self.receive(pkt)",
+                     "reason=self.server.reason.TRANSPORT_CLOSE"):
+        assert fragment in handler, fragment
+    receive = source(async_socket.AsyncSocket.receive)
+    assert "'message', self.sid, pkt.data," in receive
+    ping = source(async_socket.AsyncSocket._send_ping)
+    for fragment in ("await asyncio.sleep(self.server.ping_interval)",
+                     "if not self.closing and not self.closed:",
+                     "self.last_ping = time.time()",
+                     "await self.send(packet.Packet(packet.PING))"):
+        assert fragment in ping, fragment
+
+
+def test_sends_we_write_straight_to_the_wire() -> None:
+    """``SignalingServer._send_packet``/``_send_eio_packet`` write what python-socketio would
+    hand Engine.IO: the packet's encoding, as the data of an Engine.IO MESSAGE (``4``), or
+    the Engine.IO packet's own encoding; ``Packet`` skips its search for binary data when
+    ``uses_binary_events`` is off."""
+    assert "encoded_packet = pkt.encode()" in source(socketio.AsyncServer._send_packet)
+    assert "await self.eio.send(eio_sid, encoded_packet)" in source(
+        socketio.AsyncServer._send_packet)
+    assert "packet.Packet(packet.MESSAGE, data=data)" in source(engineio.AsyncServer.send)
+    assert "await self.eio.send_packet(eio_sid, eio_pkt)" in source(
+        socketio.AsyncServer._send_eio_packet)
+    assert "self.uses_binary_events and" in source(socketio.packet.Packet.__init__)
+    assert CheckedPacket.uses_binary_events is False
+    assert CheckedPacket(socketio.packet.ACK, data=[{"ok": True}], id=3).encode() == (
+        '33[{"ok":true}]')
+    dispatch = source(socketio.AsyncServer._handle_eio_message)
+    assert ("await self._handle_event(eio_sid, pkt.namespace, pkt.id,\n"
+            "                                         pkt.data)") in dispatch
+
+
+def test_sanic_websocket_slot_we_fill() -> None:
+    """Sanic's websocket protocol hands its upgraded connection to whatever sits in
+    ``self.websocket`` (our ``Wire``): bytes, end of stream and loss of the connection, and
+    ``end_connection`` when the handler returns; at shutdown it reads ``ws_proto.state`` and
+    calls ``close``."""
+    assert "self.websocket.data_received(data)" in source(WebSocketProtocol.data_received)
+    assert "return self.websocket.eof_received()" in source(WebSocketProtocol.eof_received)
+    assert "self.websocket.connection_lost(exc)" in source(WebSocketProtocol.connection_lost)
+    assert "self.websocket.end_connection(1001)" in source(WebSocketProtocol.close)
+    shutdown = source(WebSocketProtocol.close_if_idle)
+    assert "self.websocket.ws_proto.state in (CLOSING, CLOSED)" in shutdown
+    assert "self.websocket.close(1001)" in shutdown
+
+
+def test_redis_pool_and_script_calls_we_rely_on() -> None:
+    """``FairConnectionPool`` wraps the blocking pool's ``get_connection``/``release``;
+    ``ScriptBatch`` queues a script call on a pipeline (``client=pipe``: EVALSHA, the script
+    loaded by the pipeline when Redis lacks it)."""
+    from redis.asyncio import BlockingConnectionPool
+    from redis.commands.core import AsyncScript
+
+    assert params(BlockingConnectionPool.get_connection)[:2] == ["self", "command_name"]
+    assert params(BlockingConnectionPool.release) == ["self", "connection"]
+    call = source(AsyncScript.__call__)
+    assert "isinstance(client, Pipeline)" in call and "client.scripts.add(self)" in call

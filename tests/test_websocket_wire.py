@@ -1,0 +1,184 @@
+"""The service's own websocket (``service.websocket.Wire``), through real sockets: framing
+(fragments, pings, bad UTF-8, oversized messages), how it closes, and readers that stall."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import socket
+from typing import Any
+
+import pytest
+import websockets
+
+from service.config import Secret, Settings
+from service.limits import Rate
+from tests.support import SECRET, Peer, RunningService, eventually, serving
+
+UNLIMITED = Rate(0, 0)
+
+
+def settings(**fields: Any) -> Settings:
+    return Settings(**{"jwt_secret": Secret(SECRET), "limit_ip_connects": UNLIMITED,
+                       **fields})
+
+
+def ws_url(service: RunningService) -> str:
+    return service.url.replace("http", "ws") + "/socket.io/?EIO=4&transport=websocket"
+
+
+async def connected(service: RunningService, user: str, **options: Any) -> Any:
+    ws = await websockets.connect(ws_url(service), **options)
+    assert str(await ws.recv()).startswith("0{")
+    await ws.send("40" + json.dumps({"token": service.token(user)}))
+    assert str(await ws.recv()).startswith("40{")
+    return ws
+
+
+def client_frame(payload: bytes, opcode: int = 0x1, length: int | None = None) -> bytes:
+    """A masked frame as a client sends it; ``length`` may announce more than ``payload``."""
+    size = len(payload) if length is None else length
+    if size < 126:
+        head = bytes([0x80 | opcode, 0x80 | size])
+    elif size < 65536:
+        head = bytes([0x80 | opcode, 0x80 | 126]) + size.to_bytes(2, "big")
+    else:
+        head = bytes([0x80 | opcode, 0x80 | 127]) + size.to_bytes(8, "big")
+    mask = os.urandom(4)
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def raw_connection(service: RunningService
+                         ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A websocket opened by hand, with a Socket.IO connection on it."""
+    port = int(service.url.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write((f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: x\r\n"
+                  f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                  f"Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+    writer.write(client_frame(("40" + json.dumps({"token": service.token("mallory")}))
+                              .encode()))
+    data = b""
+    while b"40{" not in data:
+        data += await asyncio.wait_for(reader.read(4096), 5)
+    return reader, writer
+
+
+async def until_eof(reader: asyncio.StreamReader, within: float = 15) -> bytes:
+    rest = b""
+    while chunk := await asyncio.wait_for(reader.read(65536), within):
+        rest += chunk
+    return rest
+
+
+def close_code(data: bytes) -> int | None:
+    """The code of the first close frame (opcode 8) in what the server sent, if any."""
+    at = data.find(b"\x88")
+    if at < 0 or len(data) < at + 4:
+        return None
+    return int.from_bytes(data[at + 2:at + 4], "big")
+
+
+async def test_fragmented_message_is_assembled() -> None:
+    """A message sent in several frames (continuation frames) is handled as one."""
+    async with serving(settings()) as service:
+        ws = await connected(service, "frag")
+        await ws.send(["421", '["JoinSocket"', ',"frag"]'])
+        assert await asyncio.wait_for(ws.recv(), 5) == '431[{"ok":true}]'
+        await ws.close()
+
+
+async def test_ping_frames_are_answered() -> None:
+    """A websocket-level ping (not Engine.IO's) is answered with a pong carrying its data."""
+    async with serving(settings()) as service:
+        ws = await connected(service, "pinger")
+        pong = await ws.ping(b"are you there")
+        await asyncio.wait_for(pong, 5)
+        await ws.close()
+
+
+async def test_text_that_is_not_utf8_closes_1007(capture_logs: list[dict[str, Any]]) -> None:
+    """A text frame that is not UTF-8 ends the connection with 1007 (invalid data) and the
+    session with it."""
+    async with serving(settings()) as service:
+        reader, writer = await raw_connection(service)
+        writer.write(client_frame(b"42[\xff\xfe]"))
+        rest = await until_eof(reader)
+        writer.close()
+        assert close_code(rest) == 1007
+        await eventually(lambda: not service.app.ctx.sio.eio.sockets, 5)
+
+
+async def test_oversized_message_is_refused_with_1009_not_a_reset() -> None:
+    """A frame over the message limit is refused as soon as its header arrives (1009); the
+    server then stops reading it but does not reset the connection while the client is still
+    sending the rest, so the close frame reaches the client."""
+    async with serving(settings(max_message_bytes=16_384)) as service:
+        reader, writer = await raw_connection(service)
+        body = b"x" * 400_000
+        writer.write(client_frame(b"", length=len(body)))
+        received = b""
+        for start in range(0, len(body), 65536):  # the rest of the announced payload
+            try:
+                writer.write(body[start:start + 65536])
+                await writer.drain()
+            except ConnectionError:
+                break
+        received = await until_eof(reader)
+        writer.close()
+        assert close_code(received) == 1009
+        await eventually(lambda: not service.app.ctx.sio.eio.sockets, 5)
+
+
+async def test_empty_binary_frame_ends_the_session_cleanly(
+        capture_logs: list[dict[str, Any]]) -> None:
+    """An empty binary frame (binary is not part of the protocol) ends the session with
+    ``protocol_error``; nothing is written into the upgraded connection as HTTP (a bug in
+    the websocket loop once let Sanic answer it with a 500)."""
+    async with serving(settings()) as service:
+        ws = await connected(service, "mallory")
+        await ws.send(b"")
+        with pytest.raises(websockets.ConnectionClosed):
+            while True:
+                await asyncio.wait_for(ws.recv(), 5)
+        await eventually(lambda: not service.app.ctx.sio.eio.sockets, 5)
+    assert [r["reason"] for r in capture_logs if r["event"] == "session_dropped"] == [
+        "protocol_error"]
+    assert not [r for r in capture_logs if r["event"] in ("websocket_failed", "message_failed")]
+
+
+async def test_reader_that_stalls_is_dropped_after_send_timeout(
+        capture_logs: list[dict[str, Any]]) -> None:
+    """A client that stops reading while what it is sent cannot be written is dropped
+    ``send_timeout`` seconds later (``send_timeout``), even below the queued-message limit;
+    the sender carries on."""
+    fields = {"limit_relays": UNLIMITED, "limit_user_relays": UNLIMITED,
+              "max_queued_messages": 100_000, "send_timeout": 1}
+    async with serving(settings(**fields)) as service:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", int(service.url.rsplit(":", 1)[1])))
+        async with websockets.connect(ws_url(service), sock=sock, max_queue=1) as bob:
+            await bob.recv()
+            await bob.send("40" + json.dumps({"token": service.token("bob")}))
+            await bob.recv()
+            await bob.send('421["JoinSocket","bob"]')
+            assert json.loads((await bob.recv())[3:]) == [{"ok": True}]
+            # bob stops reading
+            alice = Peer(service.url, "websocket")
+            await alice.connect(service.token("alice"))
+            offer = {"to": "bob", "offer": {"type": "offer", "sdp": "v" * 40_000}}
+            for _ in range(2000):
+                ack = await alice.call("offer", offer)
+                if not ack["delivered"]:
+                    break
+                await asyncio.sleep(0.01)
+            assert not ack["delivered"]
+            assert alice.client.connected
+            await alice.close()
+    reasons = [r["reason"] for r in capture_logs if r["event"] == "session_dropped"]
+    assert reasons == ["send_timeout"]

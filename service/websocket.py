@@ -5,12 +5,16 @@ Sanic's own websocket (``WebsocketImplProtocol``) hands each message through a f
 signaling server that relays many small messages over many idle connections that machinery
 cost more than everything else together. :class:`Wire` takes its place in the slot Sanic's
 ``WebSocketProtocol`` keeps for it (``protocol.websocket``; Sanic forwards ``data_received``,
-``eof_received``, ``connection_lost`` and its shutdown calls to it): frames are parsed by the
-``websockets`` library's sans-I/O ``ServerProtocol`` as Sanic's are, complete messages wait in
-a deque for one reader, and text is written to the transport at once.
+``eof_received``, ``connection_lost`` and its shutdown calls to it). The handshake is
+answered by the ``websockets`` library's sans-I/O ``ServerProtocol``, as Sanic's is; frames
+are then parsed here (RFC 6455, a server's side: masked frames in, unmasked out, no
+extensions; unmasking is ``websockets``' C ``apply_mask``), complete messages wait in a deque
+for one reader, and what is sent goes out at the end of the event loop's turn.
 
-- **Limits.** A message over ``max_size`` closes the connection with 1009 (the parser's
-  check, as in Sanic); bad framing with 1002; text that is not UTF-8 with 1007.
+- **Limits.** A message over ``max_size`` closes the connection with 1009 as soon as the
+  frame header announcing it arrives (fragments count together); bad framing (reserved bits,
+  an unmasked frame, an unknown opcode, a bad control or continuation frame) with 1002; text
+  that is not UTF-8 with 1007. Pings are answered; the peer's close frame is echoed.
 - **Slow readers.** Writes never wait. What the peer has not read waits in the transport's
   buffer; :attr:`backlog` counts the messages written since that buffer was last empty, and
   a buffer that stays non-empty for ``send_timeout`` seconds ends the connection
@@ -30,30 +34,41 @@ import collections
 import contextvars
 import logging
 import struct
+import types
 import weakref
 from collections.abc import Callable
 from typing import Any, Final
 
 from sanic import Request
 from websockets.datastructures import Headers
-from websockets.frames import Frame, Opcode
 from websockets.http11 import Request as HandshakeRequest
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # websockets built without its C extension
+    from websockets.utils import apply_mask
+
+#: RFC 6455 opcodes
+CONT, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 #: RFC 6455 close codes used here
 NORMAL: Final = 1000
 GOING_AWAY: Final = 1001
+PROTOCOL_ERROR: Final = 1002
 INVALID_DATA: Final = 1007
+MESSAGE_TOO_BIG: Final = 1009
 #: how long a closing connection waits for the peer's side of the close handshake
 CLOSE_TIMEOUT: Final = 5.0
-#: the parser's logger: at DEBUG the ``websockets`` library logs every frame, and frames carry
-#: SDP and ICE candidates, which are never logged; its per-connection INFO lines are noise
+#: the handshake's logger: at DEBUG the ``websockets`` library logs what it handles, which is
+#: never to include what clients send (SDP and ICE candidates); its INFO lines are noise
 PARSER_LOG: Final = logging.getLogger("signaling.websocket")
 PARSER_LOG.setLevel(logging.WARNING)
 _EMPTY: Final = contextvars.Context()
 _FIN_TEXT: Final = 0x81
 _FIN_BINARY: Final = 0x82
+_FIN_CLOSE: Final = 0x88
+_FIN_PONG: Final = 0x8A
 _SHORT: Final = struct.Struct("!BB")
 _MEDIUM: Final = struct.Struct("!BBH")
 _LONG: Final = struct.Struct("!BBQ")
@@ -71,21 +86,26 @@ def frame_header(first: int, length: int) -> bytes:
 class Wire:
     """One upgraded connection (see the module docstring)."""
 
-    def __init__(self, protocol: Any, parser: ServerProtocol, *, send_timeout: float) -> None:
+    def __init__(self, protocol: Any, *, max_size: int, send_timeout: float) -> None:
         self.transport: asyncio.Transport = protocol.transport
         self.loop = asyncio.get_running_loop()
-        #: the parser; Sanic's protocol reads its ``state`` when it shuts down
-        self.ws_proto = parser
+        #: Sanic's protocol reads ``ws_proto.state`` when it shuts down
+        self.ws_proto = types.SimpleNamespace(state=State.OPEN)
         self.inbox: collections.deque[str | bytes] = collections.deque()
-        self._out: list[bytes] = []
         self.closed = False
         #: messages written since the transport's buffer was last empty
         self.backlog = 0
         #: called once when the peer has not read for ``send_timeout`` seconds
         self.on_stalled: Callable[[], None] | None = None
+        self._out: list[bytes] = []
+        self._buffer = bytearray()
+        self._max_size = max_size
+        self._fragments: list[bytes] | None = None
+        self._fragments_size = 0
+        self._fragments_opcode = TEXT
+        #: after a protocol error nothing the peer sends is looked at again
+        self._discarding = False
         self._waiter: asyncio.Future[None] | None = None
-        self._fragments: list[Any] | None = None
-        self._fragment_opcode = Opcode.TEXT
         self._send_timeout = send_timeout
         self._stall_timer: asyncio.TimerHandle | None = None
         self._close_timer: asyncio.TimerHandle | None = None
@@ -93,26 +113,59 @@ class Wire:
     # ---- what Sanic's WebSocketProtocol calls ----
 
     def data_received(self, data: bytes) -> None:
-        if self.ws_proto.state is State.CLOSED:
+        if self._discarding:
             return
-        parser = self.ws_proto
-        parser.receive_data(data)
-        for event in parser.events_received():
-            self._frame(event)  # type: ignore[arg-type]  # (only frames once open)
-        self._write_pending()
+        buffer = self._buffer
+        buffer += data
+        end = len(buffer)
+        at = 0
+        while end - at >= 2:
+            first, second = buffer[at], buffer[at + 1]
+            opcode = first & 0x0F
+            if first & 0x70 or not second & 0x80:
+                return self._protocol_error("reserved bits, or an unmasked frame")
+            length = second & 0x7F
+            start = at + 2
+            if length == 126:
+                if end - start < 2:
+                    break
+                length = int.from_bytes(buffer[start:start + 2], "big")
+                start += 2
+            elif length == 127:
+                if end - start < 8:
+                    break
+                length = int.from_bytes(buffer[start:start + 8], "big")
+                start += 8
+            if opcode >= CLOSE:
+                if opcode > PONG or length > 125 or not first & 0x80:
+                    return self._protocol_error("bad control frame")
+            elif opcode > BINARY:
+                return self._protocol_error("unknown opcode")
+            elif length + (self._fragments_size if opcode == CONT else 0) > self._max_size:
+                self.fail(MESSAGE_TOO_BIG, "message too big")
+                self._discarding = True
+                return
+            if end - start < 4 + length:
+                break
+            payload = apply_mask(buffer[start + 4:start + 4 + length],
+                                 buffer[start:start + 4])
+            at = start + 4 + length
+            self._frame(first & 0x80, opcode, payload)
+            if self._discarding:
+                return
+        if at:
+            del buffer[:at]
         if self.inbox:
             self._wake()
 
     def eof_received(self) -> bool:
-        if self.ws_proto.state is not State.CLOSED:
-            self.ws_proto.receive_eof()
-            self._write_pending()
         self._gone()
         return False  # let the transport close
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._close_timer is not None:
             self._close_timer.cancel()
+        self.ws_proto.state = State.CLOSED
         self._gone()
 
     def end_connection(self, code: int = GOING_AWAY) -> None:
@@ -171,46 +224,71 @@ class Wire:
         the end of our side of the stream; the reader sees the end at once."""
         self._flush()  # what was sent before goes first
         if self.ws_proto.state is State.OPEN and not self.transport.is_closing():
-            self.ws_proto.send_close(code, reason)
-            self._write_pending()
+            payload = code.to_bytes(2, "big") + reason.encode()[:123]
+            self.transport.write(frame_header(_FIN_CLOSE, len(payload)) + payload)
+            self.ws_proto.state = State.CLOSING
         self._half_close()
         self._gone()
 
     # ---- inside ----
 
-    def _frame(self, frame: Frame) -> None:
-        opcode = frame.opcode
-        if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
-            if frame.fin:
-                self._message(opcode, frame.data)
+    def _frame(self, fin: int, opcode: int, payload: bytes) -> None:
+        if opcode in (TEXT, BINARY):
+            if self._fragments is not None:
+                return self._protocol_error("expected a continuation frame")
+            if fin:
+                self._message(opcode, payload)
             else:
-                self._fragments, self._fragment_opcode = [frame.data], opcode
-        elif opcode is Opcode.CONT and self._fragments is not None:
-            self._fragments.append(frame.data)
-            if frame.fin:
+                self._fragments, self._fragments_opcode = [payload], opcode
+                self._fragments_size = len(payload)
+        elif opcode == CONT:
+            if self._fragments is None:
+                return self._protocol_error("unexpected continuation frame")
+            self._fragments.append(payload)
+            self._fragments_size += len(payload)
+            if fin:
                 data = b"".join(self._fragments)
-                self._fragments = None
-                self._message(self._fragment_opcode, data)
-        # PING, PONG, CLOSE: the parser has answered them (pending writes)
+                self._fragments, self._fragments_size = None, 0
+                self._message(self._fragments_opcode, data)
+        elif opcode == PING:
+            if self.ws_proto.state is State.OPEN:
+                self._flush()
+                self.transport.write(frame_header(_FIN_PONG, len(payload)) + payload)
+        elif opcode == CLOSE:
+            self._closed_by_peer(payload)
+        # PONG: nothing to do
 
-    def _message(self, opcode: Opcode, data: Any) -> None:
+    def _message(self, opcode: int, data: bytes) -> None:
         if self.closed:
             return  # the reader has gone: the rest is discarded
-        if opcode is Opcode.BINARY:
-            self.inbox.append(bytes(data))
+        if opcode == BINARY:
+            self.inbox.append(data)
             return
         try:
             self.inbox.append(data.decode())
         except UnicodeDecodeError:
             self.fail(INVALID_DATA, "invalid UTF-8")
 
-    def _write_pending(self) -> None:
-        for data in self.ws_proto.data_to_send():
-            if data:
-                self.transport.write(data)
-            else:  # the end of our side: the close handshake is over, or failed
-                self._half_close()
-                self._gone()
+    def _closed_by_peer(self, payload: bytes) -> None:
+        """The peer's close frame: answered with the same code (if ours was not sent yet),
+        then the end of our side; nothing more is read."""
+        if len(payload) == 1:
+            return self._protocol_error("bad close frame")
+        try:
+            payload[2:].decode()
+        except UnicodeDecodeError:
+            return self.fail(INVALID_DATA, "invalid UTF-8")
+        if self.ws_proto.state is State.OPEN and not self.transport.is_closing():
+            self._flush()
+            self.transport.write(frame_header(_FIN_CLOSE, len(payload)) + payload)
+        self.ws_proto.state = State.CLOSED
+        self._discarding = True
+        self._half_close()
+        self._gone()
+
+    def _protocol_error(self, reason: str) -> None:
+        self.fail(PROTOCOL_ERROR, reason)
+        self._discarding = True
 
     def _half_close(self) -> None:
         """Send our end of the stream and let the peer close: closing outright while it still
@@ -263,21 +341,21 @@ def _call(method: weakref.WeakMethod[Callable[[], None]]) -> None:
 
 
 def accept(request: Request, *, send_timeout: float) -> Wire:
-    """Complete the websocket handshake of ``request`` and put a :class:`Wire` in Sanic's
-    protocol. Raises ``ValueError`` for a request that is not a valid upgrade (nothing has
-    been written then)."""
+    """Complete the websocket handshake of ``request`` (``websockets``' sans-I/O server
+    checks the request and writes the answer) and put a :class:`Wire` in Sanic's protocol.
+    Raises ``ValueError`` for a request that is not a valid upgrade (nothing has been written
+    then)."""
     protocol: Any = request.transport.get_protocol()
-    parser = ServerProtocol(max_size=protocol.websocket_max_size, state=State.OPEN,
-                            logger=PARSER_LOG)
-    response = parser.accept(HandshakeRequest(path=request.path,
-                                              headers=Headers(request.headers)))
+    handshake = ServerProtocol(logger=PARSER_LOG)
+    response = handshake.accept(HandshakeRequest(path=request.path,
+                                                 headers=Headers(request.headers)))
     if response.status_code != 101:
         raise ValueError(response.reason_phrase)
     head = [f"HTTP/1.1 101 {response.reason_phrase}\r\n"]
     head.extend(f"{name}: {value}\r\n" for name, value in response.headers.raw_items())
     head.append("\r\n")
     protocol.transport.write("".join(head).encode())
-    wire = Wire(protocol, parser, send_timeout=send_timeout)
+    wire = Wire(protocol, max_size=protocol.websocket_max_size or 2**20,
+                send_timeout=send_timeout)
     protocol.websocket = wire
     return wire
-

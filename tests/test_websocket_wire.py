@@ -182,3 +182,46 @@ async def test_reader_that_stalls_is_dropped_after_send_timeout(
             await alice.close()
     reasons = [r["reason"] for r in capture_logs if r["event"] == "session_dropped"]
     assert reasons == ["send_timeout"]
+
+
+def unmasked(payload: bytes, opcode: int = 0x1) -> bytes:
+    return bytes([0x80 | opcode, len(payload)]) + payload
+
+
+@pytest.mark.parametrize(("frames", "code"), [
+    ([unmasked(b"42[]")], 1002),                                  # a client must mask
+    ([client_frame(b"42[]", opcode=0x1 | 0x40)], 1002),           # a reserved bit (RSV1)
+    ([client_frame(b"x", opcode=0x3)], 1002),                     # an unknown opcode
+    ([client_frame(b"x", opcode=0x0)], 1002),                     # continuation of nothing
+    ([bytes([0x01, 0x81]) + b"\x00\x00\x00\x00" + b"4",            # a text frame while a
+      client_frame(b"2")], 1002),                                 #   fragmented one is open
+    ([client_frame(b"p" * 126, opcode=0x9)], 1002),               # a ping over 125 bytes
+    ([bytes([0x09, 0x80]) + b"\x00\x00\x00\x00"], 1002),          # a fragmented ping
+    ([client_frame(b"\x03", opcode=0x8)], 1002),                  # a one-byte close payload
+    ([client_frame((4000).to_bytes(2, "big") + b"bye", opcode=0x8)], 4000),  # echoed
+], ids=["unmasked", "rsv1", "opcode-3", "stray-continuation", "interleaved", "long-ping",
+        "fragmented-ping", "short-close", "close-echo"])
+async def test_framing_errors_close_with_a_code(frames: list[bytes], code: int) -> None:
+    """RFC 6455 framing the server refuses (1002), and a client's close frame, whose code
+    the server echoes; either way the session ends."""
+    async with serving(settings()) as service:
+        reader, writer = await raw_connection(service)
+        for frame in frames:
+            writer.write(frame)
+        rest = await until_eof(reader)
+        writer.close()
+        assert close_code(rest) == code
+        await eventually(lambda: not service.app.ctx.sio.eio.sockets, 5)
+
+
+async def test_fragments_count_together_against_the_limit() -> None:
+    """Fragments each under the message limit but over it together: 1009."""
+    async with serving(settings(max_message_bytes=16_384)) as service:
+        reader, writer = await raw_connection(service)
+        piece = b"x" * 10_000
+        writer.write(client_frame(b"42" + piece, opcode=0x1)[:1].replace(b"\x81", b"\x01")
+                     + client_frame(b"42" + piece)[1:])
+        writer.write(client_frame(piece, opcode=0x0))  # the final continuation
+        rest = await until_eof(reader)
+        writer.close()
+        assert close_code(rest) == 1009

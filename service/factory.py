@@ -61,6 +61,9 @@ def create_app(settings: Settings, *, name: str = "signaling") -> Sanic[Any, Any
         logger=False,
         engineio_logger=False,
         max_http_buffer_size=settings.max_message_bytes,
+        # Engine.IO's per-session service task is replaced by one sweep over all sessions
+        # (EngineServer.sweep, run by Sessions.start)
+        monitor_clients=False,
     )
     # ... and Engine.IO too: each connection's messages are handled one after another, so a
     # sender's relays go out in the order they came in, with one task fewer per message

@@ -81,13 +81,17 @@ class Sessions:
         return session
 
     async def start(self) -> None:
-        """Background work while serving: presence, JWKS, the deny-list."""
+        """Background work while serving: presence, JWKS, the deny-list, and the sweep of
+        Engine.IO sessions whose clients stopped answering pings."""
         if not self.sio.manager_initialized:
             # subscribe to the cluster now, not when the first client happens to connect
             self.sio.manager_initialized = True
             self.sio.manager.initialize()
         await self.presence.start()
-        self._background = [asyncio.ensure_future(self.verifier.prefetch())]
+        self._background = [asyncio.ensure_future(self.verifier.prefetch()),
+                            asyncio.ensure_future(forever(self.sio.eio.sweep,
+                                                          name="session_sweep",
+                                                          log=self.log))]
         if self.verifier.denylist is not None:
             self._swept = self.verifier.denylist.version
             self._background.append(asyncio.ensure_future(

@@ -290,3 +290,25 @@ async def test_closed_connections_release_everything() -> None:
         await eventually(released, within=10)
         # a generous ceiling on a busy machine; before the fix it was 25 s at least
         assert time.monotonic() - started < 5
+
+
+async def test_sweep_closes_sessions_that_stop_answering_pings() -> None:
+    """Engine.IO's per-session service task is off; one sweep over all sessions closes those
+    whose client has not answered a PING within ``ping_timeout`` (here a raw websocket that
+    never answers), and leaves a client that answers alone."""
+    async with serving(lenient()) as service:
+        eio = service.app.ctx.sio.eio
+        assert not [t for t in asyncio.all_tasks()
+                    if getattr(t.get_coro(), "__name__", "") == "_service_task"]
+        eio.ping_interval, eio.ping_timeout = 1, 0.5
+        alice = Peer(service.url, "websocket")
+        await alice.connect(service.token("alice"))
+        mute = await open_session(service, "mute")
+        assert await asyncio.wait_for(mute.recv(), 5) == "2"  # a PING it will not answer
+        await asyncio.sleep(0.6)
+        await eio.sweep()
+        frames = await frames_until_closed(mute, 5)
+        assert "2" not in frames[1:]
+        await eventually(lambda: len([s for s in eio.sockets.values() if not s.closed]) == 1)
+        assert await alice.call("JoinSocket", "alice") == {"ok": True}
+        await alice.close()

@@ -43,10 +43,12 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+import sys
 import time
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import engineio
 from engineio import exceptions as eio_exceptions
@@ -125,6 +127,11 @@ def _not_for_a_client(request: Request) -> HTTPResponse | None:
     return None
 
 
+#: what asyncio.Queue.__init__ makes
+_QUEUE_STATE: Final = ("_maxsize", "_getters", "_putters", "_unfinished_tasks", "_finished",
+                       "_queue")
+
+
 class BoundedQueue(asyncio.Queue[Any]):
     """A session's outgoing queue that never holds more than ``limit`` packets: Engine.IO
     queues its own packets (a NOOP for each UPGRADE a client sends) past every check above
@@ -137,10 +144,17 @@ class BoundedQueue(asyncio.Queue[Any]):
     :meth:`qsize` is the number of messages the peer has yet to read (``Wire.backlog``)."""
 
     def __init__(self, limit: int) -> None:
-        super().__init__()
+        # asyncio.Queue's own state (four deques, ~3 KB) is made when first used, and let go
+        # once the session is on a websocket: see __getattr__ and attach
         self.limit = limit
         self.overflowed = False
         self.wire: Wire | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _QUEUE_STATE:  # first use of asyncio.Queue's state: make it
+            asyncio.Queue.__init__(self)
+            return getattr(self, name)
+        raise AttributeError(name)
 
     def attach(self, wire: Wire) -> None:
         """Write to ``wire`` from now on, starting with what is queued."""
@@ -149,6 +163,8 @@ class BoundedQueue(asyncio.Queue[Any]):
             self.task_done()
             self._write(wire, item)
         self.wire = wire
+        for name in _QUEUE_STATE:  # (nothing waits on an attached queue)
+            self.__dict__.pop(name, None)
 
     def detach(self) -> None:
         """The connection is over: what is put from now on is dropped. (Engine.IO's service
@@ -414,8 +430,67 @@ class EngineWebSocket(SanicWebSocket):  # type: ignore[misc]
         wire.fail(code)
 
 
+class RequestBody:
+    """``wsgi.input`` of a request's environ: its body. (The Sanic driver defines this class
+    anew inside every call, so each connection kept a class object of its own, ~2.5 KB.)"""
+
+    __slots__ = ("payload",)
+
+    def __init__(self, payload: bytes | None) -> None:
+        self.payload = payload or b""
+
+    async def read(self, length: int | None = None) -> bytes:
+        if length is None:
+            data, self.payload = self.payload, b""
+        else:
+            data, self.payload = self.payload[:length], self.payload[length:]
+        return data
+
+
+def translate_request(request: Request) -> dict[str, Any]:
+    """The environ python-engineio's Sanic driver makes of a request, key for key, with one
+    shared :class:`RequestBody` class."""
+    uri_parts = urlsplit(request.url)
+    environ: dict[str, Any] = {
+        "wsgi.input": RequestBody(request.body),
+        "wsgi.errors": sys.stderr,
+        "wsgi.version": (1, 0),
+        "wsgi.async": True,
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+        "SERVER_SOFTWARE": "sanic",
+        "REQUEST_METHOD": request.method,
+        "QUERY_STRING": uri_parts.query or "",
+        "RAW_URI": request.url,
+        "SERVER_PROTOCOL": "HTTP/" + request.version,
+        "REMOTE_ADDR": "127.0.0.1",
+        "REMOTE_PORT": "0",
+        "SERVER_NAME": "sanic",
+        "SERVER_PORT": "0",
+        "sanic.request": request,
+    }
+    for name, value in request.headers.items():
+        name = name.upper()
+        if name == "CONTENT-TYPE":
+            environ["CONTENT_TYPE"] = value
+            continue
+        if name == "CONTENT-LENGTH":
+            environ["CONTENT_LENGTH"] = value
+            continue
+        key = "HTTP_" + name.replace("-", "_")
+        if key in environ:
+            value = f"{environ[key]},{value}"
+        environ[key] = value
+    environ["wsgi.url_scheme"] = environ.get("HTTP_X_FORWARDED_PROTO", "http")
+    environ["PATH_INFO"] = uri_parts.path
+    environ["SCRIPT_NAME"] = ""
+    return environ
+
+
 def driver(base: dict[str, Any], send_timeout: float) -> dict[str, Any]:
     """A copy of the Sanic driver table (shared by every server in the process) with this
     module's route and websocket wrapper."""
     websocket = type("EngineWebSocket", (EngineWebSocket,), {"send_timeout": send_timeout})
-    return {**base, "websocket": websocket, "create_route": create_route}
+    return {**base, "websocket": websocket, "create_route": create_route,
+            "translate_request": translate_request}

@@ -195,7 +195,7 @@ class Wire:
 
     def send(self, message: str | bytes) -> None:
         """Queue one message for the end of this turn of the event loop (never waits; see
-        :attr:`backlog`): what one turn sends to a connection goes out in one write."""
+        :attr:`backlog`): what a turn sends to a connection goes out in one write."""
         if self.closed:
             return
         if isinstance(message, str):
@@ -204,7 +204,7 @@ class Wire:
         else:
             data, first = message, _FIN_BINARY
         if not self._out:
-            self.loop.call_soon(self._flush, context=_EMPTY)
+            _OUTPUT.add(self)
         self._out.append(frame_header(first, len(data)) + data)
 
     def _flush(self) -> None:
@@ -333,6 +333,34 @@ class Wire:
             self.on_stalled()
         else:
             self.fail(GOING_AWAY, "not reading")
+
+
+class _Output:
+    """The connections with something to write, written together at the end of the loop's
+    turn (one callback for all of them, not one per connection)."""
+
+    def __init__(self) -> None:
+        self.wires: list[Wire] = []
+        #: the loop a flush is scheduled on (one that died with it pending is not waited for)
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def add(self, wire: Wire) -> None:
+        self.wires.append(wire)
+        if self.loop is not wire.loop:
+            self.loop = wire.loop
+            wire.loop.call_soon(self.run, context=_EMPTY)
+
+    def run(self) -> None:
+        self.loop = None
+        self.flush()
+
+    def flush(self) -> None:
+        wires, self.wires = self.wires, []
+        for wire in wires:
+            wire._flush()
+
+
+_OUTPUT: Final = _Output()
 
 
 def _call(method: weakref.WeakMethod[Callable[[], None]]) -> None:

@@ -26,6 +26,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Final
 
+import orjson
 import socketio
 from redis.exceptions import RedisError
 
@@ -39,6 +40,14 @@ MAX_MESSAGE_AGE: Final = 30.0
 SUBSCRIBE_RETRY_SECONDS: Final = 1.0
 #: what :meth:`SignedRedisManager.open` returns for this node's own messages
 OWN: Final = "\x00own"
+
+
+def _dumps(value: Any) -> str:
+    """JSON text, by orjson (what it cannot encode, by the standard library)."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return json.dumps(value)
 
 
 class ClusterUnavailable(DeliveryUnavailable):
@@ -143,10 +152,10 @@ class SignedRedisManager(socketio.AsyncRedisManager, InlineManager):  # type: ig
 
     def seal(self, data: Any) -> str:
         """The signed envelope of a manager message."""
-        body = self.json.dumps(data)
+        body = _dumps(data)
         ts, mid, node = time.time(), secrets.token_hex(12), self.host_id
-        return json.dumps({"id": mid, "ts": ts, "node": node, "body": body,
-                           "sig": self._sign(body, ts, mid, node)})
+        return _dumps({"id": mid, "ts": ts, "node": node, "body": body,
+                       "sig": self._sign(body, ts, mid, node)})
 
     def emit_envelope(self, event: str, data: Any, room: str, skip_sid: str) -> str:
         """The signed message by which python-socketio's managers on the other nodes emit

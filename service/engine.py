@@ -80,6 +80,8 @@ SWEEP_BATCH: Final = 1000
 #: the separator of packets in a long-polling body
 RECORD_SEPARATOR: Final = b"\x1e"
 _EMPTY: Final = contextvars.Context()
+#: the tasks serving websocket connections
+_SERVING: set[asyncio.Task[None]] = set()
 Drop = Callable[[str, str], Awaitable[None]]
 AllowPackets = Callable[[Any, int], bool]
 
@@ -339,24 +341,40 @@ class EngineWebSocket(SanicWebSocket):  # type: ignore[misc]
         self.environ = environ
         session = self.handler.__self__
         wire.on_stalled = lambda: self._give_up(wire, session, GOING_AWAY, "send_timeout")
-        try:
-            await self._serve(wire, session)
-        except Exception:
-            # a bug here must not reach Sanic, which would write an HTTP 500 response into
-            # the upgraded connection
-            server.log.exception("websocket_failed", extra={"fields": {"eio_sid": session.sid}})
-        return UPGRADED
-
-    async def _serve(self, wire: Wire, session: Any) -> None:
-        server = self.server
         if session.connected:
-            if not await self._upgrade(wire, session):
+            try:
+                upgraded = await self._upgrade(wire, session)
+            except asyncio.CancelledError:
+                upgraded = False
+            if not upgraded:
                 wire.fail()
-                return
+                await session.close(wait=False, abort=True,
+                                    reason=server.reason.TRANSPORT_CLOSE)
+                return UPGRADED
         else:
             session.connected = True
             session.upgraded = True
         session.queue.attach(wire)
+        # The connection is served by a task of its own from here, and Sanic's request
+        # handler returns: its coroutines (ten frames), the request's parser state and the
+        # handler task itself were ~5 KB of every idle connection.
+        wire.detached = True
+        task = asyncio.ensure_future(self._run(wire, session))
+        _SERVING.add(task)
+        task.add_done_callback(_SERVING.discard)
+        return UPGRADED
+
+    async def _run(self, wire: Wire, session: Any) -> None:
+        try:
+            await self._serve(wire, session)
+        except Exception:
+            # a bug here must not take the connection's task down silently
+            self.server.log.exception("websocket_failed",
+                                      extra={"fields": {"eio_sid": session.sid}})
+            wire.fail()
+
+    async def _serve(self, wire: Wire, session: Any) -> None:
+        server = self.server
         limit = server.max_http_buffer_size
         allow = server.allow_packets
         try:
@@ -364,8 +382,7 @@ class EngineWebSocket(SanicWebSocket):  # type: ignore[misc]
                 try:
                     data = await wire.recv()
                 except asyncio.CancelledError:
-                    # Sanic cancels the handler when the connection is lost; the session
-                    # is closed below all the same (as Engine.IO's own loop does)
+                    # (the loop shutting down) the session is closed below all the same
                     break
                 if data is None or session.closed or session.closing:
                     break
@@ -404,6 +421,9 @@ class EngineWebSocket(SanicWebSocket):  # type: ignore[misc]
             wire.fail()
             session.queue.detach()
             await session.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
+            # (what Engine.IO's request handler did once its websocket handler returned)
+            if server.sockets.get(session.sid) is session:
+                del server.sockets[session.sid]
 
     async def _upgrade(self, wire: Wire, session: Any) -> bool:
         """The probe exchange of a session upgrading from long-polling (as Engine.IO's)."""

@@ -57,6 +57,8 @@ GOING_AWAY: Final = 1001
 PROTOCOL_ERROR: Final = 1002
 INVALID_DATA: Final = 1007
 MESSAGE_TOO_BIG: Final = 1009
+#: "no close frame": not sent, only reported
+ABNORMAL: Final = 1006
 #: how long a closing connection waits for the peer's side of the close handshake
 CLOSE_TIMEOUT: Final = 5.0
 #: the handshake's logger: at DEBUG the ``websockets`` library logs what it handles, which is
@@ -94,6 +96,8 @@ class Wire:
         #: connection, and there are rarely more than a few here)
         self.inbox: list[str | bytes] = []
         self.closed = False
+        #: served by a task of its own: the end of Sanic's request handler is not the end
+        self.detached = False
         #: messages written since the transport's buffer was last empty
         self.backlog = 0
         #: called once when the peer has not read for ``send_timeout`` seconds
@@ -170,8 +174,19 @@ class Wire:
         self._gone()
 
     def end_connection(self, code: int = GOING_AWAY) -> None:
-        """Close now (Sanic calls this when the handler has returned)."""
-        self.fail(code)
+        """Sanic calls this when the request's handler has returned: the end of the
+        connection, unless it was handed to a task of its own (:attr:`detached`)."""
+        if not self.detached:
+            self.fail(code)
+
+    def fail_connection(self, code: int = GOING_AWAY, reason: str = "") -> bool:
+        """Close now, whatever the peer does (Sanic calls this when its graceful shutdown
+        runs out of time)."""
+        if code != ABNORMAL:
+            self.fail(code, reason)
+        self.transport.close()
+        self._gone()
+        return True
 
     async def close(self, code: int = GOING_AWAY, reason: str = "") -> None:
         """Close now (Sanic calls this at shutdown)."""

@@ -75,7 +75,7 @@ async def start_service(settings: Settings) -> tuple[RunningService, Callable[[]
             await asyncio.sleep(0.05)
         for conn in list(server.connections):
             if getattr(conn, "websocket", None):
-                conn.websocket.end_connection(1001)
+                conn.websocket.fail_connection(code=1001)
             else:
                 conn.abort()
         # closing transports finish on the next loop iteration

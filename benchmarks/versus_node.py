@@ -1,27 +1,33 @@
 #!/usr/bin/env python3
 """The service against a Node socket.io 4.8 server doing the same job, in one run.
 
-    .venv/bin/python benchmarks/versus_node.py [--smoke] [--json FILE]
+    .venv/bin/python benchmarks/versus_node.py [--smoke] [--no-redis] [--json FILE]
 
 Each server runs alone, pinned to CPU 0 (``taskset``), with its limits raised far above the load
-but left on (``SIGNAL_LIMIT_*=1000000:1000000``, ``SIGNAL_MAX_CONNECTIONS_PER_USER=0``); the
-load generator (raw Engine.IO 4 / Socket.IO 5 over websockets, a JWT in the auth payload) runs
-on CPU 1. The Node server (``benchmarks/node_reference/``) has its npm dependencies installed by
-this script. Scenarios, each measured on both servers:
+but left on (``SIGNAL_LIMIT_*=1000000:1000000``, ``SIGNAL_MAX_CONNECTIONS_PER_USER=0``). The
+load generator is ``node_reference/load.mjs`` (raw Engine.IO 4 / Socket.IO 5 clients over
+``ws``, a JWT in the auth payload), one Node process pinned to CPU 1, the same for both servers;
+the Node server and generator have their npm dependencies installed by this script. Scenarios,
+each measured on both servers:
 
-- connect storm: ``--connects`` clients, 100 in flight: connects/s, handshake p50/p99, server
-  CPU per connect; the connections then stay open, idle, for
-- idle memory: server RSS growth per open connection;
+- connect storm: ``--connects`` clients, 100 handshakes in flight: connects/s, handshake
+  p50/p99, server CPU per connect; then, all of them open and silent, RSS growth per
+  connection and the server's idle CPU share over ``--idle-seconds``;
+- the same at ``--many`` (10,000) connections;
 - saturated relays: 50 pairs, each sender keeping 4 acknowledged relays in flight, for
   ``--seconds``, with a 200 B and a 3 KB payload: relays/s and server CPU per relay;
 - a fixed ``--rate`` (1,000 relays/s) over 10 pairs: delivery latency p50/p99/max and the
-  server's CPU share.
+  server's CPU share;
+- churn: relays between 10 pairs while a second generator connects and disconnects
+  ``--churn-batch`` clients at a time: RSS before, after, and once they are gone;
+- the Redis path (the service only; ``--no-redis`` skips it): saturated 200 B relays with
+  ``SIGNAL_REDIS_URL`` set, one worker (CPU 0) and two workers (CPUs 0-1, sharing CPU 1 with
+  the generator on this 2-core machine), as ratios to the in-memory run and to one worker.
 
 Server CPU and RSS are read from /proc (the server and its children). A run where processes
-other than the two measured ones used more than 10 % of a core is flagged ``busy``. ``--smoke``
-runs every scenario at a tiny size, for CI: no time thresholds, only that both servers answer.
-Not yet here (issue 11): idle CPU and 10,000 connections, churn, and the Redis path; and the
-load generator, one Python process, is the bottleneck for Node's relays/s and connects/s.
+other than the servers, this script and the generator(s) used more than 10 % of a core is
+flagged ``busy``. ``--smoke`` runs every scenario at a tiny size, for CI: no time thresholds,
+only that both servers answer.
 """
 
 from __future__ import annotations

@@ -11,11 +11,13 @@ the Node server and generator have their npm dependencies installed by this scri
 each measured on both servers:
 
 - connect storm: ``--connects`` clients, 100 handshakes in flight: connects/s, handshake
-  p50/p99, server CPU per connect; then, all of them open and silent, RSS growth per
-  connection and the server's idle CPU share over ``--idle-seconds``;
+  p50/p99, server CPU per connect, handshakes that failed or took over 30 s; then, all of
+  them open and silent, RSS growth per connection and the server's idle CPU share over
+  ``--idle-seconds``;
 - the same at ``--many`` (10,000) connections;
 - saturated relays: 50 pairs, each sender keeping 4 acknowledged relays in flight, for
-  ``--seconds``, with a 200 B and a 3 KB payload: relays/s and server CPU per relay;
+  ``--seconds``, with a 200 B and a 3 KB payload: relays/s and server CPU per relay (and
+  relays refused, e.g. ``unavailable``, which do not count);
 - a fixed ``--rate`` (1,000 relays/s) over 10 pairs: delivery latency p50/p99/max and the
   server's CPU share;
 - churn: relays between 10 pairs while a second generator connects and disconnects
@@ -223,14 +225,16 @@ async def connect_and_idle(server: Server, load: Load, count: int, idle_seconds:
     await asyncio.sleep(1.0)
     rss_after = rss_mib(server.pid)
     _, idle = await measured(server, lambda: asyncio.sleep(idle_seconds))
-    times = result["times_ms"]
+    times = result["times_ms"] or [0.0]
     await load.run("close", ids=result["ids"])
     return {
-        "connects_per_s": round(count / spent["wall_s"]),
+        "connects_per_s": round(len(result["ids"]) / spent["wall_s"]),
+        "failed": result["failed"],
         "handshake_p50_ms": round(statistics.median(times), 2),
         "handshake_p99_ms": round(percentile(times, 0.99), 2),
         "server_cpu_per_connect_ms": round(spent["server_cpu_s"] / count * 1000, 3),
-        "idle_kb_per_connection": round((rss_after - rss_before) * 1024 / count, 1),
+        "idle_kb_per_connection": round((rss_after - rss_before) * 1024
+                                        / max(len(result["ids"]), 1), 1),
         "idle_cpu_percent": round(idle["server_cpu_s"] / idle["wall_s"] * 100, 2),
         "busy": spent["busy"] or idle["busy"],
     }
@@ -246,7 +250,7 @@ async def saturated(server: Server, load: Load, pairs: int, seconds: float, pad:
     done = result["done"]
     return {"relays_per_s": round(done / spent["wall_s"]),
             "server_cpu_us_per_relay": round(spent["server_cpu_s"] / max(done, 1) * 1e6, 1),
-            "relays": done, "busy": spent["busy"]}
+            "relays": done, "refused": result["refused"], "busy": spent["busy"]}
 
 
 async def fixed_rate(server: Server, load: Load, rate: int, seconds: float) -> dict[str, Any]:

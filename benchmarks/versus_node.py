@@ -192,6 +192,8 @@ class Load:
         senders = (await self.connect([f"{prefix}s{n}" for n in range(count)]))["ids"]
         users = [f"{prefix}r{n}" for n in range(count)]
         receivers = (await self.connect(users))["ids"]
+        if None in senders or None in receivers:
+            raise SystemExit(f"{prefix}: connections failed")
         await self.run("join", ids=receivers, users=users)
         return senders, receivers, users
 
@@ -226,15 +228,16 @@ async def connect_and_idle(server: Server, load: Load, count: int, idle_seconds:
     rss_after = rss_mib(server.pid)
     _, idle = await measured(server, lambda: asyncio.sleep(idle_seconds))
     times = result["times_ms"] or [0.0]
-    await load.run("close", ids=result["ids"])
+    opened = [i for i in result["ids"] if i is not None]
+    await load.run("close", ids=opened)
     return {
-        "connects_per_s": round(len(result["ids"]) / spent["wall_s"]),
+        "connects_per_s": round(len(opened) / spent["wall_s"]),
         "failed": result["failed"],
         "handshake_p50_ms": round(statistics.median(times), 2),
         "handshake_p99_ms": round(percentile(times, 0.99), 2),
         "server_cpu_per_connect_ms": round(spent["server_cpu_s"] / count * 1000, 3),
         "idle_kb_per_connection": round((rss_after - rss_before) * 1024
-                                        / max(len(result["ids"]), 1), 1),
+                                        / max(len(opened), 1), 1),
         "idle_cpu_percent": round(idle["server_cpu_s"] / idle["wall_s"] * 100, 2),
         "busy": spent["busy"] or idle["busy"],
     }
@@ -283,7 +286,7 @@ async def churn(server: Server, load: Load, pairs: int, seconds: float, batch: i
             stop_at = time.monotonic() + seconds
             while time.monotonic() < stop_at:
                 ids = (await other.connect([f"c{cycles}-{n}" for n in range(batch)]))["ids"]
-                await other.run("close", ids=ids)
+                await other.run("close", ids=[i for i in ids if i is not None])
                 cycles += 1
 
     async def both() -> Any:

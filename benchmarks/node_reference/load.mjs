@@ -2,7 +2,8 @@
 // `ws`, one Node process (a compiled-speed client, so that the servers, not the generator, are
 // the bottleneck). Driven over stdin/stdout, one JSON object per line:
 //   node load.mjs URL            then commands on stdin:
-//   {"cmd":"connect","tokens":[...],"inflight":100} -> {"ids":[...],"times_ms":[...],"failed":n}
+//   {"cmd":"connect","tokens":[...],"inflight":100}
+//                           -> {"ids":[... null where it failed],"times_ms":[...],"failed":n}
 //   {"cmd":"relay","senders":[ids],"receivers":[ids],"to":[users],"depth":4,"seconds":5,"pad":0}
 //                                              -> {"done":n,"refused":n,"seconds":s}
 //   {"cmd":"fixed","senders":[...],"receivers":[...],"to":[...],"rate":1000,"seconds":5}
@@ -79,7 +80,7 @@ function open(token) {
 }
 
 async function connect({ tokens, inflight }) {
-  const ids = [];
+  const ids = new Array(tokens.length).fill(null);  // in token order; null: failed
   const times = [];
   let next = 0;
   let failed = 0;
@@ -88,7 +89,7 @@ async function connect({ tokens, inflight }) {
       const n = next++;
       try {
         const [id, took] = await open(tokens[n]);
-        ids.push(id);
+        ids[n] = id;
         times.push(took);
       } catch {
         failed++;

@@ -311,18 +311,25 @@ async def run_server(server: Server, sizes: argparse.Namespace) -> dict[str, Any
     await server.start()
     try:
         async with Load(server.url) as load:
-            return {
-                "connect_storm": await connect_and_idle(server, load, sizes.connects,
-                                                        sizes.idle_seconds, "u"),
-                f"idle_{sizes.many}": await connect_and_idle(server, load, sizes.many,
-                                                             sizes.idle_seconds, "m"),
-                "relays_200B": await saturated(server, load, sizes.pairs, sizes.seconds),
-                "relays_3KB": await saturated(server, load, sizes.pairs, sizes.seconds,
-                                              PAD_3KB, "big"),
-                f"fixed_{sizes.rate}_per_s": await fixed_rate(server, load, sizes.rate,
-                                                              sizes.seconds),
-                "churn": await churn(server, load, 10, sizes.seconds, sizes.churn_batch),
+            scenarios: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {
+                "connect_storm": lambda: connect_and_idle(server, load, sizes.connects,
+                                                          sizes.idle_seconds, "u"),
+                f"idle_{sizes.many}": lambda: connect_and_idle(server, load, sizes.many,
+                                                               sizes.idle_seconds, "m"),
+                "relays_200B": lambda: saturated(server, load, sizes.pairs, sizes.seconds),
+                "relays_3KB": lambda: saturated(server, load, sizes.pairs, sizes.seconds,
+                                                PAD_3KB, "big"),
+                f"fixed_{sizes.rate}_per_s": lambda: fixed_rate(server, load, sizes.rate,
+                                                                sizes.seconds),
+                "churn": lambda: churn(server, load, 10, sizes.seconds, sizes.churn_batch),
             }
+            report: dict[str, Any] = {}
+            for name, scenario in scenarios.items():
+                try:
+                    report[name] = await scenario()
+                except SystemExit as failure:  # reported, and the next scenario runs
+                    report[name] = {"error": str(failure)}
+            return report
     finally:
         await server.stop()
 
@@ -337,11 +344,14 @@ async def redis_path(sizes: argparse.Namespace, in_memory: dict[str, Any]) -> di
         await server.start()
         try:
             async with Load(server.url) as load:
-                out[f"workers_{workers}"] = await saturated(server, load, sizes.pairs,
-                                                            sizes.seconds, prefix="redis")
+                try:
+                    out[f"workers_{workers}"] = await saturated(server, load, sizes.pairs,
+                                                                sizes.seconds, prefix="redis")
+                except SystemExit as failure:
+                    out[f"workers_{workers}"] = {"error": str(failure), "relays_per_s": 0}
         finally:
             await server.stop()
-    base = in_memory["relays_200B"]["relays_per_s"]
+    base = in_memory["relays_200B"].get("relays_per_s", 0)
     one = out["workers_1"]["relays_per_s"]
     out["one_worker_to_in_memory"] = round(one / base, 2) if base else None
     out["two_workers_to_one"] = round(out["workers_2"]["relays_per_s"] / one, 2) if one else None
@@ -354,7 +364,8 @@ def ratios(python: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
         out[scenario] = {key: round(value / node[scenario][key], 2)
                          for key, value in values.items()
                          if isinstance(value, (int, float)) and not isinstance(value, bool)
-                         and node[scenario].get(key)}
+                         and isinstance(node[scenario].get(key), (int, float))
+                         and node[scenario][key]}
     return out
 
 

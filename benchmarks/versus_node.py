@@ -139,10 +139,14 @@ def python_server(workers: int = 1, cpus: str = "0", redis: bool = False) -> Ser
                              "--workers", str(workers)], env, ROOT, port, cpus)
 
 
-def node_server() -> Server:
-    if not (NODE_DIR / "node_modules").is_dir():
+def install_node_modules() -> None:
+    """The Node server's and the load generator's npm dependencies (lockfile), once."""
+    if not (NODE_DIR / "node_modules" / "ws").is_dir():
         subprocess.run(["npm", "ci", "--silent", "--no-audit", "--no-fund"], cwd=NODE_DIR,
                        check=True)
+
+
+def node_server() -> Server:
     port = free_port()
     return Server("node", ["node", "server.mjs"], {**os.environ, "PORT": str(port),
                                                     "SECRET": SECRET}, NODE_DIR, port)
@@ -370,6 +374,7 @@ def ratios(python: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
 
 
 async def main_async(sizes: argparse.Namespace) -> dict[str, Any]:
+    install_node_modules()
     with __import__("contextlib").suppress(OSError):
         os.sched_setaffinity(0, {1})  # this script stays off the servers' core
     report: dict[str, Any] = {"python": await run_server(python_server(), sizes),

@@ -5,10 +5,8 @@ a client's CLOSE packet, and reconnect churn (issue 9, items 4, 5, 14, 15 and 16
 from __future__ import annotations
 
 import asyncio
-import base64
 import gc
 import json
-import os
 import time
 import weakref
 from collections.abc import AsyncIterator
@@ -24,7 +22,16 @@ from sanic.server.protocols.http_protocol import HttpProtocol
 from service.config import JwksEndpoint, Secret, Settings
 from service.limits import Rate
 from tests.idp import IdpKey, JwksServer
-from tests.support import SECRET, Peer, RunningService, eventually, serving
+from tests.support import (
+    SECRET,
+    Peer,
+    RunningService,
+    client_frame,
+    eventually,
+    raw_connection,
+    serving,
+    until_eof,
+)
 
 UNLIMITED = Rate(0, 0)
 ISSUER = "https://idp.example.com/"
@@ -161,35 +168,13 @@ async def test_session_that_ignores_server_disconnect_is_closed() -> None:
 
 # ---- items 14 and 15: frames and close packets over websocket ----
 
-def _frame(text: str) -> bytes:
-    """A masked text frame, as a client sends it."""
-    data, mask = text.encode(), os.urandom(4)
-    size = len(data)
-    header = bytes([0x81]) + (bytes([0x80 | size]) if size < 126
-                              else bytes([0x80 | 126]) + size.to_bytes(2, "big"))
-    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data))
-
-
 async def _raw_session(service: RunningService, last: str) -> tuple[bytes, float]:
     """Open a websocket by hand, connect, send ``last``; every byte the server then sends
     until it closes the TCP connection, and how long that took."""
-    port = int(service.url.rsplit(":", 1)[1])
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    key = base64.b64encode(os.urandom(16)).decode()
-    writer.write((f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: x\r\n"
-                  f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                  f"Sec-WebSocket-Version: 13\r\n\r\n").encode())
-    head = await reader.readuntil(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 101")
-    writer.write(_frame("40" + json.dumps({"token": service.token("mallory")})))
-    data = b""
-    while b"40{" not in data:
-        data += await asyncio.wait_for(reader.read(4096), 5)
-    writer.write(_frame(last))
+    reader, writer = await raw_connection(service)
+    writer.write(client_frame(last.encode()))
     started = time.monotonic()
-    rest = b""
-    while chunk := await asyncio.wait_for(reader.read(65536), 15):
-        rest += chunk
+    rest = await until_eof(reader)
     writer.close()
     return rest, time.monotonic() - started
 

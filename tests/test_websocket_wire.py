@@ -4,9 +4,7 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import os
 import socket
 from typing import Any
 
@@ -15,7 +13,16 @@ import websockets
 
 from service.config import Secret, Settings
 from service.limits import Rate
-from tests.support import SECRET, Peer, RunningService, eventually, serving
+from tests.support import (
+    SECRET,
+    Peer,
+    RunningService,
+    client_frame,
+    eventually,
+    raw_connection,
+    serving,
+    until_eof,
+)
 
 UNLIMITED = Rate(0, 0)
 
@@ -35,44 +42,6 @@ async def connected(service: RunningService, user: str, **options: Any) -> Any:
     await ws.send("40" + json.dumps({"token": service.token(user)}))
     assert str(await ws.recv()).startswith("40{")
     return ws
-
-
-def client_frame(payload: bytes, opcode: int = 0x1, length: int | None = None) -> bytes:
-    """A masked frame as a client sends it; ``length`` may announce more than ``payload``."""
-    size = len(payload) if length is None else length
-    if size < 126:
-        head = bytes([0x80 | opcode, 0x80 | size])
-    elif size < 65536:
-        head = bytes([0x80 | opcode, 0x80 | 126]) + size.to_bytes(2, "big")
-    else:
-        head = bytes([0x80 | opcode, 0x80 | 127]) + size.to_bytes(8, "big")
-    mask = os.urandom(4)
-    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-
-
-async def raw_connection(service: RunningService
-                         ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A websocket opened by hand, with a Socket.IO connection on it."""
-    port = int(service.url.rsplit(":", 1)[1])
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    key = base64.b64encode(os.urandom(16)).decode()
-    writer.write((f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: x\r\n"
-                  f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                  f"Sec-WebSocket-Version: 13\r\n\r\n").encode())
-    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
-    writer.write(client_frame(("40" + json.dumps({"token": service.token("mallory")}))
-                              .encode()))
-    data = b""
-    while b"40{" not in data:
-        data += await asyncio.wait_for(reader.read(4096), 5)
-    return reader, writer
-
-
-async def until_eof(reader: asyncio.StreamReader, within: float = 15) -> bytes:
-    rest = b""
-    while chunk := await asyncio.wait_for(reader.read(65536), within):
-        rest += chunk
-    return rest
 
 
 def close_code(data: bytes) -> int | None:

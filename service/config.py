@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
+from service.calls import BUSY_POLICIES
 from service.errors import ConfigError
 from service.limits import Rate, parse_networks
 
@@ -126,7 +127,17 @@ class Settings:
     node_ttl: float = 5.0
     sticky_sessions: bool = False
     shutdown_timeout: float = 10.0
-    # ---- calls (see README "Demo") ----
+    # ---- calls (see README "Call life cycle") ----
+    #: seconds an unanswered call rings (and an offline callee's offer is held)
+    ring_timeout: float = 45.0
+    #: seconds a party whose socket dropped has to come back before the call ends
+    reconnect_grace: float = 15.0
+    #: an offer to a user in another call: "reject" (ack busy) or "ring" (call waiting)
+    busy_policy: str = "reject"
+    #: POSTed call.incoming when a callee has no joined device (for push notifications)
+    webhook_url: Secret | None = None
+    webhook_secret: Secret | None = None
+    # ---- demo (see README "Demo") ----
     demo: bool = False
     demo_tokens: bool = False
     ice_servers: tuple[dict[str, Any], ...] = ()
@@ -185,6 +196,8 @@ BOUNDS: Final[dict[str, tuple[int, int]]] = {
     "redis_max_connections": (2, 1000),
     "node_ttl": (2, 300),
     "shutdown_timeout": (1, 600),
+    "ring_timeout": (1, 600),
+    "reconnect_grace": (1, 600),
 }
 #: of those, the ones that must be whole numbers (the rest are seconds, fractions allowed)
 WHOLE: Final = frozenset({"jwt_leeway", "jwt_max_lifetime", "jwt_max_token_bytes",
@@ -214,7 +227,7 @@ def check(s: Settings) -> list[str]:
         if (not number or not math.isfinite(value) or not low <= value <= high
                 or (field in WHOLE and not isinstance(value, int))):
             problems.append(bounds_message(field, value))
-    for field in ("jwt_secret", "jwt_previous_secret", "redis_secret"):
+    for field in ("jwt_secret", "jwt_previous_secret", "redis_secret", "webhook_secret"):
         secret = getattr(s, field)
         if secret is not None and (msg := _check_secret(secret.reveal(), variable(field))):
             problems.append(msg)
@@ -263,6 +276,11 @@ def check(s: Settings) -> list[str]:
                         f"got {s.redis_channel!r}.")
     if not ice_servers_ok(s.ice_servers):
         problems.append(ICE_SERVERS_HELP)
+    if s.busy_policy not in BUSY_POLICIES:
+        problems.append(f"{PREFIX}BUSY_POLICY must be one of {', '.join(BUSY_POLICIES)}, "
+                        f"got {s.busy_policy!r}.")
+    if s.webhook_url is not None and (msg := check_webhook_url(s.webhook_url.reveal())):
+        problems.append(msg)
     problems.extend(_across(s))
     return problems
 
@@ -294,6 +312,13 @@ def _across(s: Settings) -> list[str]:
             "its cluster messages with it (the same value on every node, 32+ bytes), so "
             "nothing else that can publish on Redis is believed."
         )
+    if s.webhook_url is not None and s.webhook_secret is None:
+        problems.append(
+            f"{PREFIX}WEBHOOK_SECRET is missing: with {PREFIX}WEBHOOK_URL set, every webhook "
+            "is signed with it (32+ bytes) so the receiver can tell it came from this service."
+        )
+    if s.webhook_secret is not None and s.webhook_url is None:
+        problems.append(f"{PREFIX}WEBHOOK_SECRET is set without {PREFIX}WEBHOOK_URL.")
     if s.demo_tokens and (s.jwt_secret is None or not s.demo):
         problems.append(
             f"{PREFIX}DEMO_TOKENS hands out tokens signed with {PREFIX}JWT_SECRET on the demo "
@@ -402,6 +427,13 @@ def check_origin(origin: str, var: str) -> str | None:
     if normal_origin(origin) != origin:
         return (f"{var} entries must look like https://app.example.com[:port] "
                 f"(scheme and host in lower case, no path), got {origin!r}.")
+    return None
+
+
+def check_webhook_url(url: str) -> str | None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.fragment:
+        return f"{PREFIX}WEBHOOK_URL must be an http:// or https:// URL."
     return None
 
 

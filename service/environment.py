@@ -96,6 +96,9 @@ def parse(values: Mapping[str, str]) -> Settings:
         "demo": field("demo", _bool),
         "demo_tokens": field("demo_tokens", _bool),
         "ice_servers": field("ice_servers", _ice_servers),
+        "busy_policy": field("busy_policy", lambda raw, var: raw.lower()),
+        "webhook_url": field("webhook_url", _secret),
+        "webhook_secret": field("webhook_secret", _secret),
     }
     for name in BOUNDS:
         kwargs[name] = field(name, _whole if name in WHOLE else _seconds)

@@ -22,7 +22,11 @@
         ├── UnknownEvent            "unknown_event"
         ├── RateLimited             "rate_limited"
         ├── Unavailable             "unavailable" (the cluster cannot be reached: retry)
-        └── ShuttingDown            "shutting_down" (this node is leaving: reconnect)
+        ├── ShuttingDown            "shutting_down" (this node is leaving: reconnect)
+        ├── NotInCall               "not_in_call" (no open call between the two, or not
+        │                           this device's)
+        ├── Busy                    "busy" (the callee is in another call)
+        └── Glare                   "glare" (the callee offered first; ack has its callId)
 
 Codes and reasons are part of the public protocol: clients branch on them, so they
 never change meaning. Messages are for humans and never contain a token or a payload.
@@ -125,6 +129,10 @@ class RequestError(SignalingError):
 
     code = "request_error"
 
+    def ack_fields(self) -> dict[str, str]:
+        """What the refusal's ack carries besides ``ok``, ``error`` and ``detail``."""
+        return {}
+
 
 class InvalidPayload(RequestError):
     """The event's arguments do not match its schema."""
@@ -160,3 +168,29 @@ class ShuttingDown(RequestError):
     """This node is shutting down: reconnect (to another node) and send again."""
 
     code = "shutting_down"
+
+
+class NotInCall(RequestError):
+    """No open call between the sender and ``to`` (or with that ``callId``), or the call is
+    on another device of the sender, or the event does not fit the call's state."""
+
+    code = "not_in_call"
+
+
+class Busy(RequestError):
+    """The callee is in an open call with someone else (``SIGNAL_BUSY_POLICY=reject``)."""
+
+    code = "busy"
+
+
+class Glare(RequestError):
+    """Both users offered each other; the other offer arrived first: answer that call."""
+
+    code = "glare"
+
+    def __init__(self, call_id: str) -> None:
+        super().__init__()
+        self.call_id = call_id
+
+    def ack_fields(self) -> dict[str, str]:
+        return {"callId": self.call_id}

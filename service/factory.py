@@ -11,7 +11,16 @@ from sanic import Sanic
 
 from service import routes
 from service.auth import TokenVerifier
-from service.cluster import ClusterDelivery, RedisLink, RedisPresence, SignedRedisManager
+from service.calling import Calls
+from service.calls import CallRules
+from service.callstore import CallStore, LocalCallStore
+from service.cluster import (
+    ClusterDelivery,
+    RedisCallStore,
+    RedisLink,
+    RedisPresence,
+    SignedRedisManager,
+)
 from service.config import Settings, is_loopback
 from service.engine import MAX_PACKETS_PER_POST
 from service.guard import Guard
@@ -20,6 +29,7 @@ from service.presence import Delivery, LocalDelivery, LocalPresence, Presence
 from service.rooms import InlineManager
 from service.signaling import Signaling
 from service.socket_server import SignalingServer
+from service.webhook import Webhook
 
 SOCKETIO_PATH: Final = "socket.io"
 #: room for the HTTP framing around one polling POST of ``max_message_bytes``
@@ -75,8 +85,12 @@ def create_app(settings: Settings, *, name: str = "signaling") -> Sanic[Any, Any
     else:
         assert isinstance(presence, LocalPresence)
         delivery = LocalDelivery(sio, presence)
+    calls = Calls(CallRules(ring_timeout=settings.ring_timeout,
+                            grace=settings.reconnect_grace, busy_policy=settings.busy_policy),
+                  _call_store(settings, link), delivery, logger, _webhook(settings, logger))
     signaling = Signaling(sio, TokenVerifier(settings, logger), Guard(settings), presence,
-                          delivery, logger, expiry_warning=settings.token_expiry_warning)
+                          delivery, calls, logger,
+                          expiry_warning=settings.token_expiry_warning)
     signaling.register()
 
     @app.main_process_start
@@ -122,6 +136,20 @@ def create_app(settings: Settings, *, name: str = "signaling") -> Sanic[Any, Any
     app.ctx.sio = sio
     app.ctx.signaling = signaling
     return app
+
+
+def _call_store(settings: Settings, link: RedisLink | None) -> CallStore:
+    """Open calls: in memory, or on Redis (cluster-wide) when SIGNAL_REDIS_URL is set."""
+    if link is None:
+        return LocalCallStore()
+    return RedisCallStore(link, prefix=settings.redis_channel)
+
+
+def _webhook(settings: Settings, logger: logging.Logger) -> Webhook | None:
+    if settings.webhook_url is None:
+        return None
+    assert settings.webhook_secret is not None  # Settings checks it
+    return Webhook(settings.webhook_url.reveal(), settings.webhook_secret.reveal(), logger)
 
 
 def _cluster(settings: Settings, logger: logging.Logger,

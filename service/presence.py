@@ -17,6 +17,17 @@ class Delivery(Protocol):
                     sid: str) -> bool:
         """Send ``message`` to every socket in ``room`` but ``sid``; whether anyone got it."""
 
+    async def to_device(self, event: str, message: dict[str, Any], user: str,
+                        device: str) -> bool:
+        """Send ``message`` to one connected socket of ``user`` (``device``: its address,
+        see :meth:`device`); whether it is connected."""
+
+    def device(self, sid: str) -> str:
+        """The cluster-wide address of this node's socket ``sid``."""
+
+    def sid_of(self, device: str) -> str:
+        """The sid in a device address."""
+
 
 class PresenceUnavailable(Exception):
     """The presence store cannot be reached."""
@@ -82,6 +93,9 @@ class LocalPresence:
     async def leave(self, user: str, sid: str) -> None:
         _discard(self._joined, user, sid)
 
+    def connected(self, user: str, sid: str) -> bool:
+        return sid in self._connections.get(user, ())
+
     async def others_present(self, user: str, sid: str) -> bool:
         return any(other != sid for other in self._joined.get(user, ()))
 
@@ -117,3 +131,16 @@ class LocalDelivery:
             return False
         await self._sio.emit(event, message, room=room, skip_sid=sid)
         return True
+
+    async def to_device(self, event: str, message: dict[str, Any], user: str,
+                        device: str) -> bool:
+        if not self._presence.connected(user, device):
+            return False
+        await self._sio.emit(event, message, to=device)
+        return True
+
+    def device(self, sid: str) -> str:
+        return sid
+
+    def sid_of(self, device: str) -> str:
+        return device

@@ -24,6 +24,7 @@ import orjson
 from service.errors import InvalidPayload
 
 MAX_USER_ID_LENGTH: Final = 256
+MAX_CALL_ID_LENGTH: Final = 128
 MAX_SDP_LENGTH: Final = 48 * 1024
 MAX_CANDIDATE_LENGTH: Final = 2048
 MAX_MID_LENGTH: Final = 256
@@ -84,6 +85,10 @@ class Relay:
     event: str
     to: str
     body: Mapping[str, Any]
+    #: the call it belongs to, when the client names it
+    call_id: str | None = None
+    #: the body's length as JSON
+    size: int = 0
 
     def stamped(self, sender: str) -> dict[str, Any]:
         """The message the peer receives: ``from`` is always the authenticated sender."""
@@ -137,8 +142,14 @@ def parse_relay(event: str, args: Sequence[object]) -> Relay:
     # exactly what the sender sent, validated: strict decoders (kotlinx.serialization,
     # Swift's Codable) choke on keys they did not send, or on a changed type
     body: dict[str, Any] = {k: v for k, v in payload.items() if k != "from"}
-    _check_size(event, body)
-    return Relay(event=event, to=to, body=body)
+    call_id = payload.get("callId")
+    if call_id is not None and not (isinstance(call_id, str)
+                                    and 0 < len(call_id) <= MAX_CALL_ID_LENGTH
+                                    and _CONTROL.search(call_id) is None):
+        raise InvalidPayload(f"callId must be a string of 1 to {MAX_CALL_ID_LENGTH} "
+                             "characters")
+    size = _check_size(event, body)
+    return Relay(event=event, to=to, body=body, call_id=call_id, size=size)
 
 
 def _single(args: Sequence[object]) -> object:
@@ -219,7 +230,7 @@ def _check_shape(event: str, payload: Mapping[str, Any]) -> None:
         stack.extend((child, depth + 1) for child in children)
 
 
-def _check_size(event: str, body: Mapping[str, Any]) -> None:
+def _check_size(event: str, body: Mapping[str, Any]) -> int:
     try:
         size = len(orjson.dumps(body))
     except TypeError:  # beyond orjson (an integer over 64 bits, a lone surrogate): the
@@ -231,6 +242,7 @@ def _check_size(event: str, body: Mapping[str, Any]) -> None:
             raise InvalidPayload(f"{event} payload must be plain JSON text") from None
     if size > MAX_RELAY_BYTES:
         raise InvalidPayload(f"{event} payload is larger than {MAX_RELAY_BYTES} bytes")
+    return size
 
 
 def _has_surrogate(value: str) -> bool:

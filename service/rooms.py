@@ -17,6 +17,13 @@ from engineio import packet as eio_packet
 from socketio import packet
 
 
+def user_room(user_id: str) -> str:
+    """The room every socket of ``user_id`` joins with ``JoinSocket``: ``user:<id>``, never a
+    bare id, so a client cannot reach a socket through the room python-socketio names after
+    each sid."""
+    return f"user:{user_id}"
+
+
 class InlineManager(socketio.AsyncManager):  # type: ignore[misc]
     """``socketio.AsyncManager`` whose plain emits send inline (see the module docstring).
     The Redis manager puts it under its own ``emit`` (what arrives from Redis is delivered

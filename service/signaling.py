@@ -9,6 +9,7 @@ connection ends (expiry, revocation, shutdown), is :mod:`service.sessions`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -17,6 +18,7 @@ from typing import Any, Final
 import socketio
 
 from service.auth import TokenVerifier, extract_token
+from service.calling import Calls
 from service.errors import (
     AuthError,
     ConnectionRefused,
@@ -36,7 +38,7 @@ from service.expiry import ExpiryTimers
 from service.guard import OTHER, Guard, event_class
 from service.limits import address_key
 from service.logs import log_event
-from service.presence import Delivery, DeliveryUnavailable, Presence, PresenceUnavailable
+from service.presence import Delivery, Presence, PresenceUnavailable
 from service.protocol import (
     JOIN,
     LEAVE,
@@ -46,7 +48,11 @@ from service.protocol import (
     parse_relay,
     parse_room_request,
 )
+from service.rooms import user_room
 from service.sessions import Session, Sessions
+from service.supervise import forever
+
+__all__ = ["Signaling", "user_room"]
 
 #: how long a connect or JoinSocket waits for this node to be reachable through the cluster
 REACHABLE_WAIT_SECONDS: Final = 2.0
@@ -56,19 +62,17 @@ Ack = dict[str, Any]
 Handler = Callable[..., Awaitable[Ack]]
 
 
-def user_room(user_id: str) -> str:
-    """The room every socket of ``user_id`` joins with ``JoinSocket``."""
-    return f"user:{user_id}"
-
-
 class Signaling:
     """Binds the protocol to a ``socketio.AsyncServer``."""
 
     def __init__(self, sio: socketio.AsyncServer, verifier: TokenVerifier, guard: Guard,
-                 presence: Presence, delivery: Delivery, logger: logging.Logger, *,
-                 expiry_warning: int) -> None:
+                 presence: Presence, delivery: Delivery, calls: Calls,
+                 logger: logging.Logger, *, expiry_warning: int) -> None:
         self.sio = sio
         self.delivery = delivery
+        #: call state: what a relay may do, where it goes, what is held
+        self.calls = calls
+        self._sweep: asyncio.Task[None] | None = None
         self.verifier = verifier
         self.guard = guard
         self.presence = presence
@@ -90,10 +94,19 @@ class Signaling:
         return self.life.shutting_down
 
     async def start(self) -> None:
-        """Background work while serving: presence, JWKS, the deny-list."""
+        """Background work while serving: presence, JWKS, the deny-list, and the sweep that
+        ends calls past their ring timeout or grace."""
         await self.life.start()
+        self._sweep = asyncio.ensure_future(forever(self.calls.sweep, name="call_sweep",
+                                                    log=self.log))
 
     async def stop(self) -> None:
+        if self._sweep is not None:
+            self._sweep.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweep
+        if self.calls.webhook is not None:
+            await self.calls.webhook.stop()
         await self.life.stop()
 
     async def shutdown(self, within: float) -> None:
@@ -242,6 +255,11 @@ class Signaling:
         session = await self.life.remove(sid)
         if session is None:
             return
+        try:
+            await self.calls.gone(session.identity.user_id, sid)
+        except Unavailable:
+            log_event(self.log, "call_state_unavailable", logging.WARNING, sid=sid,
+                      during="disconnect")
         log_event(
             self.log, "disconnect", sid=sid, user=session.identity.user_id,
             transport=self._transport(sid, session.transport),
@@ -261,6 +279,8 @@ class Signaling:
         except PresenceUnavailable:
             raise Unavailable("presence store unreachable; retry") from None
         await self.sio.enter_room(sid, user_room(user_id))
+        # what was held for this user (its device was away, or it was offline while called)
+        await self.calls.joined(user_id, sid)
         log_event(self.log, "join", logging.DEBUG, sid=sid, user=user_id)
         return {"ok": True}
 
@@ -273,15 +293,11 @@ class Signaling:
         return {"ok": True}
 
     async def relay(self, event: str, sid: str, *args: object) -> Ack:
-        """Deliver a validated offer/answer/candidate/hangup to room ``to``, from the caller."""
+        """Deliver a validated offer/answer/candidate/hangup within its call, from the
+        caller (``from`` stamped by the server; see :mod:`service.calling`)."""
         relay = parse_relay(event, args)
         sender = self._session(sid).identity.user_id
-        try:
-            delivered = await self.delivery.relay(event, relay.stamped(sender), relay.to,
-                                                  user_room(relay.to), sid)
-        except (PresenceUnavailable, DeliveryUnavailable):
-            raise Unavailable("the cluster cannot be reached; nothing was sent") from None
-        return {"ok": True, "delivered": delivered}
+        return await self.calls.relay(event, sid, sender, relay)
 
     async def refresh(self, sid: str, *args: object) -> Ack:
         """``RefreshToken(token)``: replace the connection's token with a newer one for the
@@ -333,6 +349,7 @@ class Signaling:
                 ack: Ack = {"ok": False, "error": exc.code}
                 if str(exc):
                     ack["detail"] = str(exc)
+                ack.update(exc.ack_fields())
                 return ack
             except AuthError as exc:  # RefreshToken, or a token that expired meanwhile
                 return {"ok": False, "error": exc.reason}

@@ -240,3 +240,41 @@ async def until_eof(reader: asyncio.StreamReader, within: float = 15) -> bytes:
     while chunk := await asyncio.wait_for(reader.read(65536), within):
         rest += chunk
     return rest
+
+
+# ---- calls ----
+
+SDP = ("v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
+       "a=group:BUNDLE 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\n"
+       "a=mid:0\r\na=sendrecv\r\na=rtpmap:111 opus/48000/2\r\n")
+
+
+def offer_to(user: str, **extra: Any) -> dict[str, Any]:
+    return {"to": user, "offer": {"type": "offer", "sdp": SDP}, **extra}
+
+
+def answer_to(user: str, **extra: Any) -> dict[str, Any]:
+    return {"to": user, "answer": {"type": "answer", "sdp": SDP}, **extra}
+
+
+def candidate_to(user: str, n: int = 0, **extra: Any) -> dict[str, Any]:
+    return {"to": user, "candidate": {
+        "candidate": f"candidate:{n} 1 udp 2122260223 192.0.2.{n % 250} {50000 + n} typ host",
+        "sdpMid": "0", "sdpMLineIndex": 0}, **extra}
+
+
+async def open_call(caller: Peer, callee: Peer | None, to: str) -> str:
+    """``caller`` offers ``to``; the call id (``callee``, when given, has received the offer)."""
+    ack = await caller.call("offer", offer_to(to))
+    assert ack["ok"] is True, ack
+    if callee is not None:
+        assert (await callee.next("offer"))["callId"] == ack["callId"]
+    return str(ack["callId"])
+
+
+async def answered_call(caller: Peer, callee: Peer, caller_id: str, callee_id: str) -> str:
+    """A call ``caller`` opened and ``callee`` answered; its id."""
+    call_id = await open_call(caller, callee, callee_id)
+    assert (await callee.call("answer", answer_to(caller_id)))["delivered"] is True
+    assert (await caller.next("answer"))["callId"] == call_id
+    return call_id

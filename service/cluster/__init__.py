@@ -3,16 +3,24 @@
 - :mod:`service.cluster.link`: the process's Redis connections;
 - :mod:`service.cluster.manager`: the signed manager (cross-node delivery of emits);
 - :mod:`service.cluster.presence`: who is connected and reachable, cluster-wide;
-- :mod:`service.cluster.delivery`: a relay in one round trip.
+- :mod:`service.cluster.delivery`: a relay in one round trip;
+- :mod:`service.cluster.callstore`: open calls, cluster-wide.
 
 The policy code (``service.signaling``) sees none of this: it talks to the ``Presence`` and
 ``Delivery`` interfaces of :mod:`service.presence`, whose errors these raise.
 """
 
+from service.cluster.callstore import RedisCallStore
 from service.cluster.delivery import ClusterDelivery
 from service.cluster.link import RedisLink
 from service.cluster.manager import ClusterUnavailable, SignedRedisManager
 from service.cluster.presence import RedisPresence
 
-__all__ = ["ClusterDelivery", "ClusterUnavailable", "RedisLink", "RedisPresence",
-           "SignedRedisManager"]
+__all__ = [
+           "ClusterDelivery",
+           "ClusterUnavailable",
+           "RedisCallStore",
+           "RedisLink",
+           "RedisPresence",
+           "SignedRedisManager",
+]

@@ -28,3 +28,21 @@ class ClusterDelivery:
         if delivered:
             await self._sio.emit(event, message, room=room, skip_sid=sid, ignore_queue=True)
         return delivered
+
+    async def to_device(self, event: str, message: dict[str, Any], user: str,
+                        device: str) -> bool:
+        sid = self._presence.local_sid(device)
+        if sid is not None:
+            await self._sio.emit(event, message, to=sid, ignore_queue=True)
+            return True
+        if device.rpartition("|")[0] == self._presence.node:
+            return False  # this node's socket, and it is gone
+        envelope = self._manager.emit_envelope(event, message, self.sid_of(device), "")
+        return await self._presence.publish_to_member(user, device, self._manager.channel,
+                                                      envelope)
+
+    def device(self, sid: str) -> str:
+        return self._presence.address(sid)
+
+    def sid_of(self, device: str) -> str:
+        return device.rpartition("|")[2]

@@ -81,6 +81,18 @@ if remote > 0 then redis.call('PUBLISH', ARGV[3], ARGV[4]) end
 return live
 """
 
+#: KEYS[1]: a user's connections; ARGV: node key prefix, the member (node|sid) to reach,
+#: its node, channel, signed envelope. Publishes when that socket is connected on a live
+#: node; whether it is.
+_PUBLISH_TO_MEMBER = """
+if redis.call('EXISTS', ARGV[1] .. ARGV[3]) == 1
+    and redis.call('SISMEMBER', KEYS[1], ARGV[2]) == 1 then
+  redis.call('PUBLISH', ARGV[4], ARGV[5])
+  return 1
+end
+return 0
+"""
+
 #: sets of a user's members expire after a day without a change (garbage from dead clusters)
 SET_TTL_SECONDS: Final = 86400
 
@@ -109,6 +121,8 @@ class RedisPresence:
         self._add = self._redis.register_script(_ADD_UNDER_CAP)
         self._publish_if_present = ScriptBatch(
             self._redis, self._redis.register_script(_PUBLISH_IF_PRESENT))
+        self._publish_to_member = ScriptBatch(
+            self._redis, self._redis.register_script(_PUBLISH_TO_MEMBER))
         self._connections: dict[str, str] = {}  # sid -> user, on this node
         self._joined: dict[str, str] = {}
         #: (key, member) to remove when Redis is back, each once
@@ -123,6 +137,15 @@ class RedisPresence:
 
     def _member(self, sid: str) -> str:
         return f"{self.node}|{sid}"
+
+    def address(self, sid: str) -> str:
+        """This node's socket ``sid`` as the cluster knows it (``node|sid``)."""
+        return self._member(sid)
+
+    def local_sid(self, member: str) -> str | None:
+        """The sid of ``member`` when it is a connected socket of this node."""
+        node, _, sid = member.rpartition("|")
+        return sid if node == self.node and sid in self._connections else None
 
     def _conns(self, user: str) -> str:
         return f"{self._prefix}:conns:{user}"
@@ -286,6 +309,19 @@ class RedisPresence:
         except (RedisError, OSError) as exc:
             raise PresenceUnavailable(str(type(exc).__name__)) from None
         return int(live) > 0
+
+    async def publish_to_member(self, user: str, member: str, channel: str,
+                                envelope: str) -> bool:
+        """Publish ``envelope`` when ``member`` (another node's socket of ``user``) is
+        connected on a live node; whether it is."""
+        node = member.rpartition("|")[0]
+        try:
+            sent = await self._publish_to_member.call(
+                keys=[self._conns(user)],
+                args=[self._node_prefix, member, node, channel, envelope])
+        except (RedisError, OSError) as exc:
+            raise PresenceUnavailable(str(type(exc).__name__)) from None
+        return bool(sent)
 
     async def healthy(self) -> bool:
         """Redis answers, and this node is subscribed and counted as online."""

@@ -1,0 +1,148 @@
+"""Calls on the relay path: the rules (:mod:`service.calls`) decide, the store
+(:mod:`service.callstore`) keeps the decision, this module delivers what was decided and
+answers the sender. Also the per-node sweep that ends calls past their ring timeout or grace.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Final
+
+from service.calls import BUSY, HANGUP, OFFER, CallRules, Ledger, Outcome, Send, new_call_id
+from service.callstore import CallStore, CallStoreUnavailable
+from service.errors import Busy, Unavailable
+from service.logs import log_event
+from service.presence import Delivery, DeliveryUnavailable, PresenceUnavailable
+from service.protocol import Relay
+from service.rooms import user_room
+from service.webhook import Webhook
+
+#: how often a node looks for calls past their deadline
+SWEEP_SECONDS: Final = 0.25
+Ack = dict[str, Any]
+
+
+class Calls:
+    """Call state for one node's sockets (see the module docstring)."""
+
+    def __init__(self, rules: CallRules, store: CallStore, delivery: Delivery,
+                 logger: logging.Logger, webhook: Webhook | None = None) -> None:
+        self.rules = rules
+        self.store = store
+        self.delivery = delivery
+        self.webhook = webhook
+        self.log = logger
+
+    async def relay(self, event: str, sid: str, sender: str, relay: Relay) -> Ack:
+        """Relay ``relay`` from ``sid`` (of ``sender``) within its call; the ack."""
+        device = self.delivery.device(sid)
+        now = time.time()
+        body = dict(relay.body)
+
+        def decide(ledger: Ledger) -> Outcome:
+            return self.rules.relay(ledger, event, sender, device, relay.to, relay.call_id,
+                                    body, relay.size, now)
+
+        try:
+            outcome = await self._update((sender, relay.to), decide)
+        except Busy:
+            # for clients that ignore acks too: the attempt ends like a call the callee
+            # hung up with "busy"
+            await self._deliver(Send(HANGUP, {"from": relay.to, "callId": new_call_id(),
+                                              "reason": BUSY}, sender, device))
+            raise
+        delivered, held = await self._carry_out(outcome, relay.size)
+        call = outcome.call
+        assert call is not None
+        ack: Ack = {"ok": True, "delivered": delivered}
+        if event == OFFER:
+            ack["callId"] = call.id
+        if outcome.opened:
+            log_event(self.log, "call_opened", call=call.id, caller=sender, callee=relay.to,
+                      delivered=delivered)
+            if not delivered and self.webhook is not None:
+                self.webhook.incoming(call.id, sender, relay.to, self.rules.ring_timeout)
+                ack["notified"] = True
+        elif not delivered and held:
+            ack["held"] = True
+        if event == HANGUP:
+            log_event(self.log, "call_ended", call=call.id, reason="hangup", by=sender)
+        return ack
+
+    async def _carry_out(self, outcome: Outcome, size: int) -> tuple[bool, bool]:
+        """Send what ``outcome`` says, holding what reaches nobody; (whether the relayed
+        message was delivered, whether it was held)."""
+        delivered, held = False, outcome.held
+        for index, send in enumerate(outcome.sends):
+            got = await self._deliver(send, strict=index == outcome.relayed)
+            if not got and send.hold_in is not None and send.device is not None:
+                got, held = await self._hold(send, size)
+            if index == outcome.relayed:
+                delivered = got
+        return delivered, held
+
+    async def _hold(self, send: Send, size: int) -> tuple[bool, bool]:
+        """``send`` reached nobody: hold it, or send it where its party is now."""
+        assert send.hold_in is not None and send.device is not None
+        call_id, device, now = send.hold_in, send.device, time.time()
+
+        def hold(ledger: Ledger) -> Outcome:
+            return self.rules.hold(ledger, call_id, send.user, device,
+                                   (send.event, send.body), size, now)
+
+        outcome = await self._update((send.user,), hold)
+        if outcome.sends:  # the party is on another device now
+            return await self._deliver(outcome.sends[0]), False
+        return False, outcome.held
+
+    async def joined(self, user: str, sid: str) -> None:
+        """``sid`` joined ``user``'s room: it gets what was held or is ringing for it."""
+        device = self.delivery.device(sid)
+        sends = await self._update((user,), lambda ledger: self.rules.joined(ledger, user,
+                                                                              device))
+        for send in sends:
+            await self._deliver(send)
+
+    async def gone(self, user: str, sid: str) -> None:
+        """``sid`` of ``user`` disconnected: its calls hold their signals from now on."""
+        device, now = self.delivery.device(sid), time.time()
+        await self._update((user,), lambda ledger: self.rules.gone(ledger, user, device, now))
+
+    async def sweep(self) -> float:
+        """End the calls past their ring timeout or grace (one step of a supervised loop;
+        every node runs it, the store lets one of them end each call)."""
+        now = time.time()
+        for call_id, users in await self.store.due(now):
+            def expire(ledger: Ledger, call_id: str = call_id) -> list[Send]:
+                call = ledger.calls.get(call_id)
+                sends = self.rules.expire(ledger, call_id, now)
+                if sends and call is not None:
+                    log_event(self.log, "call_ended", call=call_id,
+                              reason=sends[0].body["reason"])
+                return sends
+
+            for send in await self.store.update(users, expire):
+                await self._deliver(send)
+        return SWEEP_SECONDS
+
+    async def _update(self, users: tuple[str, ...], change: Any) -> Any:
+        try:
+            return await self.store.update(users, change)
+        except CallStoreUnavailable:
+            raise Unavailable("the call store cannot be reached; nothing was sent") from None
+
+    async def _deliver(self, send: Send, *, strict: bool = False) -> bool:
+        """Send one message; whether a device got it. When the cluster cannot be reached:
+        False, or (``strict``: the sender's own message) :class:`Unavailable`."""
+        try:
+            if send.device is not None:
+                return await self.delivery.to_device(send.event, send.body, send.user,
+                                                     send.device)
+            skip = self.delivery.sid_of(send.skip) if send.skip is not None else ""
+            return await self.delivery.relay(send.event, send.body, send.user,
+                                             user_room(send.user), skip)
+        except (PresenceUnavailable, DeliveryUnavailable):
+            if strict:
+                raise Unavailable("the cluster cannot be reached; nothing was sent") from None
+            return False

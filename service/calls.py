@@ -1,0 +1,366 @@
+"""Call state: the rules of a call's life, pure (no I/O, no Socket.IO, no Redis).
+
+A call is opened by an ``offer`` to a user who has no open call with the sender. Its two
+parties are the caller (bound to the device, i.e. socket, that sent the offer) and the callee
+(every device of the callee rings until one answers; that device is then bound). Signals
+between the parties are routed to the other party's bound device; the callee's devices while
+it rings. A party whose device dropped is *away*: what is sent to it is held, in order, until
+one of its devices joins again within the grace period. While the call rings, everything the
+caller sends is also kept in the *ring log*, replayed to each callee device that joins (an
+offline callee, or one whose socket dropped before it answered).
+
+Every decision is a method of :class:`CallRules` that reads and changes a :class:`Ledger` (the
+open calls of the users involved, as one consistent read); the store that filled it writes
+the changes back atomically (:mod:`service.callstore`, :mod:`service.cluster.callstore`). The
+method returns what to send (:class:`Send`); the caller of the rules does the sending.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from service.errors import Busy, Forbidden, Glare, NotInCall
+
+RINGING: Final = "ringing"
+ACTIVE: Final = "active"
+OFFER: Final = "offer"
+ANSWER: Final = "answer"
+CANDIDATE: Final = "candidate"
+HANGUP: Final = "hangup"
+#: why the service itself ends a call (``hangup`` it originates carries one)
+TIMEOUT: Final = "timeout"
+ANSWERED_ELSEWHERE: Final = "answered_elsewhere"
+DECLINED_ELSEWHERE: Final = "declined_elsewhere"
+PEER_GONE: Final = "peer_gone"
+BUSY: Final = "busy"
+REJECT: Final = "reject"
+RING: Final = "ring"
+BUSY_POLICIES: Final = (REJECT, RING)
+#: what is held for one party of one call at most (count, and bytes of JSON)
+MAX_HELD_MESSAGES: Final = 100
+MAX_HELD_BYTES: Final = 256 * 1024
+
+#: a message as it is sent: event name and body
+Message = tuple[str, dict[str, Any]]
+
+
+def new_call_id() -> str:
+    """An opaque, unguessable call id."""
+    return secrets.token_urlsafe(12)
+
+
+@dataclass(slots=True)
+class Party:
+    """One side of a call."""
+
+    user: str
+    #: the device (an address the delivery layer understands) the call is on; None: the
+    #: callee while it rings (every device)
+    device: str | None = None
+    #: when set, the device dropped: signals are held until then (epoch seconds)
+    away_until: float | None = None
+    held: list[Message] = field(default_factory=list)
+    held_bytes: int = 0
+
+    def hold(self, message: Message, size: int) -> bool:
+        """Keep ``message`` for later; False when this party's hold is full."""
+        if (len(self.held) >= MAX_HELD_MESSAGES
+                or self.held_bytes + size > MAX_HELD_BYTES):
+            return False
+        self.held.append(message)
+        self.held_bytes += size
+        return True
+
+    def take_held(self) -> list[Message]:
+        held, self.held, self.held_bytes = self.held, [], 0
+        return held
+
+    def to_json(self) -> dict[str, Any]:
+        return {"user": self.user, "device": self.device, "away_until": self.away_until,
+                "held": [list(m) for m in self.held], "held_bytes": self.held_bytes}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Party:
+        return cls(data["user"], data["device"], data["away_until"],
+                   [(m[0], m[1]) for m in data["held"]], data["held_bytes"])
+
+
+@dataclass(slots=True)
+class Call:
+    """An open call."""
+
+    id: str
+    caller: Party
+    callee: Party
+    state: str
+    opened_at: float
+    #: when an unanswered call ends (epoch seconds); None once answered
+    ring_until: float | None
+    #: what the caller sent while ringing, replayed to each callee device that joins
+    ring_log: list[Message] = field(default_factory=list)
+    ring_log_bytes: int = 0
+
+    def side(self, user: str) -> tuple[Party, Party]:
+        """(the party ``user`` is, the other one)."""
+        return (self.caller, self.callee) if self.caller.user == user else (
+            self.callee, self.caller)
+
+    def has(self, user: str) -> bool:
+        return user in (self.caller.user, self.callee.user)
+
+    @property
+    def users(self) -> tuple[str, str]:
+        return self.caller.user, self.callee.user
+
+    @property
+    def deadline(self) -> float | None:
+        """The earliest moment something must happen to this call on its own."""
+        moments = [t for t in (self.ring_until, self.caller.away_until,
+                               self.callee.away_until) if t is not None]
+        return min(moments) if moments else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "caller": self.caller.to_json(),
+                "callee": self.callee.to_json(), "state": self.state,
+                "opened_at": self.opened_at, "ring_until": self.ring_until,
+                "ring_log": [list(m) for m in self.ring_log],
+                "ring_log_bytes": self.ring_log_bytes}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Call:
+        return cls(data["id"], Party.from_json(data["caller"]),
+                   Party.from_json(data["callee"]), data["state"], data["opened_at"],
+                   data["ring_until"], [(m[0], m[1]) for m in data["ring_log"]],
+                   data["ring_log_bytes"])
+
+
+class Ledger:
+    """The open calls of some users as read in one go; records what a rule changes."""
+
+    def __init__(self, calls: Iterable[Call] = ()) -> None:
+        self.calls: dict[str, Call] = {c.id: c for c in calls}
+        self.saved: dict[str, Call] = {}
+        self.ended: dict[str, Call] = {}
+
+    def between(self, a: str, b: str) -> Call | None:
+        for call in self.calls.values():
+            if {a, b} == set(call.users):
+                return call
+        return None
+
+    def of(self, user: str) -> list[Call]:
+        return sorted((c for c in self.calls.values() if c.has(user)),
+                      key=lambda c: c.opened_at)
+
+    def save(self, call: Call) -> None:
+        self.calls[call.id] = call
+        self.saved[call.id] = call
+
+    def end(self, call: Call) -> None:
+        self.calls.pop(call.id, None)
+        self.saved.pop(call.id, None)
+        self.ended[call.id] = call
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.saved or self.ended)
+
+
+@dataclass(slots=True)
+class Send:
+    """A message to deliver: to ``device`` of ``user``, or (``device`` None) to every joined
+    device of ``user`` except ``skip``. ``hold_in``: when it reaches nobody, hold it for
+    ``user`` in that call (:meth:`CallRules.hold`)."""
+
+    event: str
+    body: dict[str, Any]
+    user: str
+    device: str | None = None
+    skip: str | None = None
+    hold_in: str | None = None
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What a rule decided: the call it was about, what to send (in order), and how the
+    relay itself went so far."""
+
+    call: Call | None = None
+    sends: list[Send] = field(default_factory=list)
+    #: the relayed message itself: ``sends[relayed]``, when it is sent at all
+    relayed: int | None = None
+    #: the relayed message was held (the other party is away) or logged for ringing devices
+    held: bool = False
+    #: this relay opened the call
+    opened: bool = False
+
+
+class CallRules:
+    """The rules, with the deployment's settings (see the module docstring)."""
+
+    def __init__(self, *, ring_timeout: float, grace: float, busy_policy: str) -> None:
+        self.ring_timeout = ring_timeout
+        self.grace = grace
+        self.busy_policy = busy_policy
+
+    def relay(self, ledger: Ledger, event: str, sender: str, device: str, to: str,
+              call_id: str | None, body: dict[str, Any], size: int, now: float) -> Outcome:
+        """``offer``/``answer``/``candidate``/``hangup`` from ``device`` of ``sender`` to
+        ``to`` (``body``: what the client sent, ``size``: its JSON length)."""
+        if to == sender:
+            raise Forbidden("a call needs two users: you cannot call yourself")
+        call = ledger.between(sender, to)
+        if call is not None and call_id is not None and call_id != call.id:
+            raise NotInCall()
+        if call is None:
+            if event != OFFER or call_id is not None:
+                raise NotInCall()
+            return self._open(ledger, sender, device, to, body, size, now)
+        if event == OFFER and call.state == RINGING and call.callee.user == sender:
+            raise Glare(call.id)
+        outcome = Outcome(call=call)
+        me, peer = call.side(sender)
+        self._claim(outcome, call, me, device, event)
+        message: Message = (event, {**body, "from": sender, "callId": call.id})
+        if event == HANGUP:
+            ledger.end(call)
+            self._send(outcome, call, peer, message, size, hold=False)
+            return outcome
+        self._send(outcome, call, peer, message, size, hold=True)
+        ledger.save(call)
+        return outcome
+
+    def _open(self, ledger: Ledger, sender: str, device: str, to: str,
+              body: dict[str, Any], size: int, now: float) -> Outcome:
+        if self.busy_policy == REJECT and ledger.of(to):
+            raise Busy()
+        call = Call(new_call_id(), Party(sender, device), Party(to), RINGING, now,
+                    now + self.ring_timeout)
+        outcome = Outcome(call=call, opened=True)
+        self._send(outcome, call, call.callee,
+                   (OFFER, {**body, "from": sender, "callId": call.id}), size, hold=True)
+        ledger.save(call)
+        return outcome
+
+    def _claim(self, outcome: Outcome, call: Call, me: Party, device: str,
+               event: str) -> None:
+        """Check that ``device`` speaks for ``me`` in ``call``, and what that changes."""
+        if me is call.callee and call.state == RINGING:
+            if event == ANSWER:  # the first device to answer wins
+                me.device = device
+                call.state, call.ring_until = ACTIVE, None
+                call.ring_log, call.ring_log_bytes = [], 0
+                outcome.sends.append(self._service_hangup(call, me.user, ANSWERED_ELSEWHERE,
+                                                          skip=device))
+            elif event == HANGUP:  # declined on this device: the others stop ringing
+                outcome.sends.append(self._service_hangup(call, me.user, DECLINED_ELSEWHERE,
+                                                          skip=device))
+            else:
+                raise NotInCall()  # candidates come after the answer
+            return
+        if event == ANSWER and call.state == RINGING:
+            raise NotInCall()  # only the callee answers
+        if me.device == device:
+            return
+        if me.away_until is None:
+            raise NotInCall()  # the call is on another device
+        self._bind(outcome, me, device)
+
+    def _bind(self, outcome: Outcome, party: Party, device: str) -> None:
+        """``party``'s device came back as ``device``: what was held for it goes first."""
+        party.device, party.away_until = device, None
+        for event, body in party.take_held():
+            outcome.sends.append(Send(event, body, party.user, device))
+
+    def _send(self, outcome: Outcome, call: Call, peer: Party, message: Message, size: int,
+              *, hold: bool) -> None:
+        event, body = message
+        if peer.device is None:  # the callee's devices ring
+            if hold and call.state == RINGING and (
+                    len(call.ring_log) < MAX_HELD_MESSAGES
+                    and call.ring_log_bytes + size <= MAX_HELD_BYTES):
+                call.ring_log.append(message)
+                call.ring_log_bytes += size
+                outcome.held = True
+            outcome.relayed = len(outcome.sends)
+            outcome.sends.append(Send(event, body, peer.user))
+        elif peer.away_until is not None:
+            outcome.held = hold and peer.hold(message, size)
+        else:
+            outcome.relayed = len(outcome.sends)
+            outcome.sends.append(Send(event, body, peer.user, peer.device,
+                                      hold_in=call.id if hold else None))
+
+    def hold(self, ledger: Ledger, call_id: str, user: str, device: str, message: Message,
+             size: int, now: float) -> Outcome:
+        """``message`` for ``device`` of ``user`` in call ``call_id`` reached nobody: the
+        device is gone. Hold it (the party is away from now on, if it was not yet), or send
+        it to the device the party has come back on meanwhile."""
+        call = ledger.calls.get(call_id)
+        outcome = Outcome(call=call)
+        if call is None:
+            return outcome
+        party, _ = call.side(user)
+        if party.device != device and party.device is not None and party.away_until is None:
+            outcome.relayed = 0
+            outcome.sends.append(Send(message[0], message[1], user, party.device,
+                                      hold_in=call.id))
+            return outcome
+        if party.away_until is None:
+            party.away_until = now + self.grace
+        outcome.held = party.hold(message, size)
+        ledger.save(call)
+        return outcome
+
+    def gone(self, ledger: Ledger, user: str, device: str, now: float) -> None:
+        """``device`` of ``user`` disconnected: the calls it carried hold their signals."""
+        for call in ledger.of(user):
+            party, _ = call.side(user)
+            if party.device == device and party.away_until is None:
+                party.away_until = now + self.grace
+                ledger.save(call)
+
+    def joined(self, ledger: Ledger, user: str, device: str) -> list[Send]:
+        """``device`` of ``user`` joined its room: it takes the calls whose party was away
+        (and what was held for them), and rings with the calls ringing for ``user``."""
+        sends: list[Send] = []
+        for call in ledger.of(user):
+            party, _ = call.side(user)
+            if party is call.callee and call.state == RINGING:
+                sends.extend(Send(event, body, user, device) for event, body in call.ring_log)
+            elif party.away_until is not None:
+                outcome = Outcome()
+                self._bind(outcome, party, device)
+                sends.extend(outcome.sends)
+                ledger.save(call)
+        return sends
+
+    def expire(self, ledger: Ledger, call_id: str, now: float) -> list[Send]:
+        """End call ``call_id`` if its ring timeout or a party's grace has passed: both
+        parties are told why (``hangup`` with a reason)."""
+        call = ledger.calls.get(call_id)
+        if call is None:
+            return []
+        if call.ring_until is not None and call.ring_until <= now:
+            ledger.end(call)
+            return [self._service_hangup(call, call.caller.user, TIMEOUT),
+                    self._service_hangup(call, call.callee.user, TIMEOUT)]
+        for party, other in ((call.caller, call.callee), (call.callee, call.caller)):
+            if party.away_until is not None and party.away_until <= now:
+                ledger.end(call)
+                return [self._service_hangup(call, other.user, PEER_GONE)]
+        return []
+
+    @staticmethod
+    def _service_hangup(call: Call, to: str, reason: str, *, skip: str | None = None
+                        ) -> Send:
+        """A ``hangup`` the service originates, to ``to``'s device in the call (every
+        device while it rings, but ``skip``)."""
+        party, other = call.side(to)
+        body = {"from": other.user, "callId": call.id, "reason": reason}
+        if party.device is not None and party.away_until is None and skip is None:
+            return Send(HANGUP, body, to, party.device)
+        return Send(HANGUP, body, to, skip=skip)

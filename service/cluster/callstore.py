@@ -1,0 +1,142 @@
+""":class:`RedisCallStore`: open calls, cluster-wide, on Redis.
+
+Keys (``<prefix>`` is ``SIGNAL_REDIS_CHANNEL``): ``<prefix>:call:<id>`` the call as JSON;
+``<prefix>:calls:<user>`` the set of a user's open call ids; ``<prefix>:callver:<user>`` a
+counter every change to one of the user's calls increments; ``<prefix>:deadlines`` a sorted
+set of call ids by the moment something must happen to them (ring timeout, grace). Every key
+expires a day after its last change (garbage of a cluster that went away).
+
+A change is read first from a consistent snapshot (one script, batched with the other reads
+of the same loop turn); most relays change nothing (a candidate in a call both parties are
+in) and are done. A change that writes is run again inside ``WATCH`` of its users' counters
+and written with ``MULTI``/``EXEC``, retried when another node changed one of those users'
+calls meanwhile: the rules in :mod:`service.calls` see each call as one node at a time does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Final, TypeVar
+
+import orjson
+from redis.exceptions import RedisError, WatchError
+
+from service.calls import Call, Ledger
+from service.callstore import CallStoreUnavailable
+from service.cluster.batch import ScriptBatch
+from service.cluster.link import RedisLink
+
+T = TypeVar("T")
+#: a call's keys live this long after their last change
+KEY_TTL_SECONDS: Final = 86400
+#: attempts of one change against concurrent changes on other nodes
+MAX_ATTEMPTS: Final = 50
+#: calls past their deadline handled per sweep
+SWEEP_BATCH: Final = 100
+
+#: KEYS: the users' call-id sets; ARGV[1]: the call key prefix. The calls (JSON), once each;
+#: ids whose call is gone are dropped from the sets.
+_READ_CALLS = """
+local seen, out = {}, {}
+for _, key in ipairs(KEYS) do
+  for _, id in ipairs(redis.call('SMEMBERS', key)) do
+    if not seen[id] then
+      seen[id] = true
+      local call = redis.call('GET', ARGV[1] .. id)
+      if call then table.insert(out, call) else redis.call('SREM', key, id) end
+    end
+  end
+end
+return out
+"""
+
+
+class RedisCallStore:
+    """Open calls on Redis (see the module docstring)."""
+
+    def __init__(self, link: RedisLink, *, prefix: str) -> None:
+        self._redis = link.client
+        self._call_prefix = f"{prefix}:call:"
+        self._calls_prefix = f"{prefix}:calls:"
+        self._ver_prefix = f"{prefix}:callver:"
+        self._deadlines = f"{prefix}:deadlines"
+        self._read = ScriptBatch(self._redis, self._redis.register_script(_READ_CALLS))
+
+    async def update(self, users: Sequence[str], change: Callable[[Ledger], T]) -> T:
+        try:
+            raws = await self._read.call(keys=[self._calls_prefix + u for u in users],
+                                         args=[self._call_prefix])
+            ledger = Ledger(_decode(raw) for raw in raws)
+            result = change(ledger)
+            if not ledger.changed:
+                return result
+            for _ in range(MAX_ATTEMPTS):
+                try:
+                    return await self._transaction(users, change)
+                except WatchError:
+                    continue
+        except (RedisError, OSError) as exc:
+            raise CallStoreUnavailable(type(exc).__name__) from None
+        raise CallStoreUnavailable("too many concurrent changes")
+
+    async def _transaction(self, users: Sequence[str], change: Callable[[Ledger], T]) -> T:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            await pipe.watch(*(self._ver_prefix + u for u in users))
+            ids = await pipe.sunion([self._calls_prefix + u for u in users])
+            keys = [self._call_prefix + _text(i) for i in ids]
+            raws = await pipe.mget(keys) if keys else []
+            ledger = Ledger(_decode(raw) for raw in raws if raw is not None)
+            result = change(ledger)
+            pipe.multi()  # type: ignore[no-untyped-call]
+            touched: set[str] = set()
+            for call in ledger.saved.values():
+                pipe.set(self._call_prefix + call.id, orjson.dumps(call.to_json()),
+                         ex=KEY_TTL_SECONDS)
+                for user in call.users:
+                    pipe.sadd(self._calls_prefix + user, call.id)
+                    pipe.expire(self._calls_prefix + user, KEY_TTL_SECONDS)
+                deadline = call.deadline
+                if deadline is None:
+                    pipe.zrem(self._deadlines, call.id)
+                else:
+                    pipe.zadd(self._deadlines, {call.id: deadline})
+                touched.update(call.users)
+            for call in ledger.ended.values():
+                pipe.delete(self._call_prefix + call.id)
+                for user in call.users:
+                    pipe.srem(self._calls_prefix + user, call.id)
+                pipe.zrem(self._deadlines, call.id)
+                touched.update(call.users)
+            for user in touched:
+                pipe.incr(self._ver_prefix + user)
+                pipe.expire(self._ver_prefix + user, KEY_TTL_SECONDS)
+            if touched:
+                pipe.expire(self._deadlines, KEY_TTL_SECONDS)
+            await pipe.execute()
+            return result
+
+    async def due(self, now: float) -> list[tuple[str, tuple[str, str]]]:
+        try:
+            ids = await self._redis.zrangebyscore(self._deadlines, "-inf", now, start=0,
+                                                  num=SWEEP_BATCH)
+            if not ids:
+                return []
+            names = [_text(i) for i in ids]
+            raws = await self._redis.mget([self._call_prefix + i for i in names])
+            found: list[tuple[str, tuple[str, str]]] = []
+            for name, raw in zip(names, raws, strict=True):
+                if raw is None:
+                    await self._redis.zrem(self._deadlines, name)
+                else:
+                    found.append((name, _decode(raw).users))
+            return found
+        except (RedisError, OSError) as exc:
+            raise CallStoreUnavailable(type(exc).__name__) from None
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _decode(raw: bytes | str) -> Call:
+    return Call.from_json(orjson.loads(raw))

@@ -1,0 +1,317 @@
+"""Call state through real clients on both transports (one process, in memory): calls and
+their ids, strangers refused, busy and glare, ring timeout, several devices, reconnect
+grace, and an offline callee whose held offer waits for it. The same contract across two
+processes on Redis is tests/test_call_cluster.py; the webhook is tests/test_webhook.py."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from service.config import Secret, Settings
+from tests.support import (
+    SECRET,
+    Peer,
+    RunningService,
+    answer_to,
+    answered_call,
+    candidate_to,
+    offer_to,
+    open_call,
+    serving,
+)
+
+Peers = Callable[..., Any]
+
+
+@pytest.fixture
+async def peers_of() -> AsyncIterator[Callable[..., Any]]:
+    """``await peers_of(service, "alice", transport)``: a connected (and joined) peer of
+    a service started by the test with settings of its own."""
+    made: list[Peer] = []
+
+    async def make(service: RunningService, user: str, transport: str, *,
+                   join: bool = True) -> Peer:
+        peer = Peer(service.url, transport)
+        made.append(peer)
+        await peer.connect(service.token(user))
+        if join:
+            assert await peer.call("JoinSocket", user) == {"ok": True}
+        return peer
+
+    yield make
+    await asyncio.gather(*(p.close() for p in made))
+
+
+def settings(**overrides: Any) -> Settings:
+    return Settings(jwt_secret=Secret(SECRET), **overrides)
+
+
+async def test_an_offer_opens_a_call_with_an_id(peers: Peers) -> None:
+    """The ack and the relayed offer carry the same, service-issued callId."""
+    alice, bob = await peers("alice"), await peers("bob")
+    ack = await alice.call("offer", offer_to("bob", callId="chosen-by-client"))
+    assert ack == {"ok": False, "error": "not_in_call"}  # no such call: ids are the service's
+    ack = await alice.call("offer", offer_to("bob"))
+    assert ack["ok"] is True and ack["delivered"] is True
+    assert isinstance(ack["callId"], str) and len(ack["callId"]) >= 16
+    assert await bob.next("offer") == {**offer_to("bob"), "from": "alice",
+                                       "callId": ack["callId"]}
+    other = await open_call(await peers("carol"), None, "dave")
+    assert other != ack["callId"]
+
+
+@pytest.mark.parametrize("event, payload", [("candidate", candidate_to("bob")),
+                                            ("answer", answer_to("bob")),
+                                            ("hangup", {"to": "bob"})])
+async def test_signals_to_a_stranger_are_refused(peers: Peers, event: str,
+                                                 payload: dict[str, Any]) -> None:
+    """No open call between the two: candidate spam, a stray answer or hangup is refused and
+    nothing reaches the target."""
+    mallory, bob = await peers("mallory"), await peers("bob")
+    for _ in range(3):
+        assert await mallory.call(event, payload) == {"ok": False, "error": "not_in_call"}
+    assert await bob.silent(event)
+
+
+async def test_a_third_user_cannot_join_a_call(peers: Peers) -> None:
+    """Carol knows the callId of alice's call with bob: she still is not a party."""
+    alice, bob, carol = await peers("alice"), await peers("bob"), await peers("carol")
+    call_id = await answered_call(alice, bob, "alice", "bob")
+    assert await carol.call("candidate", candidate_to("bob", callId=call_id)) == {
+        "ok": False, "error": "not_in_call"}
+    assert await carol.call("hangup", {"to": "alice", "callId": call_id}) == {
+        "ok": False, "error": "not_in_call"}
+    assert await bob.silent("candidate") and await alice.silent("hangup", 0)
+
+
+async def test_call_flow_with_and_without_call_id(peers: Peers) -> None:
+    """The caller trickles candidates before the answer; the callee may not (it answers
+    first); after the answer both ways work, with or without the callId; a wrong callId
+    is refused; hangup ends the call and is relayed with its callId."""
+    alice, bob = await peers("alice"), await peers("bob")
+    call_id = await open_call(alice, bob, "bob")
+    assert await alice.call("candidate", candidate_to("bob", 1)) == {"ok": True,
+                                                                    "delivered": True}
+    assert (await bob.next("candidate"))["callId"] == call_id
+    assert await bob.call("candidate", candidate_to("alice")) == {"ok": False,
+                                                                  "error": "not_in_call"}
+    assert await alice.call("answer", answer_to("bob")) == {"ok": False,
+                                                            "error": "not_in_call"}
+    assert await bob.call("answer", answer_to("alice", callId=call_id)) == {
+        "ok": True, "delivered": True}
+    assert await alice.next("answer") == {**answer_to("alice", callId=call_id),
+                                          "from": "bob"}
+    assert (await bob.call("candidate", candidate_to("alice", 2)))["delivered"] is True
+    assert (await alice.next("candidate"))["from"] == "bob"
+    assert await bob.call("candidate", candidate_to("alice", callId="other")) == {
+        "ok": False, "error": "not_in_call"}
+    # renegotiation (either side) stays in the call
+    ack = await bob.call("offer", offer_to("alice"))
+    assert ack == {"ok": True, "delivered": True, "callId": call_id}
+    assert (await alice.next("offer"))["callId"] == call_id
+    assert (await alice.call("answer", answer_to("bob")))["delivered"] is True
+    assert (await bob.next("answer"))["callId"] == call_id
+    assert await alice.call("hangup", {"to": "bob", "reason": "bye"}) == {"ok": True,
+                                                                         "delivered": True}
+    assert await bob.next("hangup") == {"to": "bob", "reason": "bye", "from": "alice",
+                                        "callId": call_id}
+    assert await alice.call("candidate", candidate_to("bob")) == {"ok": False,
+                                                                  "error": "not_in_call"}
+    assert await open_call(alice, bob, "bob") != call_id  # a new call
+
+
+async def test_calling_yourself_is_refused(peers: Peers) -> None:
+    phone, laptop = await peers("alice"), await peers("alice")
+    ack = await phone.call("offer", offer_to("alice"))
+    assert ack["ok"] is False and ack["error"] == "forbidden"
+    assert await laptop.silent("offer")
+
+
+async def test_invalid_call_id_is_refused(peers: Peers) -> None:
+    alice, bob = await peers("alice"), await peers("bob")
+    for bad in (7, "", "x" * 129, "a\nb", ["c"]):
+        ack = await alice.call("offer", offer_to("bob", callId=bad))
+        assert ack["ok"] is False and ack["error"] == "invalid_payload"
+    assert await bob.silent("offer")
+
+
+async def test_busy_callee_is_refused(peers: Peers) -> None:
+    """Bob is being called by alice: carol's offer is refused busy (ack, and a hangup with
+    reason busy for clients that ignore acks); bob hears nothing of it. After alice hangs
+    up, carol gets through."""
+    alice, bob, carol = await peers("alice"), await peers("bob"), await peers("carol")
+    await open_call(alice, bob, "bob")
+    assert await carol.call("offer", offer_to("bob")) == {"ok": False, "error": "busy"}
+    busy = await carol.next("hangup")
+    assert busy["from"] == "bob" and busy["reason"] == "busy" and busy["callId"]
+    assert await bob.silent("offer")
+    await alice.call("hangup", {"to": "bob"})
+    await open_call(carol, bob, "bob")
+
+
+async def test_busy_policy_ring_lets_a_second_call_through(peers_of: Any,
+                                                           transport: str) -> None:
+    async with serving(settings(busy_policy="ring")) as service:
+        alice, bob, carol = [await peers_of(service, u, transport)
+                             for u in ("alice", "bob", "carol")]
+        first = await answered_call(alice, bob, "alice", "bob")
+        second = await open_call(carol, bob, "bob")
+        assert first != second
+
+
+async def test_glare_first_offer_wins(peers: Peers) -> None:
+    """Both offer at once: the second offer to arrive is refused with the open call's id,
+    and its sender answers that call."""
+    alice, bob = await peers("alice"), await peers("bob")
+    call_id = await open_call(alice, bob, "bob")
+    assert await bob.call("offer", offer_to("alice")) == {"ok": False, "error": "glare",
+                                                          "callId": call_id}
+    assert await alice.silent("offer")
+    assert (await bob.call("answer", answer_to("alice", callId=call_id)))["delivered"]
+    assert (await alice.next("answer"))["callId"] == call_id
+
+
+async def test_unanswered_call_times_out(peers_of: Any, transport: str) -> None:
+    """After SIGNAL_RING_TIMEOUT both parties get hangup reason timeout; the call is over."""
+    async with serving(settings(ring_timeout=1)) as service:
+        alice, bob = (await peers_of(service, "alice", transport),
+                      await peers_of(service, "bob", transport))
+        call_id = await open_call(alice, bob, "bob")
+        assert await alice.next("hangup", within=10) == {"from": "bob", "callId": call_id,
+                                                         "reason": "timeout"}
+        assert await bob.next("hangup", within=10) == {"from": "alice", "callId": call_id,
+                                                       "reason": "timeout"}
+        assert await bob.call("answer", answer_to("alice")) == {"ok": False,
+                                                                "error": "not_in_call"}
+
+
+async def test_answered_call_does_not_time_out(peers_of: Any, transport: str) -> None:
+    async with serving(settings(ring_timeout=1)) as service:
+        alice, bob = (await peers_of(service, "alice", transport),
+                      await peers_of(service, "bob", transport))
+        await answered_call(alice, bob, "alice", "bob")
+        assert await alice.silent("hangup", 2.0)
+        assert (await alice.call("candidate", candidate_to("bob")))["delivered"] is True
+
+
+async def test_every_device_rings_and_the_first_answer_wins(peers: Peers) -> None:
+    """Bob's phone and laptop ring; the phone answers: the laptop is told
+    answered_elsewhere, alice's candidates go to the phone only, the laptop's late answer
+    is refused."""
+    alice, phone, laptop = await peers("alice"), await peers("bob"), await peers("bob")
+    ack = await alice.call("offer", offer_to("bob"))
+    call_id = ack["callId"]
+    assert (await phone.next("offer"))["callId"] == call_id
+    assert (await laptop.next("offer"))["callId"] == call_id
+    assert (await phone.call("answer", answer_to("alice")))["delivered"] is True
+    assert await laptop.next("hangup") == {"from": "alice", "callId": call_id,
+                                           "reason": "answered_elsewhere"}
+    assert await phone.silent("hangup", 0)
+    assert (await alice.next("answer"))["callId"] == call_id
+    assert (await alice.call("candidate", candidate_to("bob", 5)))["delivered"] is True
+    assert (await phone.next("candidate"))["candidate"]["candidate"].startswith("candidate:5")
+    assert await laptop.silent("candidate")
+    assert await laptop.call("answer", answer_to("alice")) == {"ok": False,
+                                                               "error": "not_in_call"}
+    assert await laptop.call("candidate", candidate_to("alice")) == {
+        "ok": False, "error": "not_in_call"}
+    assert await alice.silent("answer")
+
+
+async def test_declining_on_one_device_stops_the_others(peers: Peers) -> None:
+    alice, phone, laptop = await peers("alice"), await peers("bob"), await peers("bob")
+    call_id = await open_call(alice, phone, "bob")
+    await laptop.next("offer")
+    assert (await laptop.call("hangup", {"to": "alice", "reason": "declined"}))["delivered"]
+    assert await alice.next("hangup") == {"to": "alice", "reason": "declined",
+                                          "from": "bob", "callId": call_id}
+    assert await phone.next("hangup") == {"from": "alice", "callId": call_id,
+                                          "reason": "declined_elsewhere"}
+
+
+async def test_signals_are_held_while_a_party_reconnects(peers: Peers, transport: str,
+                                                         service: RunningService) -> None:
+    """Bob's socket drops mid-call: alice's signals are acked held; bob connects again
+    within the grace period, joins, and gets them in order; then the call goes on."""
+    alice, bob = await peers("alice"), await peers("bob")
+    call_id = await answered_call(alice, bob, "alice", "bob")
+    await bob.close()
+    acks = [await alice.call("candidate", candidate_to("bob", n)) for n in range(5)]
+    assert acks == [{"ok": True, "delivered": False, "held": True}] * 5
+    ack = await alice.call("offer", offer_to("bob", iceRestart=True))
+    assert ack == {"ok": True, "delivered": False, "held": True, "callId": call_id}
+    again = await peers("bob")  # joins
+    for n in range(5):
+        held = await again.next("candidate")
+        assert held["candidate"]["candidate"].startswith(f"candidate:{n} ")
+        assert held["callId"] == call_id and held["from"] == "alice"
+    assert (await again.next("offer"))["iceRestart"] is True
+    assert (await again.call("answer", answer_to("alice")))["delivered"] is True
+    assert (await alice.next("answer"))["callId"] == call_id
+    assert (await alice.call("candidate", candidate_to("bob")))["delivered"] is True
+    assert (await again.next("candidate"))["callId"] == call_id
+
+
+async def test_caller_away_too(peers: Peers) -> None:
+    """The caller's socket drops while it rings: the callee's answer is held for it."""
+    alice, bob = await peers("alice"), await peers("bob")
+    call_id = await open_call(alice, bob, "bob")
+    await alice.close()
+    assert await bob.call("answer", answer_to("alice")) == {"ok": True, "delivered": False,
+                                                            "held": True}
+    again = await peers("alice")
+    assert (await again.next("answer"))["callId"] == call_id
+
+
+async def test_party_gone_past_grace_ends_the_call(peers_of: Any, transport: str) -> None:
+    async with serving(settings(reconnect_grace=1)) as service:
+        alice, bob = (await peers_of(service, "alice", transport),
+                      await peers_of(service, "bob", transport))
+        call_id = await answered_call(alice, bob, "alice", "bob")
+        await bob.close()
+        assert await alice.next("hangup", within=10) == {"from": "bob", "callId": call_id,
+                                                         "reason": "peer_gone"}
+        again = await peers_of(service, "bob", transport)
+        assert await again.silent("candidate")
+        assert await again.call("answer", answer_to("alice")) == {"ok": False,
+                                                                  "error": "not_in_call"}
+
+
+async def test_offline_callee_gets_the_held_offer_when_it_joins(peers: Peers) -> None:
+    """Bob is not connected: the offer opens the call and is held with alice's candidates;
+    bob connects, joins, gets them in order, answers, and the call goes on. A second device
+    joining while it still rings gets them too."""
+    alice = await peers("alice")
+    ack = await alice.call("offer", offer_to("bob"))
+    assert ack == {"ok": True, "delivered": False, "callId": ack["callId"]}
+    call_id = ack["callId"]
+    for n in range(3):
+        assert await alice.call("candidate", candidate_to("bob", n)) == {
+            "ok": True, "delivered": False, "held": True}
+    bob = await peers("bob", join=False)
+    assert await bob.silent("offer", 0.2)  # not before it joins
+    assert await bob.call("JoinSocket", "bob") == {"ok": True}
+    assert await bob.next("offer") == {**offer_to("bob"), "from": "alice", "callId": call_id}
+    for n in range(3):
+        assert (await bob.next("candidate"))["candidate"]["candidate"].startswith(
+            f"candidate:{n} ")
+    laptop = await peers("bob")
+    assert (await laptop.next("offer"))["callId"] == call_id
+    assert (await bob.call("answer", answer_to("alice")))["delivered"] is True
+    assert (await alice.next("answer"))["callId"] == call_id
+    assert (await laptop.next("hangup"))["reason"] == "answered_elsewhere"
+
+
+async def test_held_signals_are_bounded(peers: Peers) -> None:
+    """A party that never comes back cannot make the service keep unbounded data: past
+    100 held messages the ack says not held."""
+    alice, bob = await peers("alice"), await peers("bob")
+    await answered_call(alice, bob, "alice", "bob")
+    await bob.close()
+    acks = [await alice.call("candidate", candidate_to("bob", n)) for n in range(101)]
+    assert all(a == {"ok": True, "delivered": False, "held": True} for a in acks[:100])
+    assert acks[100] == {"ok": True, "delivered": False}

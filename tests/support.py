@@ -278,3 +278,15 @@ async def answered_call(caller: Peer, callee: Peer, caller_id: str, callee_id: s
     assert (await callee.call("answer", answer_to(caller_id)))["delivered"] is True
     assert (await caller.next("answer"))["callId"] == call_id
     return call_id
+
+
+async def calls_work(caller: Peer, callee: Peer, caller_id: str = "alice",
+                     callee_id: str = "bob") -> None:
+    """A whole call between the two goes through (offer, answer, candidate, hangup), and
+    leaves no call open."""
+    call_id = await answered_call(caller, callee, caller_id, callee_id)
+    assert (await caller.call("candidate", candidate_to(callee_id)))["delivered"] is True
+    assert (await callee.next("candidate"))["callId"] == call_id
+    assert await caller.call("hangup", {"to": callee_id}) == {"ok": True, "delivered": True}
+    assert await callee.next("hangup") == {"to": callee_id, "from": caller_id,
+                                           "callId": call_id}

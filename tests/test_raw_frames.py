@@ -15,7 +15,7 @@ import websockets
 
 from service.config import Secret, Settings
 from service.limits import Rate
-from tests.support import SECRET, Peer, RunningService, serving
+from tests.support import SECRET, Peer, RunningService, calls_work, serving
 
 UNLIMITED = Rate(0, 0)
 FRAMES: dict[str, str | bytes] = {
@@ -58,8 +58,7 @@ def settings() -> Settings:
 async def _healthy(service: RunningService, alice: Peer, bob: Peer) -> None:
     async with aiohttp.ClientSession() as http, http.get(f"{service.url}/healthz") as response:
         assert response.status == 200
-    assert await alice.call("hangup", {"to": "bob"}) == {"ok": True, "delivered": True}
-    assert await bob.next("hangup") == {"to": "bob", "from": "alice"}
+    await calls_work(alice, bob)
 
 
 async def _pair(service: RunningService) -> tuple[Peer, Peer]:

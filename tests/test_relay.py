@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from service.protocol import MAX_RELAY_BYTES, MAX_SDP_LENGTH
+from tests.support import answered_call, calls_work
 
 SDP = (
     "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
@@ -35,15 +36,21 @@ async def test_relay_reaches_the_peer_with_server_stamped_from(peers: Peers, eve
     """Each relay event arrives under its own name, ``from`` set to the sender, other fields
     unchanged, and the sender's ack says it was delivered."""
     alice, bob = await peers("alice"), await peers("bob")
-    payload = {**VALID[event], "callId": "c-1", "meta": {"video": True}}
-    assert await alice.call(event, payload) == {"ok": True, "delivered": True}
-    assert await bob.next(event) == {**payload, "from": "alice"}
+    call_id = None if event == "offer" else await answered_call(alice, bob, "alice", "bob")
+    payload = {**VALID[event], "meta": {"video": True}}
+    ack = await alice.call(event, payload)
+    call_id = call_id or ack["callId"]
+    assert ack == {"ok": True, "delivered": True,
+                   **({"callId": call_id} if event == "offer" else {})}
+    assert await bob.next(event) == {**payload, "from": "alice", "callId": call_id}
 
 
 @pytest.mark.parametrize("event", list(VALID))
 async def test_spoofed_from_is_overwritten(peers: Peers, event: str) -> None:
     """Whatever ``from`` the client writes, the peer sees the authenticated sender."""
     alice, bob = await peers("alice"), await peers("bob")
+    if event != "offer":
+        await answered_call(alice, bob, "alice", "bob")
     assert (await alice.call(event, {**VALID[event], "from": "carol"}))["ok"] is True
     assert (await bob.next(event))["from"] == "alice"
 
@@ -69,25 +76,9 @@ async def test_delivered_is_false_when_nobody_joined(peers: Peers) -> None:
     that has not joined that room receives nothing."""
     alice = await peers("alice")
     bob = await peers("bob", join=False)
-    assert await alice.call("offer", VALID["offer"]) == {"ok": True, "delivered": False}
+    ack = await alice.call("offer", VALID["offer"])
+    assert ack == {"ok": True, "delivered": False, "callId": ack["callId"]}
     assert await bob.silent("offer")
-
-
-async def test_sender_does_not_get_its_own_relay(peers: Peers) -> None:
-    """A relay addressed to the sender's own room skips the sending socket but reaches the
-    same user's other devices."""
-    phone, laptop = await peers("alice"), await peers("alice")
-    to_self = {"to": "alice", "offer": {"type": "offer", "sdp": SDP}}
-    assert await phone.call("offer", to_self) == {"ok": True, "delivered": True}
-    assert (await laptop.next("offer"))["from"] == "alice"
-    assert await phone.silent("offer")
-
-
-async def test_lone_device_relaying_to_itself_is_not_delivered(peers: Peers) -> None:
-    """With only the sender in its room, nothing is delivered and nothing comes back."""
-    phone = await peers("alice")
-    assert await phone.call("hangup", {"to": "alice"}) == {"ok": True, "delivered": False}
-    assert await phone.silent("hangup")
 
 
 async def test_every_device_of_the_callee_rings(peers: Peers) -> None:
@@ -103,6 +94,7 @@ async def test_relays_from_one_sender_arrive_in_order(peers: Peers) -> None:
     """A burst of mixed relays (emitted without waiting for acks; within the default burst
     limit of 120) arrives in the order sent."""
     alice, bob = await peers("alice"), await peers("bob")
+    await answered_call(alice, bob, "alice", "bob")
     for i in range(110):
         await alice.client.emit("candidate", {**VALID["candidate"], "seq": i})
         if i % 50 == 0:
@@ -179,8 +171,7 @@ async def test_malformed_payload_is_refused_and_not_relayed(peers: Peers, event:
     assert ack["error"] == "invalid_payload"
     assert isinstance(ack["detail"], str)
     assert await bob.silent(event, 0.2)
-    assert await alice.call("offer", VALID["offer"]) == {"ok": True, "delivered": True}
-    assert (await bob.next("offer"))["from"] == "alice"
+    await calls_work(alice, bob)
 
 
 async def test_malformed_payload_without_ack_changes_nothing(peers: Peers) -> None:
@@ -191,8 +182,7 @@ async def test_malformed_payload_without_ack_changes_nothing(peers: Peers) -> No
     await alice.client.emit("candidate")
     assert await bob.silent("offer", 0.2)
     assert alice.client.connected
-    assert (await alice.call("hangup", {"to": "bob"}))["delivered"] is True
-    assert await bob.next("hangup") == {"to": "bob", "from": "alice"}
+    await calls_work(alice, bob)
 
 
 @pytest.mark.parametrize("candidate", [
@@ -207,12 +197,12 @@ async def test_relay_arrives_exactly_as_sent(peers: Peers, candidate: dict[str, 
     nothing added (no ``usernameFragment: null``), dropped or renamed; strict decoders
     (kotlinx.serialization, Swift's Codable) choke on keys they did not send."""
     alice, bob = await peers("alice"), await peers("bob")
+    offer = {"to": "bob", "offer": {"type": "offer", "sdp": "v=0\r\n"}}
+    ack = await alice.call("offer", offer)
+    assert await bob.next("offer") == {**offer, "from": "alice", "callId": ack["callId"]}
     sent = {"to": "bob", "candidate": candidate, "callHint": {"n": 1}}
     assert (await alice.call("candidate", sent))["delivered"] is True
-    assert await bob.next("candidate") == {**sent, "from": "alice"}
-    offer = {"to": "bob", "offer": {"type": "offer", "sdp": "v=0\r\n"}}
-    assert (await alice.call("offer", offer))["delivered"] is True
-    assert await bob.next("offer") == {**offer, "from": "alice"}
+    assert await bob.next("candidate") == {**sent, "from": "alice", "callId": ack["callId"]}
 
 
 async def test_numeric_user_ids(service: Any, transport: str) -> None:
@@ -226,7 +216,12 @@ async def test_numeric_user_ids(service: Any, transport: str) -> None:
     assert await caller.call("JoinSocket", 42) == {"ok": True}
     assert await callee.call("JoinSocket", "7") == {"ok": True}
     assert (await caller.call("JoinSocket", 42.0))["error"] == "invalid_payload"
+    offer = {"to": 7, "offer": {"type": "offer", "sdp": SDP}}
+    ack = await caller.call("offer", offer)
+    assert ack == {"ok": True, "delivered": True, "callId": ack["callId"]}
+    assert await callee.next("offer") == {**offer, "from": "42", "callId": ack["callId"]}
     assert await caller.call("hangup", {"to": 7}) == {"ok": True, "delivered": True}
-    assert await callee.next("hangup") == {"to": 7, "from": "42"}  # as sent
+    assert await callee.next("hangup") == {"to": 7, "from": "42",  # as sent
+                                           "callId": ack["callId"]}
     await caller.close()
     await callee.close()

@@ -1,0 +1,158 @@
+"""Call state across two ``sanic service.app`` processes on a real Redis: the parties (and
+the devices of one party) on different nodes, the store and the timers cluster-wide."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from tests.processes import Node, nodes
+from tests.support import Peer, answer_to, candidate_to, offer_to
+from tests.test_cluster import channel, cluster_env, joined, redis_url, token
+
+__all__ = ["channel", "redis_url"]  # fixtures
+
+
+@pytest.fixture
+async def short_timers(redis_url: str, channel: str) -> AsyncIterator[list[Node]]:
+    env = cluster_env(redis_url, channel, SIGNAL_RING_TIMEOUT="2",
+                      SIGNAL_RECONNECT_GRACE="2")
+    async with nodes(env, env) as started:
+        yield started
+
+
+@pytest.fixture
+async def made() -> AsyncIterator[list[Peer]]:
+    peers: list[Peer] = []
+    yield peers
+    await asyncio.gather(*(p.close() for p in peers))
+
+
+async def peer(made: list[Peer], node: Node, user: str, join: bool = True) -> Peer:
+    if join:
+        p = await joined(node.url, user)
+    else:
+        p = Peer(node.url, "websocket")
+        await p.connect(token(user))
+    made.append(p)
+    return p
+
+
+async def test_call_across_nodes(short_timers: list[Node], made: list[Peer]) -> None:
+    """alice on one node, bob on the other: a stranger's candidates are refused, the offer
+    opens a call whose id both see, the first answer wins, hangup ends it."""
+    a, b = short_timers
+    alice, bob, mallory = (await peer(made, a, "alice"), await peer(made, b, "bob"),
+                           await peer(made, a, "mallory"))
+    assert await mallory.call("candidate", candidate_to("bob")) == {"ok": False,
+                                                                    "error": "not_in_call"}
+    ack = await alice.call("offer", offer_to("bob"))
+    assert ack["ok"] is True and ack["delivered"] is True
+    call_id = ack["callId"]
+    assert (await bob.next("offer"))["callId"] == call_id
+    assert await bob.call("candidate", candidate_to("alice")) == {"ok": False,
+                                                                  "error": "not_in_call"}
+    assert await bob.call("answer", answer_to("alice")) == {"ok": True, "delivered": True}
+    assert (await alice.next("answer"))["callId"] == call_id
+    assert (await alice.call("candidate", candidate_to("bob")))["delivered"] is True
+    assert (await bob.next("candidate"))["callId"] == call_id
+    assert (await bob.call("hangup", {"to": "alice"}))["delivered"] is True
+    assert (await alice.next("hangup"))["callId"] == call_id
+    assert await mallory.silent("candidate", 0)
+    assert await alice.call("candidate", candidate_to("bob")) == {"ok": False,
+                                                                  "error": "not_in_call"}
+
+
+async def test_busy_and_glare_across_nodes(short_timers: list[Node],
+                                           made: list[Peer]) -> None:
+    a, b = short_timers
+    alice, bob, carol = (await peer(made, a, "alice"), await peer(made, b, "bob"),
+                         await peer(made, b, "carol"))
+    call_id = (await alice.call("offer", offer_to("bob")))["callId"]
+    assert await bob.call("offer", offer_to("alice")) == {"ok": False, "error": "glare",
+                                                          "callId": call_id}
+    assert await carol.call("offer", offer_to("bob")) == {"ok": False, "error": "busy"}
+    assert await carol.call("offer", offer_to("alice")) == {"ok": False, "error": "busy"}
+
+
+async def test_ring_timeout_is_told_once(short_timers: list[Node], made: list[Peer]) -> None:
+    """Both nodes sweep for expired calls; each party hears the timeout exactly once."""
+    a, b = short_timers
+    alice, bob = await peer(made, a, "alice"), await peer(made, b, "bob")
+    call_id = (await alice.call("offer", offer_to("bob")))["callId"]
+    expected = {"callId": call_id, "reason": "timeout"}
+    assert await alice.next("hangup", within=15) == {**expected, "from": "bob"}
+    assert await bob.next("hangup", within=15) == {**expected, "from": "alice"}
+    assert await alice.silent("hangup", 1.0) and await bob.silent("hangup", 0)
+
+
+async def test_devices_on_both_nodes_first_answer_wins(short_timers: list[Node],
+                                                       made: list[Peer]) -> None:
+    a, b = short_timers
+    alice = await peer(made, a, "alice")
+    phone, laptop = await peer(made, b, "bob"), await peer(made, a, "bob")
+    call_id = (await alice.call("offer", offer_to("bob")))["callId"]
+    await phone.next("offer")
+    await laptop.next("offer")
+    assert (await phone.call("answer", answer_to("alice")))["delivered"] is True
+    assert await laptop.next("hangup") == {"from": "alice", "callId": call_id,
+                                           "reason": "answered_elsewhere"}
+    for n in range(3):
+        assert (await alice.call("candidate", candidate_to("bob", n)))["delivered"] is True
+    for n in range(3):
+        assert (await phone.next("candidate"))["candidate"]["candidate"].startswith(
+            f"candidate:{n} ")
+    assert await laptop.silent("candidate")
+    assert await laptop.call("answer", answer_to("alice")) == {"ok": False,
+                                                               "error": "not_in_call"}
+
+
+async def test_reconnect_on_the_other_node_gets_the_held_signals(
+        short_timers: list[Node], made: list[Peer]) -> None:
+    """bob's socket on node B drops mid-call; alice (node A) sends on, acked held; bob
+    comes back on node A within the grace and gets it all in order."""
+    a, b = short_timers
+    alice, bob = await peer(made, a, "alice"), await peer(made, b, "bob")
+    call_id = (await alice.call("offer", offer_to("bob")))["callId"]
+    await bob.next("offer")
+    await bob.call("answer", answer_to("alice"))
+    await bob.close()
+    for n in range(4):
+        assert await alice.call("candidate", candidate_to("bob", n)) == {
+            "ok": True, "delivered": False, "held": True}
+    again = await peer(made, a, "bob")
+    for n in range(4):
+        held: dict[str, Any] = await again.next("candidate")
+        assert held["callId"] == call_id
+        assert held["candidate"]["candidate"].startswith(f"candidate:{n} ")
+    assert (await again.call("candidate", candidate_to("alice")))["delivered"] is True
+
+
+async def test_gone_past_grace_across_nodes(short_timers: list[Node],
+                                            made: list[Peer]) -> None:
+    a, b = short_timers
+    alice, bob = await peer(made, a, "alice"), await peer(made, b, "bob")
+    call_id = (await alice.call("offer", offer_to("bob")))["callId"]
+    await bob.next("offer")
+    await bob.call("answer", answer_to("alice"))
+    await bob.close()
+    assert await alice.next("hangup", within=15) == {"from": "bob", "callId": call_id,
+                                                     "reason": "peer_gone"}
+    assert await alice.silent("hangup", 1.0)
+
+
+async def test_offline_callee_joins_on_another_node(short_timers: list[Node],
+                                                    made: list[Peer]) -> None:
+    a, b = short_timers
+    alice = await peer(made, a, "alice")
+    ack = await alice.call("offer", offer_to("bob"))
+    assert ack == {"ok": True, "delivered": False, "callId": ack["callId"]}
+    assert (await alice.call("candidate", candidate_to("bob", 1)))["held"] is True
+    bob = await peer(made, b, "bob")
+    assert (await bob.next("offer"))["callId"] == ack["callId"]
+    assert (await bob.next("candidate"))["callId"] == ack["callId"]
+    assert (await bob.call("answer", answer_to("alice")))["delivered"] is True
+    assert (await alice.next("answer"))["callId"] == ack["callId"]

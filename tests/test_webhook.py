@@ -1,0 +1,162 @@
+"""The incoming-call webhook, received by a real local HTTP server (aiohttp) that checks the
+signature the way an app's backend would."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from service.config import Secret, Settings
+from service.errors import ConfigError
+from tests.support import SECRET, Peer, answer_to, candidate_to, free_socket, offer_to, serving
+
+HOOK_SECRET = "webhook-secret-that-is-long-enough-0123456789"
+
+
+@dataclass
+class Receiver:
+    """A backend that answers each request with the next of ``statuses`` (then 200)."""
+
+    statuses: list[int]
+    url: str = ""
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        timestamp = request.headers["X-Signal-Timestamp"]
+        mac = hmac.new(HOOK_SECRET.encode(), timestamp.encode() + b"." + raw, hashlib.sha256)
+        self.requests.append({
+            "body": json.loads(raw), "raw": raw, "headers": dict(request.headers),
+            "signed": hmac.compare_digest(request.headers["X-Signal-Signature"],
+                                          "sha256=" + mac.hexdigest()),
+            "fresh": abs(time.time() - int(timestamp)) < 60})
+        self.arrived.set()
+        status = self.statuses.pop(0) if self.statuses else 200
+        return web.Response(status=status, text="{}")
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Callable[[list[int]], Any]]:
+    runners: list[web.AppRunner] = []
+
+    async def start(statuses: list[int]) -> Receiver:
+        hook = Receiver(statuses)
+        app = web.Application()
+        app.router.add_post("/hooks/call", hook.handle)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        sock = free_socket()
+        await web.SockSite(runner, sock).start()
+        runners.append(runner)
+        hook.url = f"http://127.0.0.1:{sock.getsockname()[1]}/hooks/call"
+        return hook
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
+
+
+def hooked(url: str, **extra: Any) -> Settings:
+    return Settings(jwt_secret=Secret(SECRET), webhook_url=Secret(url),
+                    webhook_secret=Secret(HOOK_SECRET), **extra)
+
+
+async def test_offline_callee_is_woken_and_the_call_connects(receiver: Any,
+                                                             transport: str) -> None:
+    """The backend fails once (503) and gets it on the retry, signed, with the same
+    Idempotency-Key and no SDP; the callee then connects, joins, gets the held offer and
+    candidate, answers, and the call goes on."""
+    hook = await receiver([503])
+    async with serving(hooked(hook.url)) as service:
+        alice, bob = Peer(service.url, transport), Peer(service.url, transport)
+        try:
+            await alice.connect(service.token("alice"))
+            await alice.call("JoinSocket", "alice")
+            ack = await alice.call("offer", offer_to("bob"))
+            call_id = ack["callId"]
+            assert ack == {"ok": True, "delivered": False, "callId": call_id, "notified": True}
+            assert (await alice.call("candidate", candidate_to("bob")))["held"] is True
+            async with asyncio.timeout(20):
+                while len(hook.requests) < 2:
+                    hook.arrived.clear()
+                    await hook.arrived.wait()
+            first, second = hook.requests
+            for request in (first, second):
+                assert request["signed"] and request["fresh"]
+                assert request["headers"]["Idempotency-Key"] == call_id
+                assert request["headers"]["Content-Type"] == "application/json"
+                assert request["body"]["callId"] == call_id
+                assert b"sdp" not in request["raw"] and b"candidate" not in request["raw"]
+            assert set(first["body"]) == {"type", "callId", "from", "to", "ts"}
+            assert first["body"] == second["body"]
+            assert first["body"]["type"] == "call.incoming"
+            assert (first["body"]["from"], first["body"]["to"]) == ("alice", "bob")
+            # the app's backend pushes; the app wakes and connects
+            await bob.connect(service.token("bob"))
+            await bob.call("JoinSocket", "bob")
+            assert (await bob.next("offer"))["callId"] == call_id
+            assert (await bob.next("candidate"))["callId"] == call_id
+            assert (await bob.call("answer", answer_to("alice")))["delivered"] is True
+            assert (await alice.next("answer"))["callId"] == call_id
+            await asyncio.sleep(0)
+            assert len(hook.requests) == 2  # delivered: no more attempts
+        finally:
+            await alice.close()
+            await bob.close()
+
+
+async def test_refused_webhook_is_not_retried(receiver: Any) -> None:
+    """A 4xx is the backend's final word."""
+    hook = await receiver([410, 200])
+    async with serving(hooked(hook.url)) as service:
+        alice = Peer(service.url, "websocket")
+        try:
+            await alice.connect(service.token("alice"))
+            assert (await alice.call("offer", offer_to("bob")))["notified"] is True
+            await asyncio.wait_for(hook.arrived.wait(), 10)
+            await asyncio.sleep(1.5)  # longer than the first backoff: a retry would be here
+            assert len(hook.requests) == 1
+        finally:
+            await alice.close()
+
+
+async def test_no_webhook_when_the_callee_is_online(receiver: Any) -> None:
+    hook = await receiver([])
+    async with serving(hooked(hook.url)) as service:
+        alice, bob = Peer(service.url, "websocket"), Peer(service.url, "websocket")
+        try:
+            for peer, user in ((alice, "alice"), (bob, "bob")):
+                await peer.connect(service.token(user))
+                await peer.call("JoinSocket", user)
+            ack = await alice.call("offer", offer_to("bob"))
+            assert "notified" not in ack and ack["delivered"] is True
+            await asyncio.sleep(1.0)
+            assert hook.requests == []
+        finally:
+            await alice.close()
+            await bob.close()
+
+
+def test_webhook_settings_are_checked() -> None:
+    with pytest.raises(ConfigError, match="WEBHOOK_SECRET is missing"):
+        Settings(jwt_secret=Secret(SECRET), webhook_url=Secret("https://x.example/h"))
+    with pytest.raises(ConfigError, match="WEBHOOK_SECRET is too short"):
+        Settings(jwt_secret=Secret(SECRET), webhook_url=Secret("https://x.example/h"),
+                 webhook_secret=Secret("short"))
+    with pytest.raises(ConfigError, match="WEBHOOK_URL must be"):
+        Settings(jwt_secret=Secret(SECRET), webhook_url=Secret("ftp://x.example/h"),
+                 webhook_secret=Secret(HOOK_SECRET))
+    with pytest.raises(ConfigError, match="BUSY_POLICY"):
+        Settings(jwt_secret=Secret(SECRET), busy_policy="queue")
+    with pytest.raises(ConfigError, match="RING_TIMEOUT"):
+        Settings(jwt_secret=Secret(SECRET), ring_timeout=0)

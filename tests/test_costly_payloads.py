@@ -14,7 +14,7 @@ import websockets
 from service.config import Secret, Settings
 from service.limits import Rate
 from service.protocol import MAX_RELAY_DEPTH, MAX_RELAY_NODES
-from tests.support import SECRET, Peer, RunningService, serving
+from tests.support import SECRET, Peer, RunningService, offer_to, serving
 
 UNLIMITED = Rate(0, 0)
 Peers = Any
@@ -41,19 +41,22 @@ async def test_costly_pass_through_fields_are_refused(peers: Peers, extra: dict[
     ack = await alice.call("hangup", {"to": "bob", **extra})
     assert (ack["ok"], ack["error"]) == (False, "invalid_payload")
     assert why in ack["detail"]
-    assert await alice.call("hangup", {"to": "bob", "n": 1}) == {"ok": True, "delivered": True}
-    assert (await bob.next("hangup"))["n"] == 1  # the refused one never arrived
+    assert (await alice.call("offer", offer_to("bob", n=1)))["delivered"] is True
+    assert (await bob.next("offer"))["n"] == 1  # the refused one never arrived
+    assert await bob.silent("hangup", 0)
 
 
 async def test_app_metadata_still_passes(peers: Peers) -> None:
     """What an app puts beside the protocol (a callId, a few flags, a small nested object)
     is well inside the bounds and arrives as sent."""
     alice, bob = await peers("alice"), await peers("bob")
-    extra = {"callId": "c-1", "video": True, "caller": {"name": "Alice", "avatar": "a.png",
-                                                        "tags": ["x", "y"]},
+    extra = {"video": True, "caller": {"name": "Alice", "avatar": "a.png",
+                                       "tags": ["x", "y"]},
              "meta": {f"f{n}": n for n in range(40)}}
-    assert (await alice.call("hangup", {"to": "bob", **extra}))["delivered"] is True
-    assert await bob.next("hangup") == {"to": "bob", **extra, "from": "alice"}
+    ack = await alice.call("offer", offer_to("bob", **extra))
+    assert ack["delivered"] is True
+    assert await bob.next("offer") == {**offer_to("bob", **extra), "from": "alice",
+                                       "callId": ack["callId"]}
 
 
 async def _raw_session(service: RunningService) -> Any:
@@ -81,8 +84,9 @@ async def test_unknown_events_are_answered_before_decoding() -> None:
         ws = await _raw_session(service)
         await ws.send('4217["nothing_here",{"pad": [1, 2, 3' + ", 4" * 1000)
         assert await _ack(ws) == {"ok": False, "error": "unknown_event"}
-        await ws.send('4218["hangup",{"to":"nobody"}]')
-        assert await _ack(ws) == {"ok": True, "delivered": False}  # the session is fine
+        await ws.send('4218["offer",' + json.dumps(offer_to("nobody")) + "]")
+        ack = await _ack(ws)
+        assert (ack["ok"], ack["delivered"]) == (True, False)  # the session is fine
         await ws.close()
 
 
@@ -94,7 +98,7 @@ async def test_a_connection_out_of_budget_is_answered_before_decoding() -> None:
     async with serving(settings) as service:
         ws = await _raw_session(service)
         for n in range(3):
-            await ws.send(f'42{n}["hangup",{{"to":"nobody"}}]')
+            await ws.send(f'42{n}["offer",' + json.dumps(offer_to("nobody")) + "]")
             assert (await _ack(ws))["ok"] is True
         await ws.send('429["hangup",{"to": ' + "[" * 100)
         assert (await _ack(ws))["error"] == "rate_limited"
@@ -111,10 +115,10 @@ async def test_the_limiter_weighs_a_message_by_its_size(transport: str) -> None:
         small, big = Peer(service.url, transport), Peer(service.url, transport)
         await small.connect(service.token("small"))
         await big.connect(service.token("big"))
-        oks = [(await small.call("hangup", {"to": "nobody"}))["ok"] for _ in range(21)]
+        oks = [(await small.call("offer", offer_to("nobody")))["ok"] for _ in range(21)]
         assert oks == [True] * 20 + [False]
         pad = "x" * 50_000
-        oks = [(await big.call("hangup", {"to": "nobody", "pad": pad}))["ok"] for _ in range(3)]
+        oks = [(await big.call("offer", offer_to("no-one", pad=pad)))["ok"] for _ in range(3)]
         assert oks == [True, True, False]
         await small.close()
         await big.close()

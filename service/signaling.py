@@ -252,14 +252,20 @@ class Signaling:
 
     async def disconnect(self, sid: str, reason: str | None = None) -> None:
         """Forget the socket; python-socketio removes it from its rooms."""
+        known = self.sessions.get(sid)
+        if known is not None:
+            # before the session is forgotten: a node shutting down waits for that, and the
+            # calls of its clients must hold their signals until they are back elsewhere
+            try:
+                await self.calls.gone(known.identity.user_id, sid)
+            except Unavailable:
+                log_event(self.log, "call_state_unavailable", logging.WARNING, sid=sid,
+                          during="disconnect")
+            except Exception:  # the session must still be forgotten below
+                self.log.exception("call_state_failed", extra={"fields": {"sid": sid}})
         session = await self.life.remove(sid)
         if session is None:
             return
-        try:
-            await self.calls.gone(session.identity.user_id, sid)
-        except Unavailable:
-            log_event(self.log, "call_state_unavailable", logging.WARNING, sid=sid,
-                      during="disconnect")
         log_event(
             self.log, "disconnect", sid=sid, user=session.identity.user_id,
             transport=self._transport(sid, session.transport),

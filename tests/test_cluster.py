@@ -31,7 +31,17 @@ from tests.processes import (
     start_node,
     stop_node,
 )
-from tests.support import SECRET, Peer, eventually_true, refusal
+from tests.support import (
+    SECRET,
+    Peer,
+    answer_to,
+    answered_call,
+    calls_work,
+    candidate_to,
+    eventually_true,
+    offer_to,
+    refusal,
+)
 from tests.test_relay import VALID
 
 TOKENS = Settings(jwt_secret=Secret(SECRET))
@@ -88,21 +98,29 @@ async def test_every_relay_crosses_processes(pair_of_nodes: list[Node], transpor
     a, b = pair_of_nodes
     alice, bob = await joined(a.url, "alice", transport), await joined(b.url, "bob", transport)
     try:
-        for event, payload in VALID.items():
-            ack = await alice.call(event, {**payload, "from": "mallory", "n": 1})
-            assert ack == {"ok": True, "delivered": True}, event
-            assert await bob.next(event) == {**payload, "n": 1, "from": "alice"}
-        back = {"to": "alice", "answer": VALID["answer"]["answer"]}
+        ack = await alice.call("offer", {**offer_to("bob"), "from": "mallory", "n": 1})
+        call_id = ack["callId"]
+        assert ack == {"ok": True, "delivered": True, "callId": call_id}
+        assert await bob.next("offer") == {**offer_to("bob"), "n": 1, "from": "alice",
+                                           "callId": call_id}
+        back = {**answer_to("alice"), "from": "mallory"}
         assert await bob.call("answer", back) == {"ok": True, "delivered": True}
-        assert (await alice.next("answer"))["from"] == "bob"
+        assert await alice.next("answer") == {**answer_to("alice"), "from": "bob",
+                                              "callId": call_id}
+        for event, payload in (("candidate", candidate_to("bob")), ("offer", offer_to("bob")),
+                               ("hangup", {"to": "bob"})):
+            ack = await alice.call(event, {**payload, "from": "mallory", "n": 1})
+            assert ack["delivered"] is True, event
+            assert await bob.next(event) == {**payload, "n": 1, "from": "alice",
+                                             "callId": call_id}
     finally:
         await alice.close()
         await bob.close()
 
 
 async def test_every_device_receives_across_processes(pair_of_nodes: list[Node]) -> None:
-    """bob's three devices, on both processes, each get alice's offer; alice's own relay to
-    herself reaches her other device on the other process but not the sender."""
+    """bob's three devices, on both processes, each get alice's offer; alice's other
+    device does not."""
     a, b = pair_of_nodes
     alice_phone = await joined(a.url, "alice")
     alice_laptop = await joined(b.url, "alice")
@@ -111,10 +129,7 @@ async def test_every_device_receives_across_processes(pair_of_nodes: list[Node])
         assert (await alice_phone.call("offer", VALID["offer"]))["delivered"] is True
         for device in devices:
             assert (await device.next("offer"))["from"] == "alice"
-        to_self = {"to": "alice", "offer": VALID["offer"]["offer"]}
-        assert (await alice_phone.call("offer", to_self))["delivered"] is True
-        assert (await alice_laptop.next("offer"))["from"] == "alice"
-        assert await alice_phone.silent("offer")
+        assert await alice_laptop.silent("offer") and await alice_phone.silent("offer", 0)
     finally:
         for peer in (alice_phone, alice_laptop, *devices):
             await peer.close()
@@ -127,19 +142,19 @@ async def test_delivered_is_right_cluster_wide(pair_of_nodes: list[Node]) -> Non
     alice = await joined(a.url, "alice")
     carol = Peer(b.url, "websocket")
     await carol.connect(token("carol"))
-    hangup = {"to": "carol"}
+    offer = offer_to("carol")  # the call rings at carol's, joined or not
     try:
-        assert (await alice.call("hangup", hangup))["delivered"] is False
+        assert (await alice.call("offer", offer))["delivered"] is False
         await carol.call("JoinSocket", "carol")
-        assert (await alice.call("hangup", hangup))["delivered"] is True
+        assert (await alice.call("offer", offer))["delivered"] is True
         await carol.call("LeaveSocket", "carol")
-        assert (await alice.call("hangup", hangup))["delivered"] is False
+        assert (await alice.call("offer", offer))["delivered"] is False
         await carol.call("JoinSocket", "carol")
-        assert (await alice.call("hangup", hangup))["delivered"] is True
+        assert (await alice.call("offer", offer))["delivered"] is True
         await carol.close()
 
         async def carol_gone() -> bool:
-            return (await alice.call("hangup", hangup))["delivered"] is False
+            return (await alice.call("offer", offer))["delivered"] is False
 
         # node B forgets carol's socket when it sees the disconnect: soon, not at once
         await eventually_true(carol_gone, within=10)
@@ -178,17 +193,17 @@ async def test_users_of_a_killed_node_expire(pair_of_nodes: list[Node]) -> None:
     him are no longer ``delivered``; when he reconnects to the surviving node they are."""
     a, b = pair_of_nodes
     alice, bob = await joined(a.url, "alice"), await joined(b.url, "bob")
-    assert (await alice.call("hangup", {"to": "bob"}))["delivered"] is True
+    assert (await alice.call("offer", offer_to("bob")))["delivered"] is True
     b.kill()
     killed = time.monotonic()
-    while (await alice.call("hangup", {"to": "bob"}))["delivered"]:
+    while (await alice.call("offer", offer_to("bob")))["delivered"]:
         assert time.monotonic() - killed < 5, "presence of a dead node did not expire"
         await asyncio.sleep(0.1)
     expired_after = time.monotonic() - killed
     assert expired_after >= 1.0  # it was the TTL, not a clean leave
     await bob.close()
     bob = await joined(a.url, "bob")
-    assert (await alice.call("hangup", {"to": "bob"}))["delivered"] is True
+    assert (await alice.call("offer", offer_to("bob")))["delivered"] is True
     await alice.close()
     await bob.close()
 
@@ -213,10 +228,8 @@ async def test_two_workers(redis_url: str, channel: str) -> None:
             caller = peers[0]
             callee = next(p for p, n in zip(peers, range(len(peers)), strict=True)
                           if f"u{n}" == first)
-            for event, payload in VALID.items():
-                ack = await caller.call(event, {**payload, "to": first})
-                assert ack == {"ok": True, "delivered": True}, event
-                assert (await callee.next(event))["from"] == "u0"
+            await calls_work(caller, callee, "u0", first)
+            await answered_call(caller, callee, "u0", first)
             back = await callee.call("hangup", {"to": "u0"})
             assert back == {"ok": True, "delivered": True}
             assert (await caller.next("hangup"))["from"] == first
@@ -253,12 +266,12 @@ async def test_redis_outage_and_recovery(channel: str) -> None:
     try:
         async with nodes(env, env) as (a, b):
             alice, bob = await joined(a.url, "alice"), await joined(b.url, "bob")
-            assert (await alice.call("hangup", {"to": "bob"}))["delivered"] is True
-            await bob.next("hangup")
+            assert (await alice.call("offer", offer_to("bob")))["delivered"] is True
+            await bob.next("offer")
             assert (await _ready(a.url))[0] == 200
 
             await redis.stop()
-            ack = await alice.call("hangup", {"to": "bob"})
+            ack = await alice.call("offer", offer_to("bob"))
             assert ack["ok"] is False and ack["error"] == "unavailable"
             status, body = await _ready(a.url)
             assert (status, body["reason"]) == (503, "redis_unreachable")
@@ -269,12 +282,12 @@ async def test_redis_outage_and_recovery(channel: str) -> None:
             await redis.start()
             back = time.monotonic()
             while True:
-                ack = await alice.call("hangup", {"to": "bob", "after": "outage"})
+                ack = await alice.call("offer", offer_to("bob", after="outage"))
                 if ack.get("delivered"):
                     break
                 assert time.monotonic() - back < 10, f"delivery did not resume: {ack}"
                 await asyncio.sleep(0.2)
-            while (await bob.next("hangup"))["from"] != "alice":
+            while (await bob.next("offer")).get("after") != "outage":
                 pass
 
             async def a_ready() -> bool:  # A's own subscription may come back a beat later
@@ -294,6 +307,7 @@ async def test_sigterm_drains_and_tells_clients_to_reconnect(pair_of_nodes: list
     alice reconnects to the other node."""
     a, b = pair_of_nodes
     alice, bob = await joined(a.url, "alice"), await joined(b.url, "bob")
+    await answered_call(alice, bob, "alice", "bob")
     acked = []
     for n in range(30):
         ack = await alice.call("candidate", {**VALID["candidate"], "n": n})
@@ -308,8 +322,9 @@ async def test_sigterm_drains_and_tells_clients_to_reconnect(pair_of_nodes: list
     assert received == acked == list(range(30))
     assert any(r["event"] == "shutting_down" for r in a.records())
     await alice.close()
-    alice = await joined(b.url, "alice")
-    assert (await alice.call("hangup", {"to": "bob"}))["delivered"] is True
+    alice = await joined(b.url, "alice")  # takes the call back (it was held for her)
+    ack = await alice.call("hangup", {"to": "bob"})
+    assert ack["delivered"] is True, ack
     await alice.close()
     await bob.close()
 
@@ -325,8 +340,8 @@ async def test_forged_and_replayed_cluster_messages_are_dropped(redis_url: str,
         raw = aioredis.Redis.from_url(redis_url)
         sub = raw.pubsub()
         await sub.subscribe(channel)
-        await alice.call("hangup", {"to": "bob", "genuine": True})
-        assert (await bob.next("hangup"))["genuine"] is True
+        await alice.call("offer", offer_to("bob", genuine=True))
+        assert (await bob.next("offer"))["genuine"] is True
         genuine = None
         for _ in range(50):
             message = await sub.get_message(ignore_subscribe_messages=True, timeout=0.2)
@@ -351,7 +366,7 @@ async def test_forged_and_replayed_cluster_messages_are_dropped(redis_url: str,
                             "sig": real_key._sign(stale_body, stale_ts, "old", "n")})
         for message in (json.dumps(forged), other_key.seal(forged), stale, genuine):
             await raw.publish(channel, message)
-        assert await bob.silent("hangup", 0.5)
+        assert await bob.silent("hangup", 0.5) and await bob.silent("offer", 0)
         await sub.aclose()  # type: ignore[no-untyped-call]
         await raw.aclose()
         await other_key.link.close()

@@ -152,7 +152,8 @@ async def test_sanic_cli_serves_a_call_with_minted_tokens(workdir: Path, sanic_p
             await peer.connect(tokens[user])
             assert await peer.call("JoinSocket", user) == {"ok": True}
         offer = {"to": "bob", "offer": {"type": "offer", "sdp": SDP}}
-        assert await alice.call("offer", offer) == {"ok": True, "delivered": True}
+        ack = await alice.call("offer", offer)
+        assert ack == {"ok": True, "delivered": True, "callId": ack["callId"]}
         assert (await bob.next("offer"))["from"] == "alice"
     finally:
         await alice.close()
@@ -204,7 +205,7 @@ async def test_readme_walkthrough_two_peers_call(workdir: Path, sanic_process: P
     alice_text, bob_text = alice_out.decode(), bob_rest.decode()
     assert alice.returncode == 0, alice_text
     assert bob.returncode == 0, bob_text
-    assert "offer to bob: {'ok': True, 'delivered': True}" in alice_text
+    assert "offer to bob: delivered, call " in alice_text
     assert "answer from bob" in alice_text
     assert "offer from alice; answering" in bob_text
     assert "hangup from alice" in bob_text

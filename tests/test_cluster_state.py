@@ -16,7 +16,7 @@ from service.cluster.manager import MAX_MESSAGE_AGE, ReplayWindow
 from service.cluster.presence import MAX_PENDING
 from service.config import Secret, Settings
 from tests.processes import REDIS_SECRET, SHARED_REDIS, free_port, start_node, stop_node
-from tests.support import SECRET, Peer, eventually, serving
+from tests.support import SECRET, Peer, eventually, offer_to, serving
 from tests.test_cluster import cluster_env, token
 from tests.test_relay import VALID
 
@@ -42,7 +42,7 @@ async def test_nodes_started_together_lose_no_first_call() -> None:
         await asyncio.gather(bob.connect(token("bob")), alice.connect(token("alice")))
         assert await bob.call("JoinSocket", "bob") == {"ok": True}
         ack = await alice.call("offer", VALID["offer"])
-        assert ack == {"ok": True, "delivered": True}
+        assert ack == {"ok": True, "delivered": True, "callId": ack["callId"]}
         assert (await bob.next("offer"))["from"] == "alice"
         await alice.close()
         await bob.close()
@@ -193,9 +193,8 @@ async def test_a_quiet_channel_stays_subscribed(capture_logs: list[dict[str, Any
         await bob.connect(b.token("bob"))
         assert await bob.call("JoinSocket", "bob") == {"ok": True}
         await asyncio.sleep(3.0)  # the point of the test: nothing on the channel meanwhile
-        assert await alice.call("hangup", {"to": "bob", "n": 1}) == {"ok": True,
-                                                                     "delivered": True}
-        assert (await bob.next("hangup"))["n"] == 1
+        assert (await alice.call("offer", offer_to("bob", n=1)))["delivered"] is True
+        assert (await bob.next("offer"))["n"] == 1
         assert not [r for r in capture_logs if r["event"] == "redis_subscription_lost"]
         await alice.close()
         await bob.close()

@@ -16,13 +16,14 @@ from hypothesis import strategies as st
 from service.config import Secret, Settings
 from service.limits import Rate
 from service.protocol import JOIN, LEAVE, REFRESH, RELAY_EVENTS
-from tests.support import SECRET, Peer, serving
+from tests.support import SECRET, Peer, answer_to, calls_work, offer_to, serving
 from tests.test_relay import CANDIDATE, SDP, VALID
 
 UNLIMITED = Rate(0, 0)
 PROTOCOL = (JOIN, LEAVE, REFRESH, *RELAY_EVENTS)
 ERRORS = {"invalid_payload", "forbidden", "unknown_event", "token_invalid", "token_expired",
-          "token_not_yet_valid", "token_revoked", "token_missing"}
+          "token_not_yet_valid", "token_revoked", "token_missing", "not_in_call", "busy",
+          "glare"}
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30),
@@ -82,11 +83,11 @@ def _expected_shape(name: str, ack: Any) -> None:
     assert isinstance(ack, dict), ack
     if ack["ok"] is True:
         assert name in PROTOCOL
-        assert set(ack) <= {"ok", "delivered", "exp"}
+        assert set(ack) <= {"ok", "delivered", "exp", "callId", "held", "notified"}
     else:
         assert ack["ok"] is False
         assert ack["error"] in ERRORS, ack
-        assert set(ack) <= {"ok", "error", "detail"}
+        assert set(ack) <= {"ok", "error", "detail", "callId"}
 
 
 @hypothesis_settings(max_examples=120, deadline=None,
@@ -102,11 +103,17 @@ async def test_any_event_gets_a_well_formed_answer(stage: Stage, name: str,
     ack = await stage.mallory.client.call(name, data, timeout=5)
     _expected_shape(name, ack)
     assert stage.mallory.client.connected
-    while not stage.bob.inbox["hangup"].empty():   # whatever the fuzzer relayed to bob
-        stage.bob.inbox["hangup"].get_nowait()
-    assert await stage.alice.call("hangup", {"to": "bob", "n": 1}) == {"ok": True,
-                                                                       "delivered": True}
-    assert (await stage.bob.next("hangup"))["from"] == "alice"
+    for user in ("alice", "bob"):  # end whatever call the fuzzer opened with the pair
+        await stage.mallory.call("hangup", {"to": user})
+    _flush(stage)
+    await calls_work(stage.alice, stage.bob)
+
+
+def _flush(stage: Stage) -> None:
+    for peer in (stage.alice, stage.bob, stage.mallory):
+        for queue in peer.inbox.values():
+            while not queue.empty():
+                queue.get_nowait()
 
 
 @hypothesis_settings(max_examples=60, deadline=None,
@@ -117,17 +124,32 @@ async def test_relays_are_all_or_nothing(stage: Stage, payload: dict[str, Any],
     """A relay payload is either refused (and bob receives nothing) or delivered exactly as
     sent with the server's ``from``: never half-validated. After each attempt mallory sends
     a valid marker: mallory's events reach bob in order, so the next thing bob receives is
-    the delivered payload (when accepted) and then the marker, never a refused payload."""
-    for queue in stage.bob.inbox.values():  # nothing left over from an earlier example
-        while not queue.empty():
-            queue.get_nowait()
+    the delivered payload (when accepted) and then the marker, never a refused payload.
+    (Each example runs inside an answered call between bob and mallory.)"""
+    call_id = await _call(stage)
+    _flush(stage)  # nothing left over from an earlier example
     payload = {**payload, "to": "bob"}
     ack = await stage.mallory.call(event, payload)
     _expected_shape(event, ack)
     if ack["ok"]:
         received = await stage.bob.next(event)
         assert received == {**{k: v for k, v in payload.items() if k != "from"},
-                            "from": "mallory"}
-    marker = {**VALID[event], "marker": True}
-    assert (await stage.mallory.call(event, marker))["ok"] is True
-    assert await stage.bob.next(event) == {**marker, "from": "mallory"}
+                            "from": "mallory", "callId": call_id}
+        if event == "hangup":
+            call_id = await _call(stage)
+            _flush(stage)
+    marker = {**VALID["candidate"], "marker": True}
+    assert (await stage.mallory.call("candidate", marker))["ok"] is True
+    assert await stage.bob.next("candidate") == {**marker, "from": "mallory",
+                                                 "callId": call_id}
+
+
+async def _call(stage: Stage) -> str:
+    """The open call between bob and mallory (bob called, mallory answered)."""
+    ack = await stage.bob.call("offer", offer_to("mallory"))
+    if ack["ok"]:  # a new call (else: the call of an earlier example is still on)
+        await stage.mallory.call("answer", answer_to("bob"))
+    else:
+        assert ack["error"] == "not_in_call", ack
+        ack = await stage.mallory.call("offer", offer_to("bob"))  # renegotiation: its id
+    return str(ack["callId"])

@@ -21,7 +21,7 @@ from service.auth.minting import sign
 from service.config import JwksEndpoint, Secret, Settings
 from service.limits import Rate
 from tests.idp import IdpKey, JwksServer
-from tests.support import SECRET, Peer, RunningService, refusal, serving
+from tests.support import SECRET, Peer, RunningService, offer_to, refusal, serving
 
 ISS_A = "https://idp-a.example.com/"
 ISS_B = "https://idp-b.example.com/"
@@ -324,7 +324,8 @@ async def test_a_slow_idp_does_not_stall_other_clients(keys: Keys, idp: JwksServ
         started = time.monotonic()
         other = Peer(service.url, "websocket")
         await other.connect(service.token("bob", iss=ISS_OWN, aud=AUD))
-        assert await other.call("hangup", {"to": "carol"}) == {"ok": True, "delivered": False}
+        ack = await other.call("offer", offer_to("carol"))
+        assert (ack["ok"], ack["delivered"]) == (True, False)
         assert time.monotonic() - started < 1.0
         assert not pending.done()
         await pending

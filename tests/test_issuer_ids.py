@@ -9,7 +9,7 @@ import pytest
 from service.config import Secret, Settings
 from service.errors import ConfigError
 from tests.idp import IdpKey
-from tests.support import SECRET, Peer, serving
+from tests.support import SECRET, Peer, offer_to, serving
 
 ISS_A = "https://idp-a.example.com/"
 ISS_B = "https://idp-b.example.com/"
@@ -61,14 +61,15 @@ async def test_prefixed_issuers_are_different_users(transport: str) -> None:
         assert (await b42.call("JoinSocket", "a:42"))["error"] == "forbidden"
         assert (await b42.call("JoinSocket", "42"))["error"] == "forbidden"
         assert await b42.call("JoinSocket", "b:42") == {"ok": True}
-        assert await caller.call("hangup", {"to": "a:42", "n": 1}) == {"ok": True,
-                                                                       "delivered": True}
-        assert (await a42.next("hangup"))["from"] == "a:alice"
+        assert (await caller.call("offer", offer_to("a:42", n=1)))["delivered"] is True
+        assert (await a42.next("offer"))["from"] == "a:alice"
         # a marker from the same sender to b:42: what b:42 receives first is the marker, so
         # the call to a:42 never reached it
-        assert (await caller.call("hangup", {"to": "b:42", "n": 2}))["delivered"]
-        assert (await b42.next("hangup"))["n"] == 2
-        assert (await b42.call("hangup", {"to": "a:42", "from": "a:42"}))["delivered"]
-        assert (await a42.next("hangup"))["from"] == "b:42"
+        assert (await caller.call("offer", offer_to("b:42", n=2)))["delivered"]
+        assert (await b42.next("offer"))["n"] == 2
+        for user in ("a:42", "b:42"):
+            assert (await caller.call("hangup", {"to": user}))["delivered"]
+        assert (await b42.call("offer", offer_to("a:42", **{"from": "a:42"})))["delivered"]
+        assert (await a42.next("offer"))["from"] == "b:42"
         for peer in (a42, b42, caller):
             await peer.close()

@@ -15,7 +15,7 @@ import websockets
 from service.config import Secret, Settings
 from service.limits import Rate
 from tests.processes import REDIS_SECRET, SHARED_REDIS
-from tests.support import SECRET, Peer, eventually, serving
+from tests.support import SECRET, Peer, calls_work, eventually, serving
 
 
 def _failing_once(real: Any) -> Any:
@@ -53,7 +53,7 @@ async def test_presence_heartbeat_survives_a_bug(capture_logs: list[dict[str, An
         for peer, user in ((alice, "alice"), (bob, "bob")):
             await peer.connect(service.token(user))
             assert await peer.call("JoinSocket", user) == {"ok": True}
-        assert await alice.call("hangup", {"to": "bob"}) == {"ok": True, "delivered": True}
+        await calls_work(alice, bob)
         await alice.close()
         await bob.close()
 

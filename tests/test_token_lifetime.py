@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from service.config import Secret, Settings
-from tests.support import SECRET, Peer, RunningService, eventually, refusal, serving
+from tests.support import SECRET, Peer, RunningService, eventually, offer_to, refusal, serving
 
 
 def lifetime_settings(**overrides: Any) -> Settings:
@@ -59,7 +59,7 @@ async def test_refresh_extends_the_connection(transport: str) -> None:
         assert ack == {"ok": True, "exp": int(time.time()) + 60} or ack["exp"] >= time.time() + 58
         await asyncio.sleep(2.5)  # past the first token's exp
         assert alice.client.connected
-        assert await alice.call("hangup", {"to": "bob"}) == {"ok": True, "delivered": True}
+        assert (await alice.call("offer", offer_to("bob")))["delivered"] is True
         assert await alice.silent("server_disconnect", 0.1)
         await alice.close()
         await bob.close()

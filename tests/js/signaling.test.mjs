@@ -48,18 +48,24 @@ for (const transport of ["websocket", "polling"]) {
         assert.deepEqual(await alice.timeout(3000).emitWithAck("JoinSocket", "alice"), { ok: true });
         assert.deepEqual(await bob.timeout(3000).emitWithAck("JoinSocket", "bob"), { ok: true });
 
+        const stranger = await bob.timeout(3000).emitWithAck("candidate", { to: "alice", candidate: CANDIDATE });
+        assert.deepEqual(stranger, { ok: false, error: "not_in_call" });
+
         const offered = next(bob, "offer");
         const ack = await alice.timeout(3000).emitWithAck("offer", {
-          to: "bob", from: "mallory", offer: { type: "offer", sdp: SDP }, callId: "c1",
+          to: "bob", from: "mallory", offer: { type: "offer", sdp: SDP },
         });
-        assert.deepEqual(ack, { ok: true, delivered: true });
+        const callId = ack.callId;
+        assert.equal(typeof callId, "string");
+        assert.deepEqual(ack, { ok: true, delivered: true, callId });
         assert.deepEqual(await offered, {
-          to: "bob", from: "alice", offer: { type: "offer", sdp: SDP }, callId: "c1",
+          to: "bob", from: "alice", offer: { type: "offer", sdp: SDP }, callId,
         });
 
         const answered = next(alice, "answer");
-        await bob.timeout(3000).emitWithAck("answer", { to: "alice", answer: { type: "answer", sdp: SDP } });
+        await bob.timeout(3000).emitWithAck("answer", { to: "alice", callId, answer: { type: "answer", sdp: SDP } });
         assert.equal((await answered).from, "bob");
+        assert.equal((await answered).callId, callId);
 
         const candidates = next(bob, "candidate");
         alice.emit("candidate", { to: "bob", candidate: CANDIDATE });
@@ -74,7 +80,7 @@ for (const transport of ["websocket", "polling"]) {
 
         const hungUp = next(bob, "hangup");
         await alice.timeout(3000).emitWithAck("hangup", { to: "bob" });
-        assert.deepEqual(await hungUp, { to: "bob", from: "alice" });
+        assert.deepEqual(await hungUp, { to: "bob", from: "alice", callId });
       } finally {
         alice.close();
         bob.close();

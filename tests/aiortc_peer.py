@@ -26,6 +26,7 @@ class AiortcPeer:
         self.sio = socketio.AsyncClient(reconnection=False)
         self.pc: RTCPeerConnection | None = None
         self.peer: str | None = None
+        self.call_id: str | None = None
         self.connected = asyncio.Event()
         self.messages: asyncio.Queue[str] = asyncio.Queue()
         self.hangups: asyncio.Queue[str] = asyncio.Queue()
@@ -78,10 +79,12 @@ class AiortcPeer:
         self.offer_at = time.perf_counter()
         offer = {"type": pc.localDescription.type, "sdp": pc.localDescription.sdp}
         ack = await self.sio.call("offer", {"to": peer, "offer": offer})
-        assert ack == {"ok": True, "delivered": True}, ack
+        assert ack["ok"] is True and ack["delivered"] is True, ack
+        self.call_id = ack["callId"]
         return channel
 
     async def answer(self, message: dict[str, Any]) -> None:
+        self.call_id = message["callId"]
         pc = self._new_pc(message["from"])
         self.offer_at = time.perf_counter()
         await pc.setRemoteDescription(RTCSessionDescription(**message["offer"]))

@@ -103,9 +103,9 @@ async def test_aiortc_calls_a_browser(call_service: RunningService) -> None:
 async def test_callee_signaling_drops_between_offer_and_answer(
         call_service: RunningService) -> None:
     """bob (aiortc) receives alice's offer, loses his signaling connection for 3 s, comes
-    back, joins his room again and answers: the call connects. What makes it work today:
-    the offer was delivered before the drop, the service keeps nothing per call, and
-    aiortc's SDP carries all its candidates (no trickle to lose while bob is away)."""
+    back, joins his room again and answers: the call connects. While he is away the call
+    rings on: alice's signals are held, and replayed to bob when he joins again (the offer
+    too, should he have lost it)."""
     alice = AiortcPeer(call_service.url, "alice", call_service.token("alice"))
     bob = AiortcPeer(call_service.url, "bob", call_service.token("bob"))
     bob.auto_answer = False
@@ -115,12 +115,13 @@ async def test_callee_signaling_drops_between_offer_and_answer(
         channel = await alice.call("bob")
         offer = await asyncio.wait_for(bob.offers.get(), 5)
         await bob.sio.disconnect()
-        assert (await alice.sio.call("hangup", {"to": "nobody"}))["ok"]  # alice carries on
         probe = await alice.sio.call("candidate", {"to": "bob", "candidate": {
             "candidate": "", "sdpMid": "0", "sdpMLineIndex": 0}})
-        assert probe == {"ok": True, "delivered": False}  # bob is really gone
-        await asyncio.sleep(3)
+        assert probe == {"ok": True, "delivered": False, "held": True}  # bob is really gone
+        await asyncio.sleep(3)  # the drop
         await bob.connect()
+        replayed = await asyncio.wait_for(bob.offers.get(), 5)
+        assert replayed["callId"] == offer["callId"] == alice.call_id
         await bob.answer(offer)
         await asyncio.wait_for(alice.connected.wait(), 15)
         await asyncio.wait_for(bob.connected.wait(), 15)
@@ -139,9 +140,8 @@ async def test_callee_signaling_drops_between_offer_and_answer(
 
 async def test_browser_caller_with_callee_signaling_drop(call_service: RunningService) -> None:
     """alice's Chromium page calls bob (aiortc); bob's signaling drops for 3 s before he
-    answers, so the browser's trickled ICE candidates sent meanwhile are not delivered
-    (acked delivered: false). The call still connects: bob's answer carries all his
-    candidates, and ICE learns alice's address from her connectivity checks."""
+    answers; what the browser trickles meanwhile is held and replayed to bob when he joins
+    again (with the offer), and the call connects."""
     bob = AiortcPeer(call_service.url, "bob", call_service.token("bob"))
     bob.auto_answer = False
     await bob.connect()
@@ -153,8 +153,9 @@ async def test_browser_caller_with_callee_signaling_drop(call_service: RunningSe
             await alice.click("#call")
             offer = await asyncio.wait_for(bob.offers.get(), 5)
             await bob.sio.disconnect()
-            await asyncio.sleep(3)
+            await asyncio.sleep(3)  # the drop
             await bob.connect()
+            assert (await asyncio.wait_for(bob.offers.get(), 5))["callId"] == offer["callId"]
             await bob.answer(offer)
             await asyncio.wait_for(bob.connected.wait(), 15)
             await wait_state(alice, "pc", "connected")

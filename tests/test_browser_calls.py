@@ -116,13 +116,16 @@ async def test_bad_token_is_refused_in_plain_words(demo_service: RunningService,
 
 
 async def test_calling_someone_offline(demo_service: RunningService, browser: Browser) -> None:
-    """A call to a user nobody is signed in as ends at once with 'is not online'."""
+    """A call to a user nobody is signed in as rings on ('is not online'): the offer is held
+    for them until the ring timeout; hanging up ends it."""
     page = await open_demo(browser, demo_service.url, "alice")
     await wait_state(page, "signaling", "connected")
     await page.fill("#peer", "nobody")
     await page.click("#call")
-    await page.wait_for_function("window.demo.state.ended === 'nobody is not online.'")
-    assert (await state(page))["call"] == "idle"
+    await wait_state(page, "call", "calling nobody (offline)")
+    assert "nobody is not online" in await page.locator("#status").inner_text()
+    await page.click("#hangup")
+    await wait_state(page, "call", "idle")
 
 
 async def test_rate_limited_call_is_explained(browser: Browser) -> None:
@@ -217,3 +220,62 @@ async def test_many_candidates_before_answer_are_kept(demo_service: RunningServi
     await bob.click("#accept")
     await wait_state(alice, "pc", "connected")
     await wait_state(bob, "pc", "connected")
+
+
+async def test_callee_socket_drops_for_3_s_before_answering(demo_service: RunningService,
+                                                            browser: Browser) -> None:
+    """bob's page is ringing when its socket drops (transport closed; socket.io-client
+    reconnects after 3 s and joins again): the call rings on, what alice's browser sent
+    meanwhile is held and replayed, bob accepts, and the call connects."""
+    alice = await open_demo(browser, demo_service.url, "alice")
+    bob = await open_demo(browser, demo_service.url, "bob")
+    await wait_state(alice, "signaling", "connected")
+    await wait_state(bob, "signaling", "connected")
+    await alice.fill("#peer", "bob")
+    await alice.click("#call")
+    await bob.locator("#incoming").wait_for(state="visible")
+    await bob.evaluate("""() => {
+        const manager = window.demo.socket.io;
+        manager.reconnectionDelay(3000);
+        manager.randomizationFactor(0);
+        manager.engine.close();
+    }""")
+    await wait_state(bob, "signaling", "disconnected")
+    # meanwhile alice's side renegotiates its ICE (the page would on a network change):
+    # a signal for bob while he is away
+    ack = await alice.evaluate("""async () => window.demo.socket.timeout(5000).emitWithAck(
+        "candidate", {to: "bob", callId: window.demo.callId,
+                      candidate: {candidate: "", sdpMid: "0", sdpMLineIndex: 0}})""")
+    assert ack == {"ok": True, "delivered": False, "held": True}
+    await wait_state(bob, "signaling", "connected")
+    await bob.wait_for_function("window.demo.log.some(l => l.includes('the offer again'))")
+    await bob.click("#accept")
+    await wait_state(alice, "pc", "connected")
+    await wait_state(bob, "pc", "connected")
+    assert await _frames(bob, 5) >= 5
+
+
+async def test_answered_on_another_device_and_busy(demo_service: RunningService,
+                                                   browser: Browser) -> None:
+    """bob is signed in on two pages: both ring, one accepts, the other is told the call
+    was answered elsewhere; carol then calls bob and is told he is in another call."""
+    alice = await open_demo(browser, demo_service.url, "alice")
+    phone = await open_demo(browser, demo_service.url, "bob")
+    laptop = await open_demo(browser, demo_service.url, "bob")
+    for page in (alice, phone, laptop):
+        await wait_state(page, "signaling", "connected")
+    await alice.fill("#peer", "bob")
+    await alice.click("#call")
+    await phone.locator("#incoming").wait_for(state="visible")
+    await laptop.locator("#incoming").wait_for(state="visible")
+    await phone.click("#accept")
+    await laptop.wait_for_function(
+        "window.demo.state.ended === 'Answered on another of your devices.'")
+    await wait_state(alice, "pc", "connected")
+    await wait_state(phone, "pc", "connected")
+    carol = await open_demo(browser, demo_service.url, "carol")
+    await wait_state(carol, "signaling", "connected")
+    await carol.fill("#peer", "bob")
+    await carol.click("#call")
+    await carol.wait_for_function("window.demo.state.ended === 'bob is in another call.'")
+    assert (await state(phone))["pc"] == "connected"

@@ -22,10 +22,23 @@ const ERRORS = {
   unavailable: "The service is temporarily unavailable; nothing was sent.",
   shutting_down: "The server is restarting; try again in a moment.",
   unknown_event: "The server does not know this message.",
+  not_in_call: "That call is over.",
+  busy: "is in another call.",
+  glare: "is calling you at the same moment.",
+};
+// why the service ended a call (hangup it originates)
+const ENDED = {
+  timeout: (peer) => `${peer} did not answer.`,
+  answered_elsewhere: () => "Answered on another of your devices.",
+  declined_elsewhere: () => "Declined on another of your devices.",
+  peer_gone: (peer) => `${peer} lost their connection.`,
+  busy: (peer) => `${peer} is in another call.`,
 };
 
 const demo = {
   socket: null, pc: null, me: null, peer: null, local: null, pending: [], incoming: null,
+  // the call this page is in (or being offered), and whether this side has answered
+  callId: null, answered: false, outbox: [],
   config: { devTokens: false, userClaim: "sub" },
   state: { signaling: "disconnected", call: "idle", ice: null, pc: null, error: null,
            refusal: null, ended: null },
@@ -114,6 +127,8 @@ function connect() {
   socket.on("disconnect", (reason) => {
     setState("signaling", "disconnected");
     if (reason !== "io client disconnect") log(`signaling disconnected (${reason})`);
+    // the service holds the call's signals for a while: reconnecting and joining gets them
+    if (demo.pc || demo.incoming) status("Reconnecting… the call is kept for a few seconds.");
     controls();
   });
   socket.on("server_disconnect", ({ reason }) => {
@@ -129,7 +144,7 @@ function connect() {
   socket.on("offer", onOffer);
   socket.on("answer", onAnswer);
   socket.on("candidate", onCandidate);
-  socket.on("hangup", ({ from, reason }) => endCall(`${from} hung up${reason ? ` (${reason})` : ""}.`));
+  socket.on("hangup", onHangup);
 }
 
 async function media() {
@@ -155,7 +170,11 @@ async function newPeerConnection(peer) {
   demo.peer = peer;
   for (const track of (await media()).getTracks()) pc.addTrack(track, demo.local);
   pc.onicecandidate = ({ candidate }) => {
-    if (candidate) demo.socket.emit("candidate", { to: peer, candidate: candidate.toJSON() });
+    if (!candidate) return;
+    const message = { to: peer, callId: demo.callId, candidate: candidate.toJSON() };
+    // the callee's candidates follow its answer (the service refuses them before)
+    if (demo.answered) demo.socket.emit("candidate", message);
+    else demo.outbox.push(message);
   };
   pc.ontrack = ({ streams }) => { $("remote").srcObject = streams[0]; };
   pc.oniceconnectionstatechange = () => setState("ice", pc.iceConnectionState);
@@ -184,27 +203,65 @@ async function call() {
   if (!peer) return status("Enter the user id to call.", true);
   try {
     demo.pending = [];
+    demo.callId = null;
+    // the caller trickles at once (its offer goes first: the call is open by then)
+    demo.answered = true;
+    demo.outbox = [];
     const pc = await newPeerConnection(peer);
     setState("call", `calling ${peer}`);
     await pc.setLocalDescription(await pc.createOffer());
     demo.timings.push({ peer, offerAt: performance.now() });
     const ack = await demo.socket.timeout(5000).emitWithAck("offer", {
       to: peer, offer: pc.localDescription.toJSON() });
-    if (!ack.ok) return endCall(`The call failed: ${ERRORS[ack.error] ?? ack.error}`, true);
-    if (!ack.delivered) return endCall(`${peer} is not online.`, true);
-    status(`Ringing ${peer}…`);
+    if (!ack.ok && ack.error === "glare") {
+      // both called at once and the other offer came first: take that call instead
+      log(`glare with ${peer}: answering their call ${ack.callId}`);
+      dropCall();
+      if (demo.incoming?.callId === ack.callId) return accept();
+      demo.glare = ack.callId;  // accept it when it arrives
+      return;
+    }
+    if (!ack.ok) {
+      const why = ERRORS[ack.error] ?? ack.error;
+      return endCall(ack.error === "busy" ? `${peer} ${why}` : `The call failed: ${why}`, true);
+    }
+    demo.callId = ack.callId;
+    if (!ack.delivered) {
+      status(`${peer} is not online${ack.notified ? " (notified)" : ""}: ringing until they come online…`);
+      setState("call", `calling ${peer} (offline)`);
+    } else {
+      status(`Ringing ${peer}…`);
+    }
   } catch (err) {
     endCall(`The call failed: ${err.message}`, true);
   }
 }
 
-function onOffer({ from, offer }) {
+function flushOutbox() {
+  for (const message of demo.outbox.splice(0)) {
+    demo.socket.emit("candidate", { ...message, callId: demo.callId });
+  }
+}
+
+async function onOffer({ from, offer, callId }) {
+  if (demo.incoming?.callId === callId) return log("the offer again (held for us while away)");
+  if (demo.pc && callId === demo.callId) {
+    // renegotiation within the call (e.g. an ICE restart)
+    await demo.pc.setRemoteDescription(offer);
+    await demo.pc.setLocalDescription(await demo.pc.createAnswer());
+    demo.socket.emit("answer", { to: from, callId, answer: demo.pc.localDescription.toJSON() });
+    return;
+  }
   if (demo.pc) {
-    demo.socket.emit("hangup", { to: from, reason: "busy" });
+    demo.socket.emit("hangup", { to: from, callId, reason: "busy" });
     return log(`declined a call from ${from}: busy`);
   }
-  demo.incoming = { from, offer };
+  demo.incoming = { from, offer, callId };
   demo.pending = [];
+  if (demo.glare === callId) {
+    demo.glare = null;
+    return accept();
+  }
   if ($("auto-answer").checked) return accept();
   $("incoming-text").textContent = `Incoming call from ${from}`;
   $("incoming").style.display = "flex";
@@ -212,17 +269,22 @@ function onOffer({ from, offer }) {
 }
 
 async function accept() {
-  const { from, offer } = demo.incoming;
+  const { from, offer, callId } = demo.incoming;
   $("incoming").style.display = "none";
   try {
+    demo.callId = callId;
+    demo.answered = false;
+    demo.outbox = [];
     const pc = await newPeerConnection(from);
     setState("call", `answering ${from}`);
     await pc.setRemoteDescription(offer);
     for (const candidate of demo.pending.splice(0)) await pc.addIceCandidate(candidate);
     await pc.setLocalDescription(await pc.createAnswer());
     const ack = await demo.socket.timeout(5000).emitWithAck("answer", {
-      to: from, answer: pc.localDescription.toJSON() });
-    if (!ack.ok) endCall(`Could not answer: ${ERRORS[ack.error] ?? ack.error}`, true);
+      to: from, callId, answer: pc.localDescription.toJSON() });
+    if (!ack.ok) return endCall(`Could not answer: ${ERRORS[ack.error] ?? ack.error}`, true);
+    demo.answered = true;
+    flushOutbox();
   } catch (err) {
     endCall(`Could not answer: ${err.message}`, true);
   }
@@ -230,7 +292,8 @@ async function accept() {
 
 function decline() {
   $("incoming").style.display = "none";
-  demo.socket.emit("hangup", { to: demo.incoming.from, reason: "declined" });
+  demo.socket.emit("hangup", { to: demo.incoming.from, callId: demo.incoming.callId,
+                              reason: "declined" });
   demo.incoming = null;
   status("Call declined.");
 }
@@ -244,18 +307,33 @@ async function onAnswer({ from, answer }) {
 async function onCandidate({ from, candidate }) {
   const pc = demo.pc;
   if (pc && from === demo.peer && pc.remoteDescription) return pc.addIceCandidate(candidate);
-  // before the answer (caller) or before accepting (callee): keep them for later
-  if (from === demo.peer || demo.incoming?.from === from) demo.pending.push(candidate);
+  // before the answer (caller) or before accepting (callee): keep them for later (once:
+  // what was held for us while away comes again when we join)
+  const known = demo.pending.some((c) => c.candidate === candidate.candidate
+                                         && c.sdpMid === candidate.sdpMid);
+  if (!known && (from === demo.peer || demo.incoming?.from === from)) demo.pending.push(candidate);
+}
+
+function onHangup({ from, reason, callId }) {
+  const ours = callId === undefined || callId === demo.callId || callId === demo.incoming?.callId;
+  if (!ours) return log(`hangup for another call (${callId})`);
+  if (reason in ENDED) return endCall(ENDED[reason](from), reason !== "answered_elsewhere");
+  endCall(`${from} hung up${reason ? ` (${reason})` : ""}.`);
 }
 
 function hangup() {
-  if (demo.peer) demo.socket.emit("hangup", { to: demo.peer });
+  if (demo.peer) demo.socket.emit("hangup", { to: demo.peer, callId: demo.callId });
   endCall("You hung up.");
 }
 
-function endCall(text, error = false) {
+function dropCall() {
   if (demo.pc) demo.pc.close();
   demo.pc = null;
+  demo.callId = null;
+}
+
+function endCall(text, error = false) {
+  dropCall();
   demo.incoming = null;
   $("incoming").style.display = "none";
   $("remote").srcObject = null;

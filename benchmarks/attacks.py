@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from calls import open_call  # noqa: E402
 from relay import CANDIDATE, SECRET, cpu_seconds  # noqa: E402
 
 from service.auth import mint  # noqa: E402
@@ -174,6 +175,7 @@ async def payload_costs(url: str, pid: int, count: int) -> dict[str, Any]:
     receiver = socketio.AsyncClient(reconnection=False)
     await receiver.connect(url, auth={"token": mint(TOKENS, "bob")}, transports=["websocket"])
     await receiver.call("JoinSocket", "bob")
+    await open_call(sender, receiver, "bob", "alice")
     crafted: dict[str, tuple[str, Any]] = {
         "normal candidate": ("candidate", {"to": "bob", "candidate": CANDIDATE}),
         "56 KB of integers": ("hangup", {"to": "bob", "numbers": [100] * 14_000}),

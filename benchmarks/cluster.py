@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from calls import open_call  # noqa: E402
 from relay import CANDIDATE, NO_LIMITS, SECRET, cpu_seconds  # noqa: E402
 
 from service.auth import mint  # noqa: E402
@@ -154,6 +155,7 @@ async def run_mode(name: str, count: int, redis_url: str) -> dict[str, float]:
                     done.set()
 
         bob.on("candidate", on_candidate)
+        await open_call(alice, bob, "bob", "alice")
         message = {"to": "bob", "candidate": CANDIDATE}
         latencies = []
         for _ in range(500):

@@ -29,6 +29,8 @@ from engineio.payload import Payload
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from calls import open_call  # noqa: E402
+
 from service.auth import mint  # noqa: E402
 from service.config import Secret, Settings  # noqa: E402
 
@@ -100,6 +102,7 @@ async def bench(url: str, pid: int, transport: str, count: int) -> dict[str, flo
     for client, user in ((alice, "alice"), (bob, "bob")):
         await client.connect(url, auth={"token": mint(settings, user)}, transports=[transport])
         await client.call("JoinSocket", user)
+    await open_call(alice, bob, "bob", "alice")
     message = {"to": "bob", "candidate": CANDIDATE}
 
     rounds = min(count, 2000)

@@ -193,12 +193,16 @@ class Load:
         return await self.run("connect", tokens=tokens, inflight=inflight)
 
     async def pairs(self, prefix: str, count: int) -> tuple[list[int], list[int], list[str]]:
-        senders = (await self.connect([f"{prefix}s{n}" for n in range(count)]))["ids"]
+        """``count`` senders, each in an answered call with its receiver."""
+        callers = [f"{prefix}s{n}" for n in range(count)]
+        senders = (await self.connect(callers))["ids"]
         users = [f"{prefix}r{n}" for n in range(count)]
         receivers = (await self.connect(users))["ids"]
         if None in senders or None in receivers:
             raise SystemExit(f"{prefix}: connections failed")
         await self.run("join", ids=receivers, users=users)
+        await self.run("calls", senders=senders, receivers=receivers, to=users, **{
+            "from": callers})
         return senders, receivers, users
 
 

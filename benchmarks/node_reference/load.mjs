@@ -106,6 +106,19 @@ async function join({ ids, users }) {
   return { joined: ids.length };
 }
 
+// Each sender calls its receiver (offer, answered): relays are signals within a call, as in
+// a real call (the Python service refuses them otherwise; the Node reference ignores it).
+async function calls({ senders, receivers, from, to }) {
+  const sdp = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n";
+  const offers = await Promise.all(senders.map((id, n) => conns.get(id).call("offer",
+    { to: to[n], offer: { type: "offer", sdp } })));
+  if (!offers.every((a) => a.ok)) throw new Error("offer refused: " + JSON.stringify(offers));
+  const answers = await Promise.all(receivers.map((id, n) => conns.get(id).call("answer",
+    { to: from[n], answer: { type: "answer", sdp } })));
+  if (!answers.every((a) => a.ok)) throw new Error("answer refused: " + JSON.stringify(answers));
+  return { calls: senders.length };
+}
+
 async function relay({ senders, to, depth, seconds, pad }) {
   const message = (n) => {
     const m = { to: to[n], candidate: CANDIDATE };
@@ -168,7 +181,7 @@ async function close({ ids }) {
   return { closed: ids.length };
 }
 
-const commands = { connect, join, relay, fixed, close };
+const commands = { connect, join, calls, relay, fixed, close };
 const input = createInterface({ input: process.stdin });
 for await (const line of input) {
   const request = JSON.parse(line);

@@ -4,8 +4,15 @@
     scripts/peer.py --token "$BOB" wait          # joins bob's room, answers the first offer
     scripts/peer.py --token "$ALICE" call bob    # offers, waits for the answer, hangs up
 
-It signals exactly as an app would (JoinSocket, offer, answer, candidate, hangup) with a
-placeholder SDP: no media flows, but every message crosses the service and is printed.
+    scripts/peer.py --token "$BOB" wait --decline     # declines the first call
+    scripts/peer.py --token "$BOB" wait --drop 3      # loses its connection for 3 s after
+                                                      # the offer, comes back, then answers
+
+It signals exactly as an app would (JoinSocket, offer, answer, candidate, hangup, all with the
+call's callId) with a placeholder SDP: no media flows, but every message crosses the service
+and is printed, with what the service says about the call: busy, glare, ringing an offline
+callee (held, maybe notified by webhook), answered or declined on another device, held while
+reconnecting, no answer (timeout), the other side gone.
 """
 
 from __future__ import annotations
@@ -25,6 +32,10 @@ from engineio.payload import Payload
 Payload.max_decode_packets = 1_000_000
 SDP = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=peer.py\r\nt=0 0\r\n"
 CANDIDATE = {"candidate": "", "sdpMid": "0", "sdpMLineIndex": 0}
+#: why the service ended a call, in words
+ENDED = {"timeout": "no answer", "answered_elsewhere": "answered on another device",
+         "declined_elsewhere": "declined on another device", "peer_gone": "the other side is gone",
+         "busy": "busy"}
 
 
 def token_user(token: str) -> str:
@@ -37,67 +48,135 @@ def token_user(token: str) -> str:
         raise SystemExit(f"peer: that does not look like a JWT with a sub claim ({exc})") from None
 
 
-async def run(url: str, token: str, mode: str, callee: str | None, wait_s: float) -> int:
-    me = token_user(token)
-    sio = socketio.AsyncClient(reconnection=False)
-    done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    refused: list[Any] = []
+class CliPeer:
+    """One command-line peer (see the module docstring)."""
 
-    def say(text: str) -> None:
-        print(f"[{me}] {text}", flush=True)
+    def __init__(self, url: str, token: str, *, decline: bool = False,
+                 drop: float = 0.0) -> None:
+        self.url, self.token, self.me = url, token, token_user(token)
+        self.decline, self.drop = decline, drop
+        self.done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.refused: list[Any] = []
+        self.call_id: str | None = None
+        self.calling = False
+        self.sio = self._fresh_client()
 
-    async def on_refused(data: Any) -> None:
-        refused.append(data)
+    def say(self, text: str) -> None:
+        print(f"[{self.me}] {text}", flush=True)
 
-    async def on_offer(msg: dict[str, Any]) -> None:
-        say(f"offer from {msg['from']}; answering")
-        await sio.call("answer", {"to": msg["from"], "answer": {"type": "answer", "sdp": SDP}})
-        await sio.call("candidate", {"to": msg["from"], "candidate": CANDIDATE})
+    def finish(self, code: int) -> None:
+        if not self.done.done():
+            self.done.set_result(code)
 
-    async def on_answer(msg: dict[str, Any]) -> None:
-        say(f"answer from {msg['from']}")
+    async def connect(self) -> bool:
+        try:
+            await self.sio.connect(self.url, auth={"token": self.token}, wait_timeout=10)
+        except socketio.exceptions.ConnectionError:
+            print(f"[{self.me}] connection refused: "
+                  f"{self.refused[-1] if self.refused else 'no answer'}", file=sys.stderr)
+            return False
+        ack = await self.sio.call("JoinSocket", self.me)
+        self.say(f"connected as {self.me} via {self.sio.transport()}, joined: {ack}")
+        return True
 
-    async def on_candidate(msg: dict[str, Any]) -> None:
-        say(f"candidate from {msg['from']}")
-        if mode == "call" and not done.done():
-            ack = await sio.call("hangup", {"to": msg["from"]})
-            say(f"hung up ({ack})")
-            done.set_result(0)
+    async def call(self, callee: str) -> None:
+        self.calling = True
+        ack = await self.sio.call("offer", {"to": callee, "offer": {"type": "offer", "sdp": SDP}})
+        if ack.get("ok"):
+            self.call_id = ack["callId"]
+            if ack["delivered"]:
+                self.say(f"offer to {callee}: delivered, call {self.call_id}; ringing")
+            else:
+                notified = " (their app was notified)" if ack.get("notified") else ""
+                self.say(f"offer to {callee}: {callee} is not online{notified}; call "
+                         f"{self.call_id} rings until they join")
+            await self.sio.call("candidate", {"to": callee, "callId": self.call_id,
+                                              "candidate": CANDIDATE})
+        elif ack["error"] == "glare":
+            self.say(f"{callee} is calling you at the same moment: answering their call "
+                     f"{ack['callId']}")
+            self.calling = False
+        elif ack["error"] == "busy":
+            self.say(f"{callee} is busy (in another call)")
+            self.finish(1)
+        else:
+            self.say(f"offer to {callee} refused: {ack}")
+            self.finish(1)
 
-    async def on_hangup(msg: dict[str, Any]) -> None:
-        say(f"hangup from {msg['from']}")
-        if not done.done():
-            done.set_result(0)
+    async def on_offer(self, msg: dict[str, Any]) -> None:
+        caller, call_id = msg["from"], msg["callId"]
+        if self.call_id == call_id:
+            return self.say(f"offer from {caller} again (held for us while away)")
+        self.call_id = call_id
+        if self.decline:
+            self.say(f"offer from {caller} (call {call_id}); declining")
+            ack = await self.sio.call("hangup", {"to": caller, "callId": call_id,
+                                                 "reason": "declined"})
+            self.say(f"declined ({ack})")
+            return self.finish(0)
+        if self.drop:
+            self.say(f"offer from {caller} (call {call_id}); dropping the connection for "
+                     f"{self.drop:g} s")
+            await self.sio.disconnect()
+            await asyncio.sleep(self.drop)
+            self.sio = self._fresh_client()
+            if not await self.connect():
+                return self.finish(1)
+        self.say(f"offer from {caller}; answering")
+        ack = await self.sio.call("answer", {"to": caller, "callId": call_id,
+                                             "answer": {"type": "answer", "sdp": SDP}})
+        if not ack.get("ok"):
+            self.say(f"could not answer: {ack}")
+            return self.finish(1)
+        await self.sio.call("candidate", {"to": caller, "callId": call_id,
+                                          "candidate": CANDIDATE})
 
-    sio.on("connect_error", on_refused)
-    sio.on("offer", on_offer)
-    sio.on("answer", on_answer)
-    sio.on("candidate", on_candidate)
-    sio.on("hangup", on_hangup)
-    try:
-        await sio.connect(url, auth={"token": token}, wait_timeout=10)
-    except socketio.exceptions.ConnectionError:
-        print(f"[{me}] connection refused: {refused[0] if refused else 'no answer'}",
-              file=sys.stderr)
+    def _fresh_client(self) -> socketio.AsyncClient:
+        """A new connection's client (after a drop, the old one is not reused)."""
+        client = socketio.AsyncClient(reconnection=False)
+        for event in ("offer", "answer", "candidate", "hangup"):
+            client.on(event, getattr(self, f"on_{event}"))
+        client.on("connect_error", self.refused.append)
+        client.on("server_disconnect", self.on_server_disconnect)
+        return client
+
+    async def on_answer(self, msg: dict[str, Any]) -> None:
+        self.say(f"answer from {msg['from']} (call {msg['callId']})")
+
+    async def on_candidate(self, msg: dict[str, Any]) -> None:
+        self.say(f"candidate from {msg['from']}")
+        if self.calling and not self.done.done():
+            ack = await self.sio.call("hangup", {"to": msg["from"], "callId": self.call_id})
+            self.say(f"hung up ({ack})")
+            self.finish(0)
+
+    async def on_hangup(self, msg: dict[str, Any]) -> None:
+        reason = msg.get("reason")
+        why = f": {ENDED.get(reason, reason)}" if reason else ""
+        self.say(f"hangup from {msg['from']}{why}")
+        self.finish(0 if reason in (None, "declined", "answered_elsewhere") else 1)
+
+    async def on_server_disconnect(self, msg: dict[str, Any]) -> None:
+        self.say(f"the server closed the connection: {msg.get('reason')}")
+
+
+async def run(url: str, token: str, mode: str, callee: str | None, wait_s: float, *,
+              decline: bool = False, drop: float = 0.0) -> int:
+    peer = CliPeer(url, token, decline=decline, drop=drop)
+    if not await peer.connect():
         return 1
     try:
-        ack = await sio.call("JoinSocket", me)
-        say(f"connected as {me} via {sio.transport()}, joined: {ack}")
         if mode == "call":
             assert callee is not None
-            ack = await sio.call("offer", {"to": callee, "offer": {"type": "offer", "sdp": SDP}})
-            say(f"offer to {callee}: {ack}")
-            if not ack.get("delivered"):
-                say(f"{callee} is not online")
-                return 1
+            await peer.call(callee)
         else:
-            say("waiting for a call")
-        return await asyncio.wait_for(done, wait_s)
+            peer.say("waiting for a call")
+        return await asyncio.wait_for(peer.done, wait_s)
     except TimeoutError:
-        say(f"nothing happened in {wait_s:.0f} s")
+        peer.say(f"nothing happened in {wait_s:.0f} s")
         return 1
     finally:
-        await sio.disconnect()
+        await peer.sio.disconnect()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -106,12 +185,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--token", required=True, help="a token from scripts/mint_token.py")
     parser.add_argument("--wait", type=float, default=120, help="seconds to wait (default 120)")
     commands = parser.add_subparsers(dest="mode", required=True)
-    commands.add_parser("wait", help="join your room and answer the first call")
+    wait = commands.add_parser("wait", help="join your room and answer the first call")
+    wait.add_argument("--decline", action="store_true", help="decline it instead")
+    wait.add_argument("--drop", type=float, default=0.0, metavar="SECONDS",
+                      help="after the offer, lose the connection for SECONDS, then answer")
     call = commands.add_parser("call", help="call USER_ID")
     call.add_argument("callee", metavar="USER_ID")
     args = parser.parse_args(argv)
     return asyncio.run(run(args.url, args.token, args.mode, getattr(args, "callee", None),
-                           args.wait))
+                           args.wait, decline=getattr(args, "decline", False),
+                           drop=getattr(args, "drop", 0.0)))
 
 
 if __name__ == "__main__":

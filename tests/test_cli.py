@@ -212,14 +212,47 @@ async def test_readme_walkthrough_two_peers_call(workdir: Path, sanic_process: P
 
 
 async def test_peer_reports_an_offline_callee(workdir: Path, sanic_process: Process) -> None:
-    """Calling a user nobody is signed in as exits 1 and says so."""
+    """Calling a user nobody is signed in as says so; the call rings on (here: longer than
+    the peer waits, which then exits 1)."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, str(ROOT / "scripts" / "peer.py"), "--url", sanic_process.url,
-        "--token", await _mint(workdir, "alice"), "call", "nobody", env=_clean_env(),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        "--wait", "2", "--token", await _mint(workdir, "alice"), "call", "nobody",
+        env=_clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     out, _ = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 1
-    assert "nobody is not online" in out.decode()
+    assert "nobody is not online; call " in out.decode()
+    assert "rings until they join" in out.decode()
+
+
+@pytest.mark.parametrize("bob_does", ["--decline", "--drop"])
+async def test_peer_declines_or_drops_and_comes_back(workdir: Path, sanic_process: Process,
+                                                     bob_does: str) -> None:
+    """``peer.py wait --decline``: alice hears the call was declined. ``wait --drop 2``: bob
+    loses his connection after the offer, comes back, gets the offer again (held for him),
+    answers, and the call goes through."""
+    peer = [sys.executable, str(ROOT / "scripts" / "peer.py"), "--url", sanic_process.url,
+            "--wait", "20"]
+    option = [bob_does] if bob_does == "--decline" else [bob_does, "2"]
+    bob = await asyncio.create_subprocess_exec(
+        *peer, "--token", await _mint(workdir, "bob"), "wait", *option, env=_clean_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert bob.stdout is not None
+    assert b"joined: {'ok': True}" in await asyncio.wait_for(bob.stdout.readline(), 20)
+    assert b"waiting for a call" in await asyncio.wait_for(bob.stdout.readline(), 20)
+    alice = await asyncio.create_subprocess_exec(
+        *peer, "--token", await _mint(workdir, "alice"), "call", "bob", env=_clean_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    alice_out, _ = await asyncio.wait_for(alice.communicate(), 30)
+    bob_rest, _ = await asyncio.wait_for(bob.communicate(), 30)
+    alice_text, bob_text = alice_out.decode(), bob_rest.decode()
+    assert alice.returncode == 0 and bob.returncode == 0, (alice_text, bob_text)
+    if bob_does == "--decline":
+        assert "declining" in bob_text
+        assert "hangup from bob" in alice_text
+    else:
+        assert "dropping the connection for 2 s" in bob_text
+        assert "offer from alice again (held for us while away)" in bob_text
+        assert "answer from bob" in alice_text and "hung up" in alice_text
 
 
 @pytest.mark.parametrize("alg", ["RS256", "ES256", "EdDSA"])

@@ -37,3 +37,21 @@ async def test_versus_node_smoke(tmp_path: Path) -> None:
     for workers in ("workers_1", "workers_2"):
         assert report["redis"][workers]["relays"] > 0
     assert report["ratio_python_to_node"]["relays_200B"]["server_cpu_us_per_relay"] > 0
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("where", ["memory", "redis"])
+async def test_call_contract_harness(tmp_path: Path, where: str) -> None:
+    """``benchmarks/call_contract.py`` (the separate harness of the call rules) finds every
+    rule holding, on one node and on two nodes on Redis (needs the Redis the suite uses)."""
+    out = tmp_path / "contract.json"
+    redis = ["--redis", "redis://127.0.0.1:6379/0"] if where == "redis" else []
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "benchmarks/call_contract.py", *redis, "--json", str(out), cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    text, _ = await asyncio.wait_for(proc.communicate(), 100)
+    assert proc.returncode == 0, text.decode()[-3000:]
+    report = json.loads(out.read_text())
+    assert report["mode"] == where
+    assert len(report["results"]) == 8
+    assert {r["outcome"] for r in report["results"]} == {"ok"}

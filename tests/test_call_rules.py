@@ -1,0 +1,98 @@
+"""The call rules on their own (pure: no server): what the stores rely on. The contract
+itself is tested through real clients in tests/test_calls.py and tests/test_call_cluster.py."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from service.calls import (
+    ACTIVE,
+    MAX_HELD_MESSAGES,
+    RINGING,
+    Call,
+    CallRules,
+    Ledger,
+)
+from service.errors import Busy, Forbidden, Glare, NotInCall, RequestError
+
+RULES = CallRules(ring_timeout=45, grace=15, busy_policy="reject")
+OFFER = {"to": "bob", "offer": {"type": "offer", "sdp": "v=0"}}
+
+
+def snapshot(ledger: Ledger) -> str:
+    return json.dumps(sorted((c.to_json() for c in ledger.calls.values()),
+                             key=lambda c: c["id"]))
+
+
+def open_call(ledger: Ledger, answered: bool = False) -> Call:
+    outcome = RULES.relay(ledger, "offer", "alice", "a1", "bob", None, OFFER, 40, 100.0)
+    assert outcome.call is not None and outcome.opened
+    if answered:
+        RULES.relay(ledger, "answer", "bob", "b1", "alice", None, {"to": "alice"}, 40, 101.0)
+    return outcome.call
+
+
+def test_a_call_survives_its_json_round_trip() -> None:
+    """The Redis store keeps calls as JSON: every field comes back."""
+    ledger = Ledger()
+    call = open_call(ledger, answered=True)
+    RULES.gone(ledger, "bob", "b1", 102.0)
+    RULES.hold(ledger, call.id, "bob", "b1", ("candidate", {"n": 1}), 10, 103.0)
+    again = Call.from_json(json.loads(json.dumps(call.to_json())))
+    assert again == call and again.state == ACTIVE
+    assert again.callee.held == [("candidate", {"n": 1})]
+    assert again.deadline == 102.0 + 15
+
+
+@pytest.mark.parametrize("case", ["self", "stranger", "glare", "busy", "callee-trickles",
+                                  "caller-answers", "other-device", "stale-id"])
+def test_a_refusal_changes_nothing(case: str) -> None:
+    """Rules raise before they change anything (the in-memory store runs them on the live
+    records, without a copy)."""
+    ledger = Ledger()
+    call = open_call(ledger)
+    attempts: dict[str, tuple[Any, ...]] = {
+        "self": ("offer", "alice", "a1", "alice", None, OFFER),
+        "stranger": ("candidate", "mallory", "m1", "bob", None, {"to": "bob"}),
+        "glare": ("offer", "bob", "b1", "alice", None, OFFER),
+        "busy": ("offer", "carol", "c1", "bob", None, OFFER),
+        "callee-trickles": ("candidate", "bob", "b1", "alice", None, {"to": "alice"}),
+        "caller-answers": ("answer", "alice", "a1", "bob", None, {"to": "bob"}),
+        "other-device": ("candidate", "alice", "a2", "bob", None, {"to": "bob"}),
+        "stale-id": ("candidate", "alice", "a1", "bob", "old", {"to": "bob"}),
+    }
+    event, sender, device, to, call_id, body = attempts[case]
+    before = snapshot(ledger)
+    with pytest.raises(RequestError) as refused:
+        RULES.relay(ledger, event, sender, device, to, call_id, body, 40, 100.5)
+    expected = {"self": Forbidden, "glare": Glare, "busy": Busy}.get(case, NotInCall)
+    assert type(refused.value) is expected
+    assert snapshot(ledger) == before and not ledger.ended
+    assert call.state == RINGING
+
+
+def test_the_ring_log_and_the_hold_are_bounded() -> None:
+    ledger = Ledger()
+    call = open_call(ledger)
+    for n in range(MAX_HELD_MESSAGES + 5):
+        RULES.relay(ledger, "candidate", "alice", "a1", "bob", None, {"n": n}, 10, 100.0)
+    assert len(call.ring_log) == MAX_HELD_MESSAGES  # the offer and 99 candidates
+    RULES.relay(ledger, "answer", "bob", "b1", "alice", None, {}, 10, 101.0)
+    assert call.ring_log == []
+    RULES.gone(ledger, "bob", "b1", 102.0)
+    held = [RULES.relay(ledger, "candidate", "alice", "a1", "bob", None, {}, 10, 103.0).held
+            for _ in range(MAX_HELD_MESSAGES + 1)]
+    assert held == [True] * MAX_HELD_MESSAGES + [False]
+
+
+def test_expiry_is_idempotent() -> None:
+    """Every node sweeps; the store lets the first end the call, the others find nothing."""
+    ledger = Ledger()
+    call = open_call(ledger)
+    assert RULES.expire(ledger, call.id, 100.0 + 44) == []
+    sends = RULES.expire(ledger, call.id, 100.0 + 45)
+    assert [s.body["reason"] for s in sends] == ["timeout", "timeout"]
+    assert RULES.expire(ledger, call.id, 100.0 + 46) == []

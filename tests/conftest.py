@@ -30,13 +30,15 @@ def transport(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-async def peers(service: RunningService, transport: str) -> AsyncIterator[Callable[..., Any]]:
-    """A factory of connected peers: ``await peers("alice")`` (joined to its own room)."""
+async def peers_of() -> AsyncIterator[Callable[..., Any]]:
+    """A factory of peers of any service: ``await peers_of(service, "alice", "polling")``
+    (connected and joined to its own room; ``join=False``: connected only; no user: not
+    connected). Closed after the test."""
     made: list[Peer] = []
 
-    async def make(user: str | None = None, *, join: bool = True,
-                   via: str | None = None) -> Peer:
-        peer = Peer(service.url, via or transport)
+    async def make(service: RunningService, user: str | None, transport: str, *,
+                   join: bool = True) -> Peer:
+        peer = Peer(service.url, transport)
         made.append(peer)
         if user is not None:
             await peer.connect(service.token(user))
@@ -46,6 +48,18 @@ async def peers(service: RunningService, transport: str) -> AsyncIterator[Callab
 
     yield make
     await asyncio.gather(*(p.close() for p in made))
+
+
+@pytest.fixture
+def peers(service: RunningService, transport: str,
+          peers_of: Callable[..., Any]) -> Callable[..., Any]:
+    """A factory of connected peers of the test's service: ``await peers("alice")``."""
+
+    async def make(user: str | None = None, *, join: bool = True,
+                   via: str | None = None) -> Peer:
+        return await peers_of(service, user, via or transport, join=join)  # type: ignore[no-any-return]
+
+    return make
 
 
 @pytest.fixture

@@ -5,8 +5,7 @@ processes on Redis is tests/test_call_cluster.py; the webhook is tests/test_webh
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -14,7 +13,6 @@ import pytest
 from service.config import Secret, Settings
 from tests.support import (
     SECRET,
-    Peer,
     RunningService,
     answer_to,
     answered_call,
@@ -25,25 +23,6 @@ from tests.support import (
 )
 
 Peers = Callable[..., Any]
-
-
-@pytest.fixture
-async def peers_of() -> AsyncIterator[Callable[..., Any]]:
-    """``await peers_of(service, "alice", transport)``: a connected (and joined) peer of
-    a service started by the test with settings of its own."""
-    made: list[Peer] = []
-
-    async def make(service: RunningService, user: str, transport: str, *,
-                   join: bool = True) -> Peer:
-        peer = Peer(service.url, transport)
-        made.append(peer)
-        await peer.connect(service.token(user))
-        if join:
-            assert await peer.call("JoinSocket", user) == {"ok": True}
-        return peer
-
-    yield make
-    await asyncio.gather(*(p.close() for p in made))
 
 
 def settings(**overrides: Any) -> Settings:

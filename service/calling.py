@@ -38,7 +38,7 @@ class Calls:
         """Relay ``relay`` from ``sid`` (of ``sender``) within its call; the ack."""
         device = self.delivery.device(sid)
         now = time.time()
-        body = dict(relay.body)
+        body = relay.body  # parse_relay's own dict: the rules copy it into what they send
 
         def decide(ledger: Ledger) -> Outcome:
             return self.rules.relay(ledger, event, sender, device, relay.to, relay.call_id,

@@ -18,7 +18,7 @@ method returns what to send (:class:`Send`); the caller of the rules does the se
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -147,7 +147,8 @@ class Ledger:
 
     def between(self, a: str, b: str) -> Call | None:
         for call in self.calls.values():
-            if {a, b} == set(call.users):
+            caller, callee = call.caller.user, call.callee.user
+            if (caller == a and callee == b) or (caller == b and callee == a):
                 return call
         return None
 
@@ -196,6 +197,8 @@ class Outcome:
     held: bool = False
     #: this relay opened the call
     opened: bool = False
+    #: the call changed (and must be stored again)
+    changed: bool = False
 
 
 class CallRules:
@@ -207,7 +210,7 @@ class CallRules:
         self.busy_policy = busy_policy
 
     def relay(self, ledger: Ledger, event: str, sender: str, device: str, to: str,
-              call_id: str | None, body: dict[str, Any], size: int, now: float) -> Outcome:
+              call_id: str | None, body: Mapping[str, Any], size: int, now: float) -> Outcome:
         """``offer``/``answer``/``candidate``/``hangup`` from ``device`` of ``sender`` to
         ``to`` (``body``: what the client sent, ``size``: its JSON length)."""
         if to == sender:
@@ -230,11 +233,12 @@ class CallRules:
             self._send(outcome, call, peer, message, size, hold=False)
             return outcome
         self._send(outcome, call, peer, message, size, hold=True)
-        ledger.save(call)
+        if outcome.changed:
+            ledger.save(call)
         return outcome
 
     def _open(self, ledger: Ledger, sender: str, device: str, to: str,
-              body: dict[str, Any], size: int, now: float) -> Outcome:
+              body: Mapping[str, Any], size: int, now: float) -> Outcome:
         if self.busy_policy == REJECT and ledger.of(to):
             raise Busy()
         call = Call(new_call_id(), Party(sender, device), Party(to), RINGING, now,
@@ -249,6 +253,7 @@ class CallRules:
                event: str) -> None:
         """Check that ``device`` speaks for ``me`` in ``call``, and what that changes."""
         if me is call.callee and call.state == RINGING:
+            outcome.changed = True
             if event == ANSWER:  # the first device to answer wins
                 me.device = device
                 call.state, call.ring_until = ACTIVE, None
@@ -272,6 +277,7 @@ class CallRules:
     def _bind(self, outcome: Outcome, party: Party, device: str) -> None:
         """``party``'s device came back as ``device``: what was held for it goes first."""
         party.device, party.away_until = device, None
+        outcome.changed = True
         for event, body in party.take_held():
             outcome.sends.append(Send(event, body, party.user, device))
 
@@ -284,11 +290,12 @@ class CallRules:
                     and call.ring_log_bytes + size <= MAX_HELD_BYTES):
                 call.ring_log.append(message)
                 call.ring_log_bytes += size
-                outcome.held = True
+                outcome.held = outcome.changed = True
             outcome.relayed = len(outcome.sends)
             outcome.sends.append(Send(event, body, peer.user))
         elif peer.away_until is not None:
             outcome.held = hold and peer.hold(message, size)
+            outcome.changed = outcome.changed or outcome.held
         else:
             outcome.relayed = len(outcome.sends)
             outcome.sends.append(Send(event, body, peer.user, peer.device,

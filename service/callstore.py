@@ -40,10 +40,8 @@ class LocalCallStore:
         self._deadlines: dict[str, float] = {}
 
     async def update(self, users: Sequence[str], change: Callable[[Ledger], T]) -> T:
-        ids: set[str] = set()
-        for user in users:
-            ids |= self._by_user.get(user, set())
-        ledger = Ledger(self._calls[i] for i in ids)
+        by_user, calls = self._by_user, self._calls
+        ledger = Ledger([calls[i] for user in users for i in by_user.get(user, ())])
         result = change(ledger)
         for call in ledger.ended.values():
             self._forget(call)

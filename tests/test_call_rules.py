@@ -96,3 +96,18 @@ def test_expiry_is_idempotent() -> None:
     sends = RULES.expire(ledger, call.id, 100.0 + 45)
     assert [s.body["reason"] for s in sends] == ["timeout", "timeout"]
     assert RULES.expire(ledger, call.id, 100.0 + 46) == []
+
+
+def test_signals_in_a_settled_call_change_nothing() -> None:
+    """A candidate or renegotiation between two present parties writes nothing: on Redis it
+    is decided from one read, without a transaction."""
+    ledger = Ledger()
+    call = open_call(ledger, answered=True)
+    ledger.saved.clear()
+    for event, sender, device, to in (("candidate", "alice", "a1", "bob"),
+                                      ("candidate", "bob", "b1", "alice"),
+                                      ("offer", "bob", "b1", "alice"),
+                                      ("answer", "alice", "a1", "bob")):
+        outcome = RULES.relay(ledger, event, sender, device, to, call.id, {}, 10, 102.0)
+        assert outcome.sends and not outcome.changed, event
+    assert not ledger.changed

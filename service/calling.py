@@ -113,7 +113,11 @@ class Calls:
         """End the calls past their ring timeout or grace (one step of a supervised loop;
         every node runs it, the store lets one of them end each call)."""
         now = time.time()
-        for call_id, users in await self.store.due(now):
+        try:
+            due = await self.store.due(now)
+        except CallStoreUnavailable:  # Redis is away (presence says so, once): try later
+            return SWEEP_SECONDS * 4
+        for call_id, users in due:
             def expire(ledger: Ledger, call_id: str = call_id) -> list[Send]:
                 call = ledger.calls.get(call_id)
                 sends = self.rules.expire(ledger, call_id, now)
@@ -122,7 +126,11 @@ class Calls:
                               reason=sends[0].body["reason"])
                 return sends
 
-            for send in await self.store.update(users, expire):
+            try:
+                sends = await self.store.update(users, expire)
+            except CallStoreUnavailable:
+                return SWEEP_SECONDS * 4
+            for send in sends:
                 await self._deliver(send)
         return SWEEP_SECONDS
 

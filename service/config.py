@@ -141,6 +141,10 @@ class Settings:
     demo: bool = False
     demo_tokens: bool = False
     ice_servers: tuple[dict[str, Any], ...] = ()
+    #: TURN servers whose credentials the service mints (coturn's use-auth-secret)
+    turn_urls: tuple[str, ...] = ()
+    turn_secret: Secret | None = None
+    turn_ttl: int = 3600
 
     def __post_init__(self) -> None:
         problems = check(self)
@@ -198,12 +202,13 @@ BOUNDS: Final[dict[str, tuple[int, int]]] = {
     "shutdown_timeout": (1, 600),
     "ring_timeout": (1, 600),
     "reconnect_grace": (1, 600),
+    "turn_ttl": (60, 86400),
 }
 #: of those, the ones that must be whole numbers (the rest are seconds, fractions allowed)
 WHOLE: Final = frozenset({"jwt_leeway", "jwt_max_lifetime", "jwt_max_token_bytes",
                           "jwks_cache_ttl", "jwks_refresh_interval", "token_expiry_warning",
                           "max_message_bytes", "max_connections_per_user",
-                          "max_queued_messages", "redis_max_connections"})
+                          "max_queued_messages", "redis_max_connections", "turn_ttl"})
 
 
 def variable(field: str) -> str:
@@ -227,7 +232,8 @@ def check(s: Settings) -> list[str]:
         if (not number or not math.isfinite(value) or not low <= value <= high
                 or (field in WHOLE and not isinstance(value, int))):
             problems.append(bounds_message(field, value))
-    for field in ("jwt_secret", "jwt_previous_secret", "redis_secret", "webhook_secret"):
+    for field in ("jwt_secret", "jwt_previous_secret", "redis_secret", "webhook_secret",
+                  "turn_secret"):
         secret = getattr(s, field)
         if secret is not None and (msg := _check_secret(secret.reveal(), variable(field))):
             problems.append(msg)
@@ -276,6 +282,10 @@ def check(s: Settings) -> list[str]:
                         f"got {s.redis_channel!r}.")
     if not ice_servers_ok(s.ice_servers):
         problems.append(ICE_SERVERS_HELP)
+    for url in s.turn_urls:
+        if not url.startswith(("turn:", "turns:")) or len(url) <= 6 or _has_control(url):
+            problems.append(f"{PREFIX}TURN_URLS entries are turn: or turns: URLs, e.g. "
+                            f"turn:turn.example.com:3478?transport=udp; got {url!r}.")
     if s.busy_policy not in BUSY_POLICIES:
         problems.append(f"{PREFIX}BUSY_POLICY must be one of {', '.join(BUSY_POLICIES)}, "
                         f"got {s.busy_policy!r}.")
@@ -317,6 +327,11 @@ def _across(s: Settings) -> list[str]:
             f"{PREFIX}WEBHOOK_SECRET is missing: with {PREFIX}WEBHOOK_URL set, every webhook "
             "is signed with it (32+ bytes) so the receiver can tell it came from this service."
         )
+    if bool(s.turn_urls) != (s.turn_secret is not None):
+        problems.append(
+            f"{PREFIX}TURN_URLS and {PREFIX}TURN_SECRET go together: the service mints TURN "
+            "credentials with the secret your TURN server shares (coturn: use-auth-secret, "
+            "static-auth-secret).")
     if s.webhook_secret is not None and s.webhook_url is None:
         problems.append(f"{PREFIX}WEBHOOK_SECRET is set without {PREFIX}WEBHOOK_URL.")
     if s.demo_tokens and (s.jwt_secret is None or not s.demo):

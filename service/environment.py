@@ -97,6 +97,8 @@ def parse(values: Mapping[str, str]) -> Settings:
         "demo_tokens": field("demo_tokens", _bool),
         "ice_servers": field("ice_servers", _ice_servers),
         "busy_policy": field("busy_policy", lambda raw, var: raw.lower()),
+        "turn_urls": field("turn_urls", _text_list),
+        "turn_secret": field("turn_secret", _secret),
         "webhook_url": field("webhook_url", _secret),
         "webhook_secret": field("webhook_secret", _secret),
     }

@@ -29,6 +29,7 @@ from service.presence import Delivery, LocalDelivery, LocalPresence, Presence
 from service.rooms import InlineManager
 from service.signaling import Signaling
 from service.socket_server import SignalingServer
+from service.turn import IceServers
 from service.webhook import Webhook
 
 SOCKETIO_PATH: Final = "socket.io"
@@ -90,7 +91,11 @@ def create_app(settings: Settings, *, name: str = "signaling") -> Sanic[Any, Any
                   _call_store(settings, link), delivery, logger, _webhook(settings, logger))
     signaling = Signaling(sio, TokenVerifier(settings, logger), Guard(settings), presence,
                           delivery, calls, logger,
-                          expiry_warning=settings.token_expiry_warning)
+                          expiry_warning=settings.token_expiry_warning,
+                          ice=IceServers(settings.ice_servers, settings.turn_urls,
+                                         settings.turn_secret.reveal()
+                                         if settings.turn_secret else None,
+                                         settings.turn_ttl))
     signaling.register()
 
     @app.main_process_start

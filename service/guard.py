@@ -27,7 +27,7 @@ from service.limits import (
     client_address,
     parse_networks,
 )
-from service.protocol import JOIN, LEAVE, REFRESH, RELAY_EVENTS
+from service.protocol import ICE_SERVERS, JOIN, LEAVE, REFRESH, RELAY_EVENTS
 
 #: a message costs one token per this many bytes, on top of one
 COST_BYTES: Final = 8192
@@ -43,7 +43,7 @@ def event_class(event: str) -> str:
     """The limit class an event counts against."""
     if event in RELAY_EVENTS:
         return RELAY
-    if event in (JOIN, LEAVE):
+    if event in (JOIN, LEAVE, ICE_SERVERS):
         return ROOM
     if event == REFRESH:
         return REFRESH_CLASS

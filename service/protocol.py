@@ -47,6 +47,7 @@ CANDIDATE: Final = "candidate"
 HANGUP: Final = "hangup"
 RELAY_EVENTS: Final = (OFFER, ANSWER, CANDIDATE, HANGUP)
 REFRESH: Final = "RefreshToken"
+ICE_SERVERS: Final = "GetIceServers"
 #: a refresh token argument longer than this is refused before the verifier sees it
 MAX_REFRESH_TOKEN_LENGTH: Final = 65536
 
@@ -112,6 +113,12 @@ def parse_user_id(value: object, field: str = "userID") -> str:
 def parse_room_request(args: Sequence[object]) -> str:
     """``JoinSocket(userID)`` / ``LeaveSocket(userID)``: exactly one user id."""
     return parse_user_id(_single(args))
+
+
+def parse_ice_request(args: Sequence[object]) -> None:
+    """``GetIceServers()``: no argument (or one ``null`` / empty object)."""
+    if len(args) > 1 or (args and args[0] not in (None, {})):
+        raise InvalidPayload("GetIceServers takes no argument")
 
 
 def parse_refresh(args: Sequence[object]) -> str:

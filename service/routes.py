@@ -3,6 +3,7 @@ orchestrators, ICE servers for clients, and the demo page."""
 
 from __future__ import annotations
 
+import time
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
@@ -46,9 +47,11 @@ def register(app: Sanic[Any, Any], signaling: Signaling, settings: Settings) -> 
 
     @app.get("/ice-servers")
     async def ice_servers(request: Request) -> HTTPResponse:
-        """The RTCIceServer list (SIGNAL_ICE_SERVERS) for a client with a valid token: TURN
-        credentials are not for everyone. Failed tokens spend the address's authentication
-        budget, the one Socket.IO connects spend (no second door to test tokens at)."""
+        """The RTCIceServer list (SIGNAL_ICE_SERVERS, and a TURN entry with credentials
+        minted for the token's user, see :mod:`service.turn`) for a client with a valid
+        token: TURN credentials are not for everyone. Failed tokens spend the address's
+        authentication budget, the one Socket.IO connects spend (no second door to test
+        tokens at)."""
         guard = signaling.guard
         ip = guard.client_ip(str(request.ip), request.headers.get("x-forwarded-for"))
         if not guard.may_authenticate(ip):
@@ -56,13 +59,13 @@ def register(app: Sanic[Any, Any], signaling: Signaling, settings: Settings) -> 
                         headers={"Retry-After": "5"})
         try:
             token = extract_token(None, request.headers.get("authorization"))
-            await signaling.verifier.verify(token)
+            identity = await signaling.verifier.verify(token)
         except AuthError as exc:
             guard.authentication_failed(ip)
             return json({"error": exc.code, "reason": exc.reason}, status=401,
                         headers={"WWW-Authenticate": "Bearer"})
-        return json({"iceServers": list(settings.ice_servers)},
-                    headers={"Cache-Control": "no-store"})
+        servers = signaling.ice.for_user(identity.user_id, identity.expires_at, time.time())
+        return json({"iceServers": servers}, headers={"Cache-Control": "no-store"})
 
     if settings.demo:
         _register_demo(app, settings)

@@ -40,10 +40,12 @@ from service.limits import address_key
 from service.logs import log_event
 from service.presence import Delivery, Presence, PresenceUnavailable
 from service.protocol import (
+    ICE_SERVERS,
     JOIN,
     LEAVE,
     REFRESH,
     RELAY_EVENTS,
+    parse_ice_request,
     parse_refresh,
     parse_relay,
     parse_room_request,
@@ -51,6 +53,7 @@ from service.protocol import (
 from service.rooms import user_room
 from service.sessions import Session, Sessions
 from service.supervise import forever
+from service.turn import IceServers
 
 __all__ = ["Signaling", "user_room"]
 
@@ -67,11 +70,14 @@ class Signaling:
 
     def __init__(self, sio: socketio.AsyncServer, verifier: TokenVerifier, guard: Guard,
                  presence: Presence, delivery: Delivery, calls: Calls,
-                 logger: logging.Logger, *, expiry_warning: int) -> None:
+                 logger: logging.Logger, *, expiry_warning: int,
+                 ice: IceServers | None = None) -> None:
         self.sio = sio
         self.delivery = delivery
         #: call state: what a relay may do, where it goes, what is held
         self.calls = calls
+        #: STUN/TURN servers handed to clients, TURN credentials minted per user
+        self.ice = ice or IceServers()
         self._sweep: asyncio.Task[None] | None = None
         self.verifier = verifier
         self.guard = guard
@@ -122,12 +128,13 @@ class Signaling:
 
     def register(self) -> None:
         """Install every handler on the server."""
-        self._handlers = frozenset({JOIN, LEAVE, REFRESH, *RELAY_EVENTS})
+        self._handlers = frozenset({JOIN, LEAVE, REFRESH, ICE_SERVERS, *RELAY_EVENTS})
         self.sio.on("connect", self.connect)
         self.sio.on("disconnect", self.disconnect)
         self.sio.on(JOIN, self._answering(JOIN, self.join))
         self.sio.on(LEAVE, self._answering(LEAVE, self.leave))
         self.sio.on(REFRESH, self._answering(REFRESH, self.refresh))
+        self.sio.on(ICE_SERVERS, self._answering(ICE_SERVERS, self.ice_servers))
         for event in RELAY_EVENTS:
             self.sio.on(event, self._answering(event, self._relay_handler(event)))
         unknown = self._answering(OTHER, self.unknown)
@@ -318,6 +325,14 @@ class Signaling:
         log_event(self.log, "token_refreshed", sid=sid, user=identity.user_id,
                   exp=identity.expires_at)
         return {"ok": True, "exp": identity.expires_at}
+
+    async def ice_servers(self, sid: str, *args: object) -> Ack:
+        """``GetIceServers()``: the RTCIceServer list for this user, TURN credentials
+        expiring no later than the connection's token."""
+        parse_ice_request(args)
+        identity = self._session(sid).identity
+        return {"ok": True, "iceServers": self.ice.for_user(identity.user_id,
+                                                            identity.expires_at, time.time())}
 
     async def unknown(self, sid: str, *args: object) -> Ack:
         """Any event outside the protocol (the catch-all's event name comes first in

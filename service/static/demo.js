@@ -156,16 +156,18 @@ async function media() {
 }
 
 async function iceServers() {
+  // STUN, and TURN with credentials minted for us (expiring with our token)
   try {
-    const response = await fetch("/ice-servers", {
-      headers: { Authorization: `Bearer ${$("token").value.trim()}` } });
-    if (response.ok) return (await response.json()).iceServers;
-  } catch { /* no such endpoint: host candidates only */ }
+    const ack = await demo.socket.timeout(5000).emitWithAck("GetIceServers");
+    if (ack.ok) return ack.iceServers;
+  } catch { /* no answer: host candidates only */ }
   return [];
 }
 
 async function newPeerConnection(peer) {
-  const pc = new RTCPeerConnection({ iceServers: await iceServers() });
+  const relayOnly = $("relay-only").checked;
+  const pc = new RTCPeerConnection({ iceServers: await iceServers(),
+                                     iceTransportPolicy: relayOnly ? "relay" : "all" });
   demo.pc = pc;
   demo.peer = peer;
   for (const track of (await media()).getTracks()) pc.addTrack(track, demo.local);
@@ -354,6 +356,18 @@ async function inboundVideoFrames() {
   return frames;
 }
 demo.inboundVideoFrames = inboundVideoFrames;
+
+async function selectedCandidateTypes() {
+  // the candidate types of the pair the call uses: ["relay", "relay"] through TURN
+  if (!demo.pc) return null;
+  const stats = await demo.pc.getStats();
+  let pair = null;
+  stats.forEach((r) => { if (r.type === "transport" && r.selectedCandidatePairId) pair = stats.get(r.selectedCandidatePairId); });
+  if (!pair) stats.forEach((r) => { if (r.type === "candidate-pair" && r.nominated && r.state === "succeeded") pair = r; });
+  if (!pair) return null;
+  return [stats.get(pair.localCandidateId)?.candidateType, stats.get(pair.remoteCandidateId)?.candidateType];
+}
+demo.selectedCandidateTypes = selectedCandidateTypes;
 
 $("get-token").onclick = devToken;
 $("connect").onclick = connect;

@@ -13,6 +13,7 @@ from service.calls import BUSY, HANGUP, OFFER, CallRules, Ledger, Outcome, Send,
 from service.callstore import CallStore, CallStoreUnavailable
 from service.errors import Busy, Unavailable
 from service.logs import log_event
+from service.metrics import Metrics
 from service.presence import Delivery, DeliveryUnavailable, PresenceUnavailable
 from service.protocol import Relay
 from service.rooms import user_room
@@ -27,7 +28,9 @@ class Calls:
     """Call state for one node's sockets (see the module docstring)."""
 
     def __init__(self, rules: CallRules, store: CallStore, delivery: Delivery,
-                 logger: logging.Logger, webhook: Webhook | None = None) -> None:
+                 logger: logging.Logger, webhook: Webhook | None = None,
+                 metrics: Metrics | None = None) -> None:
+        self.metrics = metrics or Metrics()
         self.rules = rules
         self.store = store
         self.delivery = delivery
@@ -61,6 +64,7 @@ class Calls:
         if outcome.opened:
             log_event(self.log, "call_opened", call=call.id, caller=sender, callee=relay.to,
                       delivered=delivered)
+            self.metrics.calls_opened.inc()
             if not delivered and self.webhook is not None:
                 self.webhook.incoming(call.id, sender, relay.to, self.rules.ring_timeout)
                 ack["notified"] = True
@@ -68,6 +72,7 @@ class Calls:
             ack["held"] = True
         if event == HANGUP:
             log_event(self.log, "call_ended", call=call.id, reason="hangup", by=sender)
+            self.metrics.calls_ended.labels("hangup").inc()
         return ack
 
     async def _carry_out(self, outcome: Outcome, size: int) -> tuple[bool, bool]:
@@ -124,6 +129,7 @@ class Calls:
                 if sends and call is not None:
                     log_event(self.log, "call_ended", call=call_id,
                               reason=sends[0].body["reason"])
+                    self.metrics.calls_ended.labels(sends[0].body["reason"]).inc()
                 return sends
 
             try:

@@ -137,6 +137,8 @@ class Settings:
     #: POSTed call.incoming when a callee has no joined device (for push notifications)
     webhook_url: Secret | None = None
     webhook_secret: Secret | None = None
+    #: with it, GET /metrics answers only ``Authorization: Bearer <metrics_token>``
+    metrics_token: Secret | None = None
     # ---- demo (see README "Demo") ----
     demo: bool = False
     demo_tokens: bool = False
@@ -233,7 +235,7 @@ def check(s: Settings) -> list[str]:
                 or (field in WHOLE and not isinstance(value, int))):
             problems.append(bounds_message(field, value))
     for field in ("jwt_secret", "jwt_previous_secret", "redis_secret", "webhook_secret",
-                  "turn_secret"):
+                  "turn_secret", "metrics_token"):
         secret = getattr(s, field)
         if secret is not None and (msg := _check_secret(secret.reveal(), variable(field))):
             problems.append(msg)

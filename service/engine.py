@@ -447,6 +447,9 @@ class EngineWebSocket(SanicWebSocket):  # type: ignore[misc]
         log_event(self.server.log, "session_dropped", logging.WARNING,
                   eio_sid=getattr(session, "sid", None), reason=reason,
                   ip=getattr(request, "ip", None))
+        metrics = getattr(self.server, "metrics", None)
+        if metrics is not None:
+            metrics.session_dropped(reason)
         wire.fail(code)
 
 

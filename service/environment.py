@@ -99,6 +99,7 @@ def parse(values: Mapping[str, str]) -> Settings:
         "busy_policy": field("busy_policy", lambda raw, var: raw.lower()),
         "turn_urls": field("turn_urls", _text_list),
         "turn_secret": field("turn_secret", _secret),
+        "metrics_token": field("metrics_token", _secret),
         "webhook_url": field("webhook_url", _secret),
         "webhook_secret": field("webhook_secret", _secret),
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from multiprocessing import Value
 from typing import Any, Final
 
@@ -25,6 +26,7 @@ from service.config import Settings, is_loopback
 from service.engine import MAX_PACKETS_PER_POST
 from service.guard import Guard
 from service.logs import configure_logging, log_event, sanic_log_config
+from service.metrics import Metrics
 from service.presence import Delivery, LocalDelivery, LocalPresence, Presence
 from service.rooms import InlineManager
 from service.signaling import Signaling
@@ -57,9 +59,11 @@ def create_app(settings: Settings, *, name: str = "signaling") -> Sanic[Any, Any
     # leave room for our own graceful shutdown before Sanic cuts connections
     app.config.GRACEFUL_SHUTDOWN_TIMEOUT = settings.shutdown_timeout + 5
 
-    manager, presence, link = _cluster(settings, logger)
+    metrics = Metrics()
+    manager, presence, link = _cluster(settings, logger, metrics)
     sio = SignalingServer(
         log=logger,
+        metrics=metrics,
         auth_timeout=settings.auth_timeout,
         max_queued=settings.max_queued_messages,
         send_timeout=settings.send_timeout,
@@ -88,14 +92,19 @@ def create_app(settings: Settings, *, name: str = "signaling") -> Sanic[Any, Any
         delivery = LocalDelivery(sio, presence)
     calls = Calls(CallRules(ring_timeout=settings.ring_timeout,
                             grace=settings.reconnect_grace, busy_policy=settings.busy_policy),
-                  _call_store(settings, link), delivery, logger, _webhook(settings, logger))
-    signaling = Signaling(sio, TokenVerifier(settings, logger), Guard(settings), presence,
+                  _call_store(settings, link, metrics), delivery, logger,
+                  _webhook(settings, logger, metrics), metrics)
+    verifier = TokenVerifier(settings, logger)
+    for source in verifier.jwks.values():
+        source.on_fetch = lambda ok: metrics.jwks_fetches.labels("ok" if ok else "failed").inc()
+    signaling = Signaling(sio, verifier, Guard(settings), presence,
                           delivery, calls, logger,
                           expiry_warning=settings.token_expiry_warning,
                           ice=IceServers(settings.ice_servers, settings.turn_urls,
                                          settings.turn_secret.reveal()
                                          if settings.turn_secret else None,
-                                         settings.turn_ttl))
+                                         settings.turn_ttl),
+                          metrics=metrics)
     signaling.register()
 
     @app.main_process_start
@@ -136,28 +145,33 @@ def create_app(settings: Settings, *, name: str = "signaling") -> Sanic[Any, Any
             await manager.close()
             await link.close()
 
-    routes.register(app, signaling, settings)
+    @app.after_server_stop
+    async def forget_worker(app: Sanic[Any, Any]) -> None:
+        metrics.worker_stopped(os.getpid())
+
+    routes.register(app, signaling, settings, metrics)
     app.ctx.settings = settings
     app.ctx.sio = sio
     app.ctx.signaling = signaling
     return app
 
 
-def _call_store(settings: Settings, link: RedisLink | None) -> CallStore:
+def _call_store(settings: Settings, link: RedisLink | None, metrics: Metrics) -> CallStore:
     """Open calls: in memory, or on Redis (cluster-wide) when SIGNAL_REDIS_URL is set."""
     if link is None:
         return LocalCallStore()
-    return RedisCallStore(link, prefix=settings.redis_channel)
+    return RedisCallStore(link, prefix=settings.redis_channel, metrics=metrics)
 
 
-def _webhook(settings: Settings, logger: logging.Logger) -> Webhook | None:
+def _webhook(settings: Settings, logger: logging.Logger, metrics: Metrics) -> Webhook | None:
     if settings.webhook_url is None:
         return None
     assert settings.webhook_secret is not None  # Settings checks it
-    return Webhook(settings.webhook_url.reveal(), settings.webhook_secret.reveal(), logger)
+    return Webhook(settings.webhook_url.reveal(), settings.webhook_secret.reveal(), logger,
+                   on_result=lambda result: metrics.webhooks.labels(result).inc())
 
 
-def _cluster(settings: Settings, logger: logging.Logger,
+def _cluster(settings: Settings, logger: logging.Logger, metrics: Metrics,
              ) -> tuple[Any, Presence, RedisLink | None]:
     """The client manager and presence: in memory, or on Redis when SIGNAL_REDIS_URL is set."""
     if settings.redis_url is None:
@@ -165,7 +179,9 @@ def _cluster(settings: Settings, logger: logging.Logger,
     assert settings.redis_secret is not None  # Settings checks it
     link = RedisLink(settings.redis_url.reveal(), max_connections=settings.redis_max_connections)
     manager = SignedRedisManager(link, channel=settings.redis_channel,
-                                 secret=settings.redis_secret.reveal(), logger=logger)
+                                 secret=settings.redis_secret.reveal(), logger=logger,
+                                 metrics=metrics)
     presence = RedisPresence(link, prefix=settings.redis_channel, ttl=settings.node_ttl,
-                             logger=logger, receiving=lambda: manager.subscribed)
+                             logger=logger, receiving=lambda: manager.subscribed,
+                             metrics=metrics)
     return manager, presence, link

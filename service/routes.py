@@ -3,6 +3,7 @@ orchestrators, ICE servers for clients, and the demo page."""
 
 from __future__ import annotations
 
+import hmac
 import time
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Final
@@ -15,6 +16,7 @@ from service import __version__
 from service.auth import extract_token, mint
 from service.config import Settings, is_loopback
 from service.errors import AuthError, InvalidPayload, Throttled
+from service.metrics import CONTENT_TYPE, Metrics
 from service.protocol import parse_user_id
 
 if TYPE_CHECKING:
@@ -29,8 +31,22 @@ DEMO_FILES: Final = {"demo.js": "text/javascript", "socket.io.min.js": "text/jav
 DEV_TOKEN_TTL: Final = 3600
 
 
-def register(app: Sanic[Any, Any], signaling: Signaling, settings: Settings) -> None:
+def register(app: Sanic[Any, Any], signaling: Signaling, settings: Settings,
+             metrics: Metrics) -> None:
     """Add the service's HTTP routes to ``app``."""
+
+    @app.get("/metrics")
+    async def metrics_page(request: Request) -> HTTPResponse:
+        """Prometheus metrics (:mod:`service.metrics`), every worker's; with
+        SIGNAL_METRICS_TOKEN set, only for ``Authorization: Bearer <that token>``."""
+        if settings.metrics_token is not None:
+            given = request.headers.get("authorization", "")
+            expected = "Bearer " + settings.metrics_token.reveal()
+            if not hmac.compare_digest(given.encode(), expected.encode()):
+                return json({"error": "unauthorized"}, status=401,
+                            headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
+        return raw(metrics.expose(), content_type=CONTENT_TYPE,
+                   headers={"Cache-Control": "no-store"})
 
     @app.get("/healthz")
     async def healthz(request: Request) -> HTTPResponse:
@@ -62,6 +78,7 @@ def register(app: Sanic[Any, Any], signaling: Signaling, settings: Settings) -> 
             identity = await signaling.verifier.verify(token)
         except AuthError as exc:
             guard.authentication_failed(ip)
+            metrics.auth_failures.labels(exc.reason).inc()
             return json({"error": exc.code, "reason": exc.reason}, status=401,
                         headers={"WWW-Authenticate": "Bearer"})
         servers = signaling.ice.for_user(identity.user_id, identity.expires_at, time.time())

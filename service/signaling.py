@@ -38,6 +38,7 @@ from service.expiry import ExpiryTimers
 from service.guard import OTHER, Guard, event_class
 from service.limits import address_key
 from service.logs import log_event
+from service.metrics import LIBRARY_REASONS, Metrics, bounded
 from service.presence import Delivery, Presence, PresenceUnavailable
 from service.protocol import (
     ICE_SERVERS,
@@ -59,6 +60,18 @@ __all__ = ["Signaling", "user_room"]
 
 #: how long a connect or JoinSocket waits for this node to be reachable through the cluster
 REACHABLE_WAIT_SECONDS: Final = 2.0
+#: how often the connection gauge is brought up to date
+CONNECTION_COUNT_SECONDS: Final = 1.0
+TRANSPORTS: Final = ("websocket", "polling")
+#: what a ``disconnects`` label may be: the service's reasons and python-socketio's
+DISCONNECT_REASONS: Final = LIBRARY_REASONS | {
+    "token_expired", "token_revoked", "rate_limited", "shutting_down", "send_timeout",
+    "slow_consumer", "protocol_error", "auth_timeout", "too_many_packets"}
+#: what an ``events`` outcome may be: ok, or an error code
+OUTCOMES: Final = frozenset({
+    "ok", "invalid_payload", "forbidden", "unknown_event", "rate_limited", "unavailable",
+    "shutting_down", "not_in_call", "busy", "glare", "internal_error", "token_invalid",
+    "token_expired", "token_not_yet_valid", "token_revoked", "token_missing"})
 #: where a session's packet budget and address live in its Engine.IO ``session`` dict
 PACKETS: Final = "signaling.packets"
 Ack = dict[str, Any]
@@ -71,14 +84,16 @@ class Signaling:
     def __init__(self, sio: socketio.AsyncServer, verifier: TokenVerifier, guard: Guard,
                  presence: Presence, delivery: Delivery, calls: Calls,
                  logger: logging.Logger, *, expiry_warning: int,
-                 ice: IceServers | None = None) -> None:
+                 ice: IceServers | None = None, metrics: Metrics | None = None) -> None:
         self.sio = sio
         self.delivery = delivery
         #: call state: what a relay may do, where it goes, what is held
         self.calls = calls
         #: STUN/TURN servers handed to clients, TURN credentials minted per user
         self.ice = ice or IceServers()
+        self.metrics = metrics or Metrics()
         self._sweep: asyncio.Task[None] | None = None
+        self._counting: asyncio.Task[None] | None = None
         self.verifier = verifier
         self.guard = guard
         self.presence = presence
@@ -105,12 +120,15 @@ class Signaling:
         await self.life.start()
         self._sweep = asyncio.ensure_future(forever(self.calls.sweep, name="call_sweep",
                                                     log=self.log))
+        self._counting = asyncio.ensure_future(forever(self._count_connections,
+                                                       name="connection_count", log=self.log))
 
     async def stop(self) -> None:
-        if self._sweep is not None:
-            self._sweep.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweep
+        for task in (self._sweep, self._counting):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self.calls.webhook is not None:
             await self.calls.webhook.stop()
         await self.life.stop()
@@ -125,6 +143,18 @@ class Signaling:
 
     def begin_close(self, sid: str, reason: str) -> None:
         self.life.begin_close(sid, reason)
+
+    async def _count_connections(self) -> float:
+        """Set this node's connection gauge, by each connection's transport now (a polling
+        connection may have upgraded); one step of a supervised loop."""
+        counts = dict.fromkeys(TRANSPORTS, 0)
+        for sid, session in list(self.sessions.items()):
+            transport = self._transport(sid, session.transport)
+            if transport in counts:
+                counts[transport] += 1
+        for transport, count in counts.items():
+            self.metrics.connections.labels(transport).set(count)
+        return CONNECTION_COUNT_SECONDS
 
     def register(self) -> None:
         """Install every handler on the server."""
@@ -163,6 +193,8 @@ class Signaling:
         if self.guard.admit_session(ip):
             return None
         log_event(self.log, "session_refused", logging.WARNING, reason=Throttled.reason, ip=ip)
+        self.metrics.rate_limited.labels("connect").inc()
+        self.metrics.connects.labels(Throttled.reason).inc()
         return Throttled.reason
 
     def precheck(self, sid: str, event: str, size: int) -> Ack | None:
@@ -176,10 +208,12 @@ class Signaling:
         kind = event_class(event) if event in self._handlers else OTHER
         refusal = self._spend(sid, session, kind, size)
         if refusal is not None:
+            self._count_event(event if event in self._handlers else OTHER, refusal["error"])
             return refusal
         session.charged = True
         if event not in self._handlers:
             log_event(self.log, "unknown_event", logging.DEBUG, sid=sid, name=event[:64])
+            self._count_event(OTHER, UnknownEvent.code)
             return {"ok": False, "error": UnknownEvent.code}
         return None
 
@@ -190,7 +224,9 @@ class Signaling:
         if self.shutting_down:
             return {"ok": False, "error": ShuttingDown.code}
         if not self.guard.allow(session.budget, session.identity.user_id, kind, size):
+            self.metrics.rate_limited.labels(kind).inc()
             if not self.guard.strike(session.budget):
+                self.metrics.rate_limited.labels("strike_out").inc()
                 self.begin_close(sid, RateLimited.code)
             error = RateLimited(f"too many {kind} events; slow down")
             return {"ok": False, "error": error.code, "detail": str(error)}
@@ -204,7 +240,7 @@ class Signaling:
             ip = self.client_ip(self.sio.environ.get(sock.sid, {}))
             state = sock.session[PACKETS] = (self.guard.packet_bucket(), address_key(ip))
         bucket, key = state
-        return self.guard.allow_packets(bucket, key, count)
+        return self.guard.allow_packets(bucket, key, count)  # refusals: session_dropped
 
     async def connect(self, sid: str, environ: dict[str, Any], auth: object = None) -> None:
         """Admit the socket if it presents a valid token; otherwise refuse with a reason."""
@@ -216,8 +252,9 @@ class Signaling:
             token = extract_token(auth, environ.get("HTTP_AUTHORIZATION"))
             try:
                 identity = await self.verifier.verify(token)
-            except AuthError:
+            except AuthError as exc:
                 self.guard.authentication_failed(ip)
+                self.metrics.auth_failures.labels(exc.reason).inc()
                 raise
             if self.shutting_down:
                 raise ServiceUnavailable("this node is shutting down")
@@ -243,17 +280,22 @@ class Signaling:
         except ConnectionRefused as exc:
             log_event(self.log, "connect_refused", sid=sid, reason=exc.reason,
                       transport=transport, ip=ip)
+            self.metrics.connects.labels(exc.reason).inc()
+            if isinstance(exc, Throttled):
+                self.metrics.rate_limited.labels("connect").inc()
             raise socketio.exceptions.ConnectionRefusedError(
                 exc.code, {"reason": exc.reason}
             ) from None
         except Exception:
             # python-socketio would leave the client waiting for an answer that never comes
             self.log.exception("connect_failed", extra={"fields": {"sid": sid}})
+            self.metrics.connects.labels("internal_error").inc()
             raise socketio.exceptions.ConnectionRefusedError(
                 "internal_error", {"reason": "internal_error"}
             ) from None
         self.life.add(sid, Session(identity, transport, ip, time.monotonic(),
                                    self.guard.budget()))
+        self.metrics.connects.labels("ok").inc()
         log_event(self.log, "connect", sid=sid, user=identity.user_id, transport=transport,
                   ip=ip, exp=identity.expires_at)
 
@@ -273,6 +315,8 @@ class Signaling:
         session = await self.life.remove(sid)
         if session is None:
             return
+        self.metrics.disconnects.labels(
+            bounded(session.closing or str(reason), DISCONNECT_REASONS)).inc()
         log_event(
             self.log, "disconnect", sid=sid, user=session.identity.user_id,
             transport=self._transport(sid, session.transport),
@@ -308,9 +352,14 @@ class Signaling:
     async def relay(self, event: str, sid: str, *args: object) -> Ack:
         """Deliver a validated offer/answer/candidate/hangup within its call, from the
         caller (``from`` stamped by the server; see :mod:`service.calling`)."""
+        started = time.perf_counter()
         relay = parse_relay(event, args)
         sender = self._session(sid).identity.user_id
-        return await self.calls.relay(event, sid, sender, relay)
+        ack = await self.calls.relay(event, sid, sender, relay)
+        self.metrics.relay_seconds.observe(time.perf_counter() - started)
+        self.metrics.relays.labels("delivered" if ack["delivered"] else "held"
+                                   if ack.get("held") else "not_delivered").inc()
+        return ack
 
     async def refresh(self, sid: str, *args: object) -> Ack:
         """``RefreshToken(token)``: replace the connection's token with a newer one for the
@@ -354,6 +403,11 @@ class Signaling:
         kind = event_class(event)
 
         async def answered(sid: str, *args: object) -> Ack:
+            ack = await answer(sid, *args)
+            self._count_event(event, "ok" if ack["ok"] else str(ack["error"]))
+            return ack
+
+        async def answer(sid: str, *args: object) -> Ack:
             session = self.sessions.get(sid)
             if session is not None:
                 if session.charged:  # precheck spent the budget from the raw message
@@ -373,6 +427,7 @@ class Signaling:
                 ack.update(exc.ack_fields())
                 return ack
             except AuthError as exc:  # RefreshToken, or a token that expired meanwhile
+                self.metrics.auth_failures.labels(exc.reason).inc()
                 return {"ok": False, "error": exc.reason}
             except Exception:
                 self.log.exception("handler_failed", extra={"fields": {"sid": sid,
@@ -380,6 +435,10 @@ class Signaling:
                 return {"ok": False, "error": "internal_error"}
 
         return answered
+
+    def _count_event(self, event: str, outcome: str) -> None:
+        self.metrics.events.labels(bounded(event, self._handlers), bounded(outcome, OUTCOMES)
+                                   ).inc()
 
     def _session(self, sid: str) -> Session:
         session = self.sessions.get(sid)

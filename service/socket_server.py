@@ -48,6 +48,7 @@ from socketio import packet
 from service.engine import EngineServer, driver
 from service.errors import InvalidPayload
 from service.logs import log_event
+from service.metrics import Metrics
 
 RESERVED: Final = frozenset({"connect", "disconnect", "connect_error"})
 #: what reserved or nameless client events are renamed to (no client can send this name
@@ -122,9 +123,10 @@ class SignalingServer(socketio.AsyncServer):  # type: ignore[misc]
     """``socketio.AsyncServer`` with the guards described in this module's docstring."""
 
     def __init__(self, *, log: logging.Logger, auth_timeout: float, max_queued: int,
-                 send_timeout: float, **kwargs: Any) -> None:
+                 send_timeout: float, metrics: Metrics | None = None, **kwargs: Any) -> None:
         super().__init__(serializer=CheckedPacket, **kwargs)
         self.log = log
+        self.metrics = metrics or Metrics()
         self.auth_timeout = auth_timeout
         self.max_queued = max_queued
         self.admit: Admit | None = None
@@ -134,6 +136,7 @@ class SignalingServer(socketio.AsyncServer):  # type: ignore[misc]
         self._dropping: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.eio.log = log
+        self.eio.metrics = self.metrics
         self.eio.drop = self.drop
         self.eio.queue_limit = max_queued + 1  # room for the check below to see it full
         self.eio._async = driver(self.eio._async, send_timeout)
@@ -307,6 +310,7 @@ class SignalingServer(socketio.AsyncServer):  # type: ignore[misc]
             request = self.environ.get(eio_sid, {}).get("sanic.request")
             log_event(self.log, "session_dropped", logging.WARNING, eio_sid=eio_sid,
                       reason=reason, ip=getattr(request, "ip", None))
+            self.metrics.session_dropped(reason)
             await sock.close(wait=False, abort=True, reason=reason)
             sock.queue.put_nowait(None)  # ends a pending long-poll or the websocket writer
             # gone now, not when Engine.IO's service task next passes by (up to 20 s)

@@ -21,6 +21,7 @@ import logging
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from typing import Final
 from urllib.parse import urlsplit
 
@@ -54,7 +55,10 @@ def _post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> int
 class Webhook:
     """Sends incoming-call events in the background (see the module docstring)."""
 
-    def __init__(self, url: str, secret: str, logger: logging.Logger) -> None:
+    def __init__(self, url: str, secret: str, logger: logging.Logger,
+                 on_result: Callable[[str], None] = lambda result: None) -> None:
+        #: told each attempt's result: delivered, refused, failed (given up), retry
+        self.on_result = on_result
         self._url = url
         self._secret = secret
         self._log = logger
@@ -91,18 +95,22 @@ class Webhook:
             else:
                 error = ""
             if 200 <= status < 300:
+                self.on_result("delivered")
                 log_event(self._log, "webhook_delivered", call=call_id, host=self._host,
                           attempts=attempt)
                 return
             if 400 <= status < 500:
+                self.on_result("refused")
                 log_event(self._log, "webhook_refused", logging.WARNING, call=call_id,
                           host=self._host, status=status, attempts=attempt)
                 return
             left = deadline - time.monotonic()
             if left <= backoff:
+                self.on_result("failed")
                 log_event(self._log, "webhook_failed", logging.WARNING, call=call_id,
                           host=self._host, status=status, error=error, attempts=attempt)
                 return
+            self.on_result("retry")
             log_event(self._log, "webhook_retry", logging.INFO, call=call_id, host=self._host,
                       status=status, error=error, attempt=attempt)
             await asyncio.sleep(backoff)

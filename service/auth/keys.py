@@ -111,6 +111,8 @@ class JwksSource:
         self._attempted_at: float | None = None
         self._lock = asyncio.Lock()
         self.fetches = 0
+        #: told the outcome of every fetch (metrics)
+        self.on_fetch: Callable[[bool], None] = lambda ok: None
 
     async def keys_for(self, kid: str | None) -> list[VerificationKey]:
         """The key named ``kid`` (every key when the token names none), refreshing the set
@@ -135,11 +137,13 @@ class JwksSource:
                 data = await asyncio.to_thread(self._fetch, self.url, self._timeout)
                 keys = parse_jwks(data, self.issuer)
             except (PyJWTError, OSError, ValueError) as exc:
+                self.on_fetch(False)
                 log_event(self._log, "jwks_fetch_failed", logging.WARNING, issuer=self.issuer,
                           url=self.url, error_type=type(exc).__name__,
                           kept_keys=len(self._keys))
                 return
             self._keys = keys
             self._fetched_at = self._clock()
+            self.on_fetch(True)
             log_event(self._log, "jwks_fetched", issuer=self.issuer, url=self.url,
                       kids=sorted(str(k) for k in keys))

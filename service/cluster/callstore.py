@@ -25,6 +25,7 @@ from service.calls import Call, Ledger
 from service.callstore import CallStoreUnavailable
 from service.cluster.batch import ScriptBatch
 from service.cluster.link import RedisLink
+from service.metrics import Metrics
 
 T = TypeVar("T")
 #: a call's keys live this long after their last change
@@ -54,7 +55,9 @@ return out
 class RedisCallStore:
     """Open calls on Redis (see the module docstring)."""
 
-    def __init__(self, link: RedisLink, *, prefix: str) -> None:
+    def __init__(self, link: RedisLink, *, prefix: str, metrics: Metrics | None = None
+                 ) -> None:
+        self.metrics = metrics or Metrics()
         self._redis = link.client
         self._call_prefix = f"{prefix}:call:"
         self._calls_prefix = f"{prefix}:calls:"
@@ -76,6 +79,7 @@ class RedisCallStore:
                 except WatchError:
                     continue
         except (RedisError, OSError) as exc:
+            self.metrics.redis_errors.labels("calls").inc()
             raise CallStoreUnavailable(type(exc).__name__) from None
         raise CallStoreUnavailable("too many concurrent changes")
 
@@ -131,6 +135,7 @@ class RedisCallStore:
                     found.append((name, _decode(raw).users))
             return found
         except (RedisError, OSError) as exc:
+            self.metrics.redis_errors.labels("calls").inc()
             raise CallStoreUnavailable(type(exc).__name__) from None
 
 

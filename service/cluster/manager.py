@@ -32,6 +32,7 @@ from redis.exceptions import RedisError
 
 from service.cluster.link import RedisLink
 from service.logs import log_event
+from service.metrics import Metrics
 from service.presence import DeliveryUnavailable
 from service.rooms import InlineManager
 
@@ -87,8 +88,11 @@ class SignedRedisManager(socketio.AsyncRedisManager, InlineManager):  # type: ig
     (and local deliveries sent inline: :class:`~service.rooms.InlineManager`)."""
 
     def __init__(self, link: RedisLink, *, channel: str, secret: str,
-                 logger: logging.Logger) -> None:
+                 logger: logging.Logger, metrics: Metrics | None = None) -> None:
         super().__init__(url=link.url, channel=channel)
+        self.metrics = metrics or Metrics()
+        #: why :meth:`open` last refused an envelope
+        self.drop_reason = "malformed"
         self.link = link
         self._key = secret.encode()
         self._log = logger
@@ -124,6 +128,7 @@ class SignedRedisManager(socketio.AsyncRedisManager, InlineManager):  # type: ig
             except (RedisError, OSError) as exc:
                 self.subscribed = False
                 if not failing:
+                    self.metrics.redis_errors.labels("subscribe").inc()
                     log_event(self._log, "redis_subscription_lost", logging.WARNING,
                               channel=self.channel, error_type=type(exc).__name__)
                     failing = True
@@ -172,15 +177,22 @@ class SignedRedisManager(socketio.AsyncRedisManager, InlineManager):  # type: ig
             ts, mid, node, body, sig = (envelope["ts"], envelope["id"], envelope["node"],
                                         envelope["body"], envelope["sig"])
         except (ValueError, TypeError, KeyError):
+            self.drop_reason = "malformed"
             return None
         if node == self.host_id:
             return OWN  # (a forger claiming to be us only gets its message ignored)
         if not (isinstance(ts, float) and isinstance(mid, str) and isinstance(node, str)
                 and isinstance(body, str) and isinstance(sig, str)):
+            self.drop_reason = "malformed"
             return None
         if not hmac.compare_digest(sig, self._sign(body, ts, mid, node)):
+            self.drop_reason = "bad_signature"
             return None
-        if abs(time.time() - ts) > MAX_MESSAGE_AGE or not self._replays.first_time(mid):
+        if abs(time.time() - ts) > MAX_MESSAGE_AGE:
+            self.drop_reason = "stale"
+            return None
+        if not self._replays.first_time(mid):
+            self.drop_reason = "replayed"
             return None
         return body
 
@@ -192,6 +204,7 @@ class SignedRedisManager(socketio.AsyncRedisManager, InlineManager):  # type: ig
                 return
             except (RedisError, OSError) as exc:
                 if attempt == 2:
+                    self.metrics.redis_errors.labels("publish").inc()
                     log_event(self._log, "redis_publish_failed", logging.WARNING,
                               channel=self.channel, error_type=type(exc).__name__)
                     raise ClusterUnavailable("cannot publish to Redis") from None
@@ -203,6 +216,7 @@ class SignedRedisManager(socketio.AsyncRedisManager, InlineManager):  # type: ig
                 continue
             if body is None:
                 self.dropped += 1
+                self.metrics.cluster_dropped.labels(self.drop_reason).inc()
                 if self.dropped in (1, 10, 100) or self.dropped % 1000 == 0:
                     log_event(self._log, "cluster_message_dropped", logging.WARNING,
                               channel=self.channel, dropped=self.dropped)

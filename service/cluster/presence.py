@@ -30,6 +30,7 @@ from redis.exceptions import RedisError
 from service.cluster.batch import ScriptBatch
 from service.cluster.link import RedisLink
 from service.logs import log_event
+from service.metrics import Metrics
 from service.presence import PresenceUnavailable
 from service.supervise import forever
 
@@ -109,7 +110,9 @@ class RedisPresence:
 
     def __init__(self, link: RedisLink, *, prefix: str, ttl: float,
                  logger: logging.Logger, node: str | None = None,
-                 receiving: Callable[[], bool] = lambda: True) -> None:
+                 receiving: Callable[[], bool] = lambda: True,
+                 metrics: Metrics | None = None) -> None:
+        self.metrics = metrics or Metrics()
         self.node = node or node_id()
         self._receiving = receiving
         self._redis = link.client
@@ -193,6 +196,7 @@ class RedisPresence:
                 self.failing = False
         except (RedisError, OSError) as exc:
             self._set_live(False)
+            self.metrics.redis_errors.labels("presence").inc()
             if not self.failing:
                 log_event(self._log, "redis_presence_lost", logging.WARNING,
                           node=self.node, error_type=type(exc).__name__)

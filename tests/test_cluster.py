@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 import socketio
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError
@@ -278,6 +279,10 @@ async def test_redis_outage_and_recovery(channel: str) -> None:
             async with aiohttp.ClientSession() as http, http.get(f"{a.url}/healthz") as r:
                 assert r.status == 200
             assert alice.client.connected and bob.client.connected
+            async with aiohttp.ClientSession() as http, http.get(f"{a.url}/metrics") as r:
+                errors = [s for f in text_string_to_metric_families(await r.text())
+                          for s in f.samples if s.name == "signaling_redis_errors_total"]
+            assert sum(s.value for s in errors) > 0  # an alert can fire on it
 
             await redis.start()
             back = time.monotonic()
@@ -367,6 +372,13 @@ async def test_forged_and_replayed_cluster_messages_are_dropped(redis_url: str,
         for message in (json.dumps(forged), other_key.seal(forged), stale, genuine):
             await raw.publish(channel, message)
         assert await bob.silent("hangup", 0.5) and await bob.silent("offer", 0)
+        # and /metrics says why each was dropped
+        async with aiohttp.ClientSession() as http, http.get(f"{b.url}/metrics") as response:
+            text = await response.text()
+        dropped = {s.labels["why"]: s.value
+                   for f in text_string_to_metric_families(text) for s in f.samples
+                   if s.name == "signaling_cluster_messages_dropped_total"}
+        assert dropped == {"malformed": 1, "bad_signature": 1, "stale": 1, "replayed": 1}
         await sub.aclose()  # type: ignore[no-untyped-call]
         await raw.aclose()
         await other_key.link.close()

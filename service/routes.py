@@ -29,11 +29,26 @@ DEMO_CSP: Final = ("default-src 'self'; connect-src 'self'; img-src 'self' data:
                    "frame-ancestors 'none'")
 DEMO_FILES: Final = {"demo.js": "text/javascript", "socket.io.min.js": "text/javascript"}
 DEV_TOKEN_TTL: Final = 3600
+#: the protocol's specs, kept in service/specs/ and served as they are
+SPECS: Final = ("asyncapi.json", "openapi.json")
 
 
 def register(app: Sanic[Any, Any], signaling: Signaling, settings: Settings,
              metrics: Metrics) -> None:
     """Add the service's HTTP routes to ``app``."""
+
+    specs = resources.files("service") / "specs"
+    documents = {name: (specs / name).read_bytes() for name in SPECS}
+
+    @app.get("/asyncapi.json", name="asyncapi")
+    async def asyncapi(request: Request) -> HTTPResponse:
+        """The AsyncAPI 3 document of the Socket.IO events (service/specs/asyncapi.json)."""
+        return raw(documents["asyncapi.json"], content_type="application/json")
+
+    @app.get("/openapi.json", name="openapi")
+    async def openapi(request: Request) -> HTTPResponse:
+        """The OpenAPI 3.1 document of these HTTP routes (service/specs/openapi.json)."""
+        return raw(documents["openapi.json"], content_type="application/json")
 
     @app.get("/metrics")
     async def metrics_page(request: Request) -> HTTPResponse:

@@ -375,10 +375,10 @@ async def test_forged_and_replayed_cluster_messages_are_dropped(redis_url: str,
         # and /metrics says why each was dropped
         async with aiohttp.ClientSession() as http, http.get(f"{b.url}/metrics") as response:
             text = await response.text()
-        dropped = {s.labels["why"]: s.value
+        counted = {s.labels["why"]: s.value
                    for f in text_string_to_metric_families(text) for s in f.samples
                    if s.name == "signaling_cluster_messages_dropped_total"}
-        assert dropped == {"malformed": 1, "bad_signature": 1, "stale": 1, "replayed": 1}
+        assert counted == {"malformed": 1, "bad_signature": 1, "stale": 1, "replayed": 1}
         await sub.aclose()  # type: ignore[no-untyped-call]
         await raw.aclose()
         await other_key.link.close()

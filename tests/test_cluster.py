@@ -14,8 +14,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 import socketio
+from prometheus_client.parser import text_string_to_metric_families
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 

@@ -55,3 +55,19 @@ async def test_call_contract_harness(tmp_path: Path, where: str) -> None:
     assert report["mode"] == where
     assert len(report["results"]) == 8
     assert {r["outcome"] for r in report["results"]} == {"ok"}
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_operations_harness(workers: int) -> None:
+    """``benchmarks/operations.py`` (the separate harness for metrics and TURN) finds every
+    check holding: metrics equal the traffic on every scrape (two workers: on Redis), and
+    served TURN credentials allocate on a real coturn while tampered ones are refused."""
+    args = ["--workers", "2", "--redis", "redis://127.0.0.1:6379/0"] if workers == 2 else []
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "benchmarks/operations.py", *args, cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    text, _ = await asyncio.wait_for(proc.communicate(), 140)
+    output = text.decode()
+    assert proc.returncode == 0, output[-3000:]
+    assert "6 of 6 checks hold" in output

@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 import socketio
 import websockets
+from prometheus_client.parser import text_string_to_metric_families
 
 from service.config import Secret, Settings
 from service.limits import Rate
@@ -308,6 +309,12 @@ async def test_client_that_stops_reading_is_dropped() -> None:
             assert most <= 64 + 1               # + the marker that ends the writer
             assert alice.client.connected
             await alice.close()
+        async with aiohttp.ClientSession() as http, http.get(
+                f"{service.url}/metrics") as response:
+            text = await response.text()
+        drops = [s for f in text_string_to_metric_families(text) for s in f.samples
+                 if s.name == "signaling_slow_consumer_drops_total"]
+        assert sum(s.value for s in drops) == 1, drops
 
 
 # ---- a flood during a call ----

@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import socketio
+from prometheus_client.parser import text_string_to_metric_families
 
 from service.auth.minting import sign
 from service.config import JwksEndpoint, Secret, Settings
@@ -360,6 +362,13 @@ async def test_keys_survive_an_idp_outage(keys: Keys, idp: JwksServer) -> None:
         assert peer.client.connected
         assert idp.hits["a"] == fetches + 1  # it did try
         await peer.close()
+        # and /metrics counts each fetch (B's prefetch may have met the outage too)
+        async with aiohttp.ClientSession() as http, http.get(f"{svc.url}/metrics") as r:
+            counted = {s.labels["result"]: s.value
+                       for f in text_string_to_metric_families(await r.text())
+                       for s in f.samples if s.name == "signaling_jwks_fetches_total"}
+        assert counted["ok"] + counted["failed"] == idp.hits["a"] + idp.hits["b"]
+        assert counted["ok"] >= 1 and counted["failed"] >= 1
 
 
 async def test_custom_user_claim(keys: Keys, idp: JwksServer, transport: str) -> None:

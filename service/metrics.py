@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import platform
 from collections.abc import Iterable
-from typing import Final
+from typing import Any, Final
 
 from prometheus_client import (
     CollectorRegistry,
@@ -105,6 +105,25 @@ class Metrics:
             "signaling_build_info", "Version of the service and of Python",
             ["version", "python"], registry=reg, multiprocess_mode="max")
         self.build_info.labels(__version__, platform.python_version()).set(1)
+        #: labelled children already looked up, for the per-event paths
+        self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
+
+    def event(self, event: str, outcome: str) -> None:
+        """Count one client event (labels already bounded)."""
+        key = ("events", (event, outcome))
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.events.labels(event, outcome)
+        child.inc()
+
+    def relay(self, result: str, seconds: float) -> None:
+        """Count one accepted relay and how long it took."""
+        key = ("relays", (result,))
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.relays.labels(result)
+        child.inc()
+        self.relay_seconds.observe(seconds)
 
     def session_dropped(self, reason: str) -> None:
         """An Engine.IO session was closed by the service, with ``reason``."""

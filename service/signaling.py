@@ -356,9 +356,8 @@ class Signaling:
         relay = parse_relay(event, args)
         sender = self._session(sid).identity.user_id
         ack = await self.calls.relay(event, sid, sender, relay)
-        self.metrics.relay_seconds.observe(time.perf_counter() - started)
-        self.metrics.relays.labels("delivered" if ack["delivered"] else "held"
-                                   if ack.get("held") else "not_delivered").inc()
+        self.metrics.relay("delivered" if ack["delivered"] else "held" if ack.get("held")
+                           else "not_delivered", time.perf_counter() - started)
         return ack
 
     async def refresh(self, sid: str, *args: object) -> Ack:
@@ -437,8 +436,7 @@ class Signaling:
         return answered
 
     def _count_event(self, event: str, outcome: str) -> None:
-        self.metrics.events.labels(bounded(event, self._handlers), bounded(outcome, OUTCOMES)
-                                   ).inc()
+        self.metrics.event(bounded(event, self._handlers), bounded(outcome, OUTCOMES))
 
     def _session(self, sid: str) -> Session:
         session = self.sessions.get(sid)

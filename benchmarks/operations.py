@@ -116,12 +116,13 @@ class Harness:
                         ("signaling_relays_total", (("result", "delivered"),)): 3 * pairs,
                         ("signaling_calls_opened_total", ()): pairs}
             deadline = time.monotonic() + 10
-            while True:  # the connection gauge is brought up to date every second
+            while True:  # each worker adds its counts (and its gauge) every second
                 async with aiohttp.ClientSession() as http, http.get(
                         f"{self.url}/metrics") as response:
                     samples = parse(await response.text())
                 gauge = samples.get(("signaling_connections", (("transport", "websocket"),)))
-                if gauge == 2 * pairs or time.monotonic() > deadline:
+                settled = all(samples.get(k) == v for k, v in expected.items())
+                if (gauge == 2 * pairs and settled) or time.monotonic() > deadline:
                     break
                 await asyncio.sleep(0.2)
             self.record("metrics: connections now", gauge == 2 * pairs, f"{gauge}")

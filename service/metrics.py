@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import os
 import platform
+from bisect import bisect_left
 from collections.abc import Iterable
-from typing import Any, Final
+from typing import Final
 
 from prometheus_client import (
     CollectorRegistry,
@@ -105,25 +106,44 @@ class Metrics:
             "signaling_build_info", "Version of the service and of Python",
             ["version", "python"], registry=reg, multiprocess_mode="max")
         self.build_info.labels(__version__, platform.python_version()).set(1)
-        #: labelled children already looked up, for the per-event paths
-        self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
+        # The per-event counts are kept here and added to the metrics by :meth:`flush`
+        # (every second, and before each scrape): in multiprocess mode every increment is
+        # a locked write to a memory-mapped file, ~0.8 µs, and a histogram observation two
+        # of them; per relay that was ~10 % of the service's CPU.
+        self._events: dict[tuple[str, str], int] = {}
+        self._relays: dict[str, int] = {}
+        self._bounds = RELAY_BUCKETS
+        self._relay_buckets = [0] * (len(RELAY_BUCKETS) + 1)  # the last one: +Inf
+        self._relay_sum = 0.0
 
     def event(self, event: str, outcome: str) -> None:
         """Count one client event (labels already bounded)."""
-        key = ("events", (event, outcome))
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = self.events.labels(event, outcome)
-        child.inc()
+        key = (event, outcome)
+        self._events[key] = self._events.get(key, 0) + 1
 
     def relay(self, result: str, seconds: float) -> None:
         """Count one accepted relay and how long it took."""
-        key = ("relays", (result,))
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = self.relays.labels(result)
-        child.inc()
-        self.relay_seconds.observe(seconds)
+        self._relays[result] = self._relays.get(result, 0) + 1
+        self._relay_buckets[bisect_left(self._bounds, seconds)] += 1
+        self._relay_sum += seconds
+
+    def flush(self) -> None:
+        """Add what :meth:`event` and :meth:`relay` counted to the exported metrics."""
+        events, self._events = self._events, {}
+        for (event, outcome), count in events.items():
+            self.events.labels(event, outcome).inc(count)
+        relays, self._relays = self._relays, {}
+        for result, count in relays.items():
+            self.relays.labels(result).inc(count)
+        if any(self._relay_buckets):
+            # prometheus-client keeps a histogram's buckets non-cumulative, one value each
+            # (+Inf last), and its sum (pinned in tests/test_library_pins.py)
+            buckets, self._relay_buckets = self._relay_buckets, [0] * len(self._relay_buckets)
+            for value, count in zip(self.relay_seconds._buckets, buckets, strict=True):
+                if count:
+                    value.inc(count)
+            self.relay_seconds._sum.inc(self._relay_sum)
+            self._relay_sum = 0.0
 
     def session_dropped(self, reason: str) -> None:
         """An Engine.IO session was closed by the service, with ``reason``."""
@@ -134,6 +154,7 @@ class Metrics:
 
     def expose(self) -> bytes:
         """The text exposition: this registry, or (several workers) every worker's files."""
+        self.flush()
         path = multiprocess_dir()
         if path is None:
             return generate_latest(self.registry)
@@ -143,6 +164,7 @@ class Metrics:
 
     def worker_stopped(self, pid: int) -> None:
         """A worker is gone: its connection gauge no longer counts."""
+        self.flush()
         path = multiprocess_dir()
         if path is not None:
             multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]

@@ -146,7 +146,8 @@ class Signaling:
 
     async def _count_connections(self) -> float:
         """Set this node's connection gauge, by each connection's transport now (a polling
-        connection may have upgraded); one step of a supervised loop."""
+        connection may have upgraded), and flush the per-event counts into the metrics; one
+        step of a supervised loop."""
         counts = dict.fromkeys(TRANSPORTS, 0)
         for sid, session in list(self.sessions.items()):
             transport = self._transport(sid, session.transport)
@@ -154,6 +155,7 @@ class Signaling:
                 counts[transport] += 1
         for transport, count in counts.items():
             self.metrics.connections.labels(transport).set(count)
+        self.metrics.flush()
         return CONNECTION_COUNT_SECONDS
 
     def register(self) -> None:
@@ -402,38 +404,41 @@ class Signaling:
         kind = event_class(event)
 
         async def answered(sid: str, *args: object) -> Ack:
-            ack = await answer(sid, *args)
+            ack = self._admitted(sid, kind)
+            if ack is None:
+                try:
+                    ack = await handler(sid, *args)
+                except RequestError as exc:
+                    ack = {"ok": False, "error": exc.code}
+                    if str(exc):
+                        ack["detail"] = str(exc)
+                    ack.update(exc.ack_fields())
+                except AuthError as exc:  # RefreshToken, or a token that expired meanwhile
+                    self.metrics.auth_failures.labels(exc.reason).inc()
+                    ack = {"ok": False, "error": exc.reason}
+                except Exception:
+                    self.log.exception("handler_failed", extra={"fields": {"sid": sid,
+                                                                           "name": event}})
+                    ack = {"ok": False, "error": "internal_error"}
             self._count_event(event, "ok" if ack["ok"] else str(ack["error"]))
             return ack
 
-        async def answer(sid: str, *args: object) -> Ack:
-            session = self.sessions.get(sid)
-            if session is not None:
-                if session.charged:  # precheck spent the budget from the raw message
-                    session.charged = False
-                    if session.closing is not None:
-                        return {"ok": False, "error": session.closing}
-                elif (refusal := self._spend(sid, session, kind, 0)) is not None:
-                    return refusal
-            if self.shutting_down:
-                return {"ok": False, "error": ShuttingDown.code}
-            try:
-                return await handler(sid, *args)
-            except RequestError as exc:
-                ack: Ack = {"ok": False, "error": exc.code}
-                if str(exc):
-                    ack["detail"] = str(exc)
-                ack.update(exc.ack_fields())
-                return ack
-            except AuthError as exc:  # RefreshToken, or a token that expired meanwhile
-                self.metrics.auth_failures.labels(exc.reason).inc()
-                return {"ok": False, "error": exc.reason}
-            except Exception:
-                self.log.exception("handler_failed", extra={"fields": {"sid": sid,
-                                                                       "name": event}})
-                return {"ok": False, "error": "internal_error"}
-
         return answered
+
+    def _admitted(self, sid: str, kind: str) -> Ack | None:
+        """The refusal of an event of ``kind`` before its handler runs, if any (spending
+        its budget, unless the precheck did from the raw message)."""
+        session = self.sessions.get(sid)
+        if session is not None:
+            if session.charged:  # precheck spent the budget from the raw message
+                session.charged = False
+                if session.closing is not None:
+                    return {"ok": False, "error": session.closing}
+            elif (refusal := self._spend(sid, session, kind, 0)) is not None:
+                return refusal
+        if self.shutting_down:
+            return {"ok": False, "error": ShuttingDown.code}
+        return None
 
     def _count_event(self, event: str, outcome: str) -> None:
         self.metrics.event(bounded(event, self._handlers), bounded(outcome, OUTCOMES))

@@ -224,3 +224,28 @@ def test_redis_pool_and_script_calls_we_rely_on() -> None:
     assert params(BlockingConnectionPool.release) == ["self", "connection"]
     call = source(AsyncScript.__call__)
     assert "isinstance(client, Pipeline)" in call and "client.scripts.add(self)" in call
+
+
+def test_prometheus_histogram_storage() -> None:
+    """``Metrics.flush`` adds counted observations straight into a Histogram's values:
+    ``_buckets`` (one value per bucket, +Inf last, non-cumulative: exposition sums them)
+    and ``_sum``, each with ``inc``; the same result as observing one by one."""
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from service.metrics import Metrics
+
+    observed_registry, flushed = CollectorRegistry(), Metrics()
+    observed = Histogram("signaling_relay_seconds", "x", registry=observed_registry,
+                         buckets=flushed.relay_seconds._upper_bounds[:-1])
+    assert len(flushed.relay_seconds._buckets) == len(observed._upper_bounds)
+    for seconds in (0.00004, 0.0003, 0.0003, 0.02, 7.0):
+        observed.observe(seconds)
+        flushed.relay("delivered", seconds)
+    flushed.flush()
+
+    def samples(text: bytes) -> list[str]:
+        return sorted(line for line in text.decode().splitlines()
+                      if line.startswith("signaling_relay_seconds_")
+                      and "_created" not in line)
+
+    assert samples(flushed.expose()) == samples(generate_latest(observed_registry))

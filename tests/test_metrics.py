@@ -150,9 +150,12 @@ async def test_two_workers_are_each_counted_once(redis_url: str, channel: str) -
                 await calls_work(peers[2 * n], peers[2 * n + 1], f"u{2 * n}", f"u{2 * n + 1}")
 
             async def counted() -> bool:
+                # each worker adds its counts to the shared files every second
                 samples = parse((await scrape(node.url))[1])
-                return value(samples, "signaling_connections", transport="websocket") == (
-                    clients)
+                return (value(samples, "signaling_connections", transport="websocket")
+                        == clients == value(samples, "signaling_connects_total", result="ok")
+                        and value(samples, "signaling_relays_total", result="delivered")
+                        == 4 * pairs)
 
             await eventually_true(counted, within=15)
             for _ in range(12):

@@ -13,7 +13,7 @@ def test_core_imports_no_transport() -> None:
     code = (
         "import sys, service.config, service.errors, service.auth, service.protocol, "
         "service.expiry, service.logs, service.limits, service.guard, service.calls, "
-        "service.callstore, service.webhook\n"
+        "service.callstore, service.webhook, service.turn\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
         "('sanic', 'socketio', 'engineio', 'redis'))\n"
         "print(','.join(bad))"

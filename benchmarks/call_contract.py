@@ -94,8 +94,11 @@ class Client:
 class Contract:
     """The checks; ``a`` and ``b`` are the URLs of the nodes the two parties use."""
 
-    def __init__(self, a: str, b: str, hooks: list[dict[str, Any]]) -> None:
+    def __init__(self, a: str, b: str, hooks: list[dict[str, Any]],
+                 logs: Callable[[], list[str]] = list) -> None:
         self.a, self.b, self.hooks = a, b, hooks
+        #: the nodes' log lines so far
+        self.logs = logs
         self.clients: list[Client] = []
 
     async def client(self, node: str, user: str, join: bool = True) -> Client:
@@ -105,6 +108,16 @@ class Contract:
 
     def fresh(self, name: str) -> str:
         return f"{name}-{uuid.uuid4().hex[:6]}"
+
+    async def gone(self, client: Client) -> None:
+        """Close ``client`` and wait until its node has handled the disconnect (a signal
+        sent in between is acked delivered and lost with the closing socket)."""
+        sid = client.sio.get_sid()
+        await client.stop()
+        deadline = time.monotonic() + 10
+        while not any('"event": "disconnect"' in line and sid in line for line in self.logs()):
+            check(time.monotonic() < deadline, "the disconnect was not handled")
+            await asyncio.sleep(0.02)
 
     async def stranger_refused(self) -> None:
         callee = self.fresh("bob")
@@ -174,7 +187,7 @@ class Contract:
         call_id = (await alice.call("offer", offer(bob_id)))["callId"]
         await bob.next("offer")
         await bob.call("answer", answer(alice_id))
-        await bob.stop()
+        await self.gone(bob)
         for n in range(3):
             ack = await alice.call("candidate", candidate(bob_id, n))
             check(ack == {"ok": True, "delivered": False, "held": True}, f"held: {ack}")
@@ -281,7 +294,8 @@ async def main_async(redis_url: str | None) -> list[dict[str, Any]]:
             await node.start()
         mode = "two nodes on Redis" if redis_url else "one node, in memory"
         print(f"call contract: {mode}", flush=True)
-        results = await Contract(nodes[0].url, nodes[-1].url, hooks).run()
+        results = await Contract(nodes[0].url, nodes[-1].url, hooks,
+                                 lambda: [line for n in nodes for line in n.lines]).run()
     finally:
         for node in nodes:
             await node.stop()

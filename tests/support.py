@@ -290,3 +290,11 @@ async def calls_work(caller: Peer, callee: Peer, caller_id: str = "alice",
     assert await caller.call("hangup", {"to": callee_id}) == {"ok": True, "delivered": True}
     assert await callee.next("hangup") == {"to": callee_id, "from": caller_id,
                                            "callId": call_id}
+
+
+async def closed(service: RunningService, peer: Peer) -> None:
+    """Close ``peer`` and wait until the service has handled its disconnect (what is sent
+    to it in between is acked delivered and goes down with the closing socket)."""
+    sid = peer.client.get_sid()
+    await peer.close()
+    await eventually(lambda: sid not in service.app.ctx.signaling.sessions)

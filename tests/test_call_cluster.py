@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.processes import Node, nodes
-from tests.support import Peer, answer_to, candidate_to, offer_to
+from tests.support import Peer, answer_to, candidate_to, eventually, offer_to
 from tests.test_cluster import channel, cluster_env, joined, redis_url, token
 
 __all__ = ["channel", "redis_url"]  # fixtures
@@ -39,6 +39,16 @@ async def peer(made: list[Peer], node: Node, user: str, join: bool = True) -> Pe
         await p.connect(token(user))
     made.append(p)
     return p
+
+
+async def gone(node: Node, peer: Peer) -> None:
+    """Close ``peer`` and wait until its node has handled the disconnect. (A signal sent in
+    between reaches the node while the socket is still registered there: it is acked
+    delivered and lost with the socket, as any message to a socket that is closing.)"""
+    sid = peer.client.get_sid()
+    await peer.close()
+    await eventually(lambda: any(r["event"] == "disconnect" and r.get("sid") == sid
+                                 for r in node.records()), within=10)
 
 
 async def test_call_across_nodes(short_timers: list[Node], made: list[Peer]) -> None:
@@ -119,7 +129,7 @@ async def test_reconnect_on_the_other_node_gets_the_held_signals(
     call_id = (await alice.call("offer", offer_to("bob")))["callId"]
     await bob.next("offer")
     await bob.call("answer", answer_to("alice"))
-    await bob.close()
+    await gone(b, bob)
     for n in range(4):
         assert await alice.call("candidate", candidate_to("bob", n)) == {
             "ok": True, "delivered": False, "held": True}

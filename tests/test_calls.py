@@ -5,6 +5,7 @@ processes on Redis is tests/test_call_cluster.py; the webhook is tests/test_webh
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -13,16 +14,22 @@ import pytest
 from service.config import Secret, Settings
 from tests.support import (
     SECRET,
+    Peer,
     RunningService,
     answer_to,
     answered_call,
     candidate_to,
+    closed,
     offer_to,
     open_call,
     serving,
 )
 
 Peers = Callable[..., Any]
+
+
+async def close_all(*peers: Peer) -> None:
+    await asyncio.gather(*(p.close() for p in peers))
 
 
 def settings(**overrides: Any) -> Settings:
@@ -140,6 +147,7 @@ async def test_busy_policy_ring_lets_a_second_call_through(peers_of: Any,
         first = await answered_call(alice, bob, "alice", "bob")
         second = await open_call(carol, bob, "bob")
         assert first != second
+        await close_all(alice, bob, carol)  # before the service stops under their polls
 
 
 async def test_glare_first_offer_wins(peers: Peers) -> None:
@@ -166,6 +174,7 @@ async def test_unanswered_call_times_out(peers_of: Any, transport: str) -> None:
                                                        "reason": "timeout"}
         assert await bob.call("answer", answer_to("alice")) == {"ok": False,
                                                                 "error": "not_in_call"}
+        await close_all(alice, bob)
 
 
 async def test_answered_call_does_not_time_out(peers_of: Any, transport: str) -> None:
@@ -175,6 +184,7 @@ async def test_answered_call_does_not_time_out(peers_of: Any, transport: str) ->
         await answered_call(alice, bob, "alice", "bob")
         assert await alice.silent("hangup", 2.0)
         assert (await alice.call("candidate", candidate_to("bob")))["delivered"] is True
+        await close_all(alice, bob)
 
 
 async def test_every_device_rings_and_the_first_answer_wins(peers: Peers) -> None:
@@ -212,13 +222,13 @@ async def test_declining_on_one_device_stops_the_others(peers: Peers) -> None:
                                           "reason": "declined_elsewhere"}
 
 
-async def test_signals_are_held_while_a_party_reconnects(peers: Peers, transport: str,
+async def test_signals_are_held_while_a_party_reconnects(peers: Peers,
                                                          service: RunningService) -> None:
     """Bob's socket drops mid-call: alice's signals are acked held; bob connects again
     within the grace period, joins, and gets them in order; then the call goes on."""
     alice, bob = await peers("alice"), await peers("bob")
     call_id = await answered_call(alice, bob, "alice", "bob")
-    await bob.close()
+    await closed(service, bob)
     acks = [await alice.call("candidate", candidate_to("bob", n)) for n in range(5)]
     assert acks == [{"ok": True, "delivered": False, "held": True}] * 5
     ack = await alice.call("offer", offer_to("bob", iceRestart=True))
@@ -235,11 +245,11 @@ async def test_signals_are_held_while_a_party_reconnects(peers: Peers, transport
     assert (await again.next("candidate"))["callId"] == call_id
 
 
-async def test_caller_away_too(peers: Peers) -> None:
+async def test_caller_away_too(peers: Peers, service: RunningService) -> None:
     """The caller's socket drops while it rings: the callee's answer is held for it."""
     alice, bob = await peers("alice"), await peers("bob")
     call_id = await open_call(alice, bob, "bob")
-    await alice.close()
+    await closed(service, alice)
     assert await bob.call("answer", answer_to("alice")) == {"ok": True, "delivered": False,
                                                             "held": True}
     again = await peers("alice")
@@ -258,6 +268,7 @@ async def test_party_gone_past_grace_ends_the_call(peers_of: Any, transport: str
         assert await again.silent("candidate")
         assert await again.call("answer", answer_to("alice")) == {"ok": False,
                                                                   "error": "not_in_call"}
+        await close_all(alice, again)
 
 
 async def test_offline_callee_gets_the_held_offer_when_it_joins(peers: Peers) -> None:
@@ -285,12 +296,12 @@ async def test_offline_callee_gets_the_held_offer_when_it_joins(peers: Peers) ->
     assert (await laptop.next("hangup"))["reason"] == "answered_elsewhere"
 
 
-async def test_held_signals_are_bounded(peers: Peers) -> None:
+async def test_held_signals_are_bounded(peers: Peers, service: RunningService) -> None:
     """A party that never comes back cannot make the service keep unbounded data: past
     100 held messages the ack says not held."""
     alice, bob = await peers("alice"), await peers("bob")
     await answered_call(alice, bob, "alice", "bob")
-    await bob.close()
+    await closed(service, bob)
     acks = [await alice.call("candidate", candidate_to("bob", n)) for n in range(101)]
     assert all(a == {"ok": True, "delivered": False, "held": True} for a in acks[:100])
     assert acks[100] == {"ok": True, "delivered": False}

@@ -111,7 +111,7 @@ class Contract:
 
     async def gone(self, client: Client) -> None:
         """Close ``client`` and wait until its node has handled the disconnect (a signal
-        sent in between is acked delivered and lost with the closing socket)."""
+        sent in between is acked delivered, not held: presence still had the socket)."""
         sid = client.sio.get_sid()
         await client.stop()
         deadline = time.monotonic() + 10

@@ -9,6 +9,8 @@ import logging
 import time
 from typing import Any, Final
 
+import orjson
+
 from service.calls import BUSY, HANGUP, OFFER, CallRules, Ledger, Outcome, Send, new_call_id
 from service.callstore import CallStore, CallStoreUnavailable
 from service.errors import Busy, Unavailable
@@ -100,6 +102,19 @@ class Calls:
         if outcome.sends:  # the party is on another device now
             return await self._deliver(outcome.sends[0]), False
         return False, outcome.held
+
+    async def undelivered(self, user: str, device: str, event: str,
+                          body: dict[str, Any]) -> None:
+        """A call signal reached the node of ``device`` after its socket closed there:
+        hold it (or send it where the party is now), as :meth:`relay` would have."""
+        call_id = body.get("callId")
+        if not isinstance(call_id, str):
+            return
+        try:
+            await self._hold(Send(event, body, user, device, hold_in=call_id),
+                             len(orjson.dumps(body)))
+        except Unavailable:
+            log_event(self.log, "call_state_unavailable", logging.WARNING, during="hold")
 
     async def joined(self, user: str, sid: str) -> None:
         """``sid`` joined ``user``'s room: it gets what was held or is ringing for it."""

@@ -97,6 +97,9 @@ def create_app(settings: Settings, *, name: str = "signaling") -> Sanic[Any, Any
     verifier = TokenVerifier(settings, logger)
     for source in verifier.jwks.values():
         source.on_fetch = lambda ok: metrics.jwks_fetches.labels("ok" if ok else "failed").inc()
+    if isinstance(manager, SignedRedisManager):
+        # the device's node holds what reaches a socket of its that is closing
+        manager.undelivered = calls.undelivered
     signaling = Signaling(sio, verifier, Guard(settings), presence,
                           delivery, calls, logger,
                           expiry_warning=settings.token_expiry_warning,

@@ -134,7 +134,8 @@ class LocalDelivery:
 
     async def to_device(self, event: str, message: dict[str, Any], user: str,
                         device: str) -> bool:
-        if not self._presence.connected(user, device):
+        # a socket whose session is closing counts as gone: what is sent to it is held
+        if not self._presence.connected(user, device) or not self._sio.session_open(device):
             return False
         await self._sio.emit(event, message, to=device)
         return True

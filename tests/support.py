@@ -294,7 +294,7 @@ async def calls_work(caller: Peer, callee: Peer, caller_id: str = "alice",
 
 async def closed(service: RunningService, peer: Peer) -> None:
     """Close ``peer`` and wait until the service has handled its disconnect (what is sent
-    to it in between is acked delivered and goes down with the closing socket)."""
+    to it in between is acked delivered, and held if the session had closed by then)."""
     sid = peer.client.get_sid()
     await peer.close()
     await eventually(lambda: sid not in service.app.ctx.signaling.sessions)

@@ -4,12 +4,15 @@ the devices of one party) on different nodes, the store and the timers cluster-w
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from redis import asyncio as aioredis
 
-from tests.processes import Node, nodes
+from service.cluster import RedisLink, SignedRedisManager
+from tests.processes import REDIS_SECRET, Node, nodes
 from tests.support import Peer, answer_to, candidate_to, eventually, offer_to
 from tests.test_cluster import channel, cluster_env, joined, redis_url, token
 
@@ -43,8 +46,8 @@ async def peer(made: list[Peer], node: Node, user: str, join: bool = True) -> Pe
 
 async def gone(node: Node, peer: Peer) -> None:
     """Close ``peer`` and wait until its node has handled the disconnect. (A signal sent in
-    between reaches the node while the socket is still registered there: it is acked
-    delivered and lost with the socket, as any message to a socket that is closing.)"""
+    between is acked delivered: presence still had the socket; its node holds it when the
+    socket has closed there, see the last test.)"""
     sid = peer.client.get_sid()
     await peer.close()
     await eventually(lambda: any(r["event"] == "disconnect" and r.get("sid") == sid
@@ -166,3 +169,32 @@ async def test_offline_callee_joins_on_another_node(short_timers: list[Node],
     assert (await bob.next("candidate"))["callId"] == ack["callId"]
     assert (await bob.call("answer", answer_to("alice")))["delivered"] is True
     assert (await alice.next("answer"))["callId"] == ack["callId"]
+
+
+async def test_a_signal_for_a_socket_closed_on_its_node_is_held(redis_url: str, channel: str,
+                                                                made: list[Peer]) -> None:
+    """A signal can leave node A for bob's socket on node B (presence still had it) and
+    reach B after that socket closed there: B holds it for bob instead of writing it to a
+    dead socket, and bob, back on node A, gets it. (Published here by hand, signed with
+    the cluster key, to make the race happen every time.)"""
+    env = cluster_env(redis_url, channel, SIGNAL_RECONNECT_GRACE="30")
+    async with nodes(env, env) as (a, b):
+        alice, bob = await peer(made, a, "alice"), await peer(made, b, "bob")
+        call_id = (await alice.call("offer", offer_to("bob")))["callId"]
+        await bob.next("offer")
+        await bob.call("answer", answer_to("alice"))
+        raw = aioredis.Redis.from_url(redis_url)
+        member = next(m.decode() if isinstance(m, bytes) else str(m)
+                      for m in await raw.smembers(f"{channel}:conns:bob"))
+        sid = bob.client.get_sid()
+        assert member.endswith("|" + sid)
+        await gone(b, bob)
+        signer = SignedRedisManager(RedisLink(redis_url, max_connections=2), channel=channel,
+                                    secret=REDIS_SECRET, logger=logging.getLogger("test"))
+        late = {**candidate_to("bob", 7), "from": "alice", "callId": call_id, "late": True}
+        await raw.publish(channel, signer.emit_envelope("candidate", late, sid, "",
+                                                        device=("bob", member)))
+        again = await peer(made, a, "bob")
+        assert await again.next("candidate") == late
+        await signer.link.close()
+        await raw.aclose()

@@ -58,6 +58,7 @@ OVERRIDES = [
     (socketio.AsyncRedisManager, "_redis_listen_with_retries", ["self"]),
     (socketio.AsyncRedisManager, "_publish", ["self", "data"]),
     (socketio.AsyncRedisManager, "_listen", ["self"]),
+    (socketio.AsyncRedisManager, "_handle_emit", ["self", "message"]),
 ]
 
 
@@ -135,6 +136,13 @@ def test_redis_manager_internals_we_use() -> None:
     listen = source(socketio.AsyncRedisManager._listen)
     assert "self._redis_listen_with_retries()" in listen
     assert "message['type'] == 'message'" in listen
+    # emits from other nodes go through _handle_emit, awaited one at a time (what keeps
+    # the signals SignedRedisManager._handle_emit holds in order), with the message as
+    # published (so a key of ours, "device", reaches it)
+    thread = source(socketio.async_pubsub_manager.AsyncPubSubManager._thread)
+    assert "await self._handle_emit(data)" in thread
+    handle = source(socketio.async_pubsub_manager.AsyncPubSubManager._handle_emit)
+    assert "message['event']" in handle and "message.get('room')" in handle
 
 
 def test_fast_json_keeps_the_integer_guard_when_python_has_none() -> None:

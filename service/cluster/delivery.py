@@ -32,12 +32,14 @@ class ClusterDelivery:
     async def to_device(self, event: str, message: dict[str, Any], user: str,
                         device: str) -> bool:
         sid = self._presence.local_sid(device)
-        if sid is not None:
+        if sid is not None and self._sio.session_open(sid):
             await self._sio.emit(event, message, to=sid, ignore_queue=True)
             return True
         if device.rpartition("|")[0] == self._presence.node:
-            return False  # this node's socket, and it is gone
-        envelope = self._manager.emit_envelope(event, message, self.sid_of(device), "")
+            return False  # this node's socket, and it is gone (or closing)
+        # the device's node delivers it, or holds it if the socket is closing there
+        envelope = self._manager.emit_envelope(event, message, self.sid_of(device), "",
+                                               device=(user, device))
         return await self._presence.publish_to_member(user, device, self._manager.channel,
                                                       envelope)
 

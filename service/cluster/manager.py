@@ -23,7 +23,7 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final
 
 import orjson
@@ -93,6 +93,8 @@ class SignedRedisManager(socketio.AsyncRedisManager, InlineManager):  # type: ig
         self.metrics = metrics or Metrics()
         #: why :meth:`open` last refused an envelope
         self.drop_reason = "malformed"
+        #: (user, device, event, message) of a call signal whose socket here is gone
+        self.undelivered: Callable[[str, str, str, Any], Awaitable[None]] | None = None
         self.link = link
         self._key = secret.encode()
         self._log = logger
@@ -162,12 +164,34 @@ class SignedRedisManager(socketio.AsyncRedisManager, InlineManager):  # type: ig
         return _dumps({"id": mid, "ts": ts, "node": node, "body": body,
                        "sig": self._sign(body, ts, mid, node)})
 
-    def emit_envelope(self, event: str, data: Any, room: str, skip_sid: str) -> str:
+    def emit_envelope(self, event: str, data: Any, room: str, skip_sid: str,
+                      device: tuple[str, str] | None = None) -> str:
         """The signed message by which python-socketio's managers on the other nodes emit
-        ``event`` to ``room`` (what ``AsyncPubSubManager.emit`` publishes)."""
-        return self.seal({"method": "emit", "event": event, "data": [data], "binary": False,
-                          "namespace": "/", "room": room, "skip_sid": skip_sid,
-                          "callback": None, "host_id": self.host_id})
+        ``event`` to ``room`` (what ``AsyncPubSubManager.emit`` publishes). ``device``:
+        (user, device address) when ``room`` is one socket in a call (see
+        :meth:`_handle_emit`)."""
+        message = {"method": "emit", "event": event, "data": [data], "binary": False,
+                   "namespace": "/", "room": room, "skip_sid": skip_sid,
+                   "callback": None, "host_id": self.host_id}
+        if device is not None:
+            message["device"] = list(device)
+        return self.seal(message)
+
+    async def _handle_emit(self, message: dict[str, Any]) -> None:
+        """A call signal for one of this node's sockets that is closing, or gone, is handed
+        to :attr:`undelivered` (which holds it for the party) instead of being written to a
+        dead socket. The listener awaits each message in turn, so what it holds keeps the
+        order it was sent in."""
+        device = message.get("device")
+        if device is not None and self.undelivered is not None:
+            sid = message.get("room")
+            open_ = getattr(self.server, "session_open", None)
+            if isinstance(sid, str) and open_ is not None and not open_(sid):
+                user, address = device
+                await self.undelivered(str(user), str(address), str(message["event"]),
+                                       message["data"][0])
+                return
+        await super()._handle_emit(message)
 
     def open(self, raw: bytes | str) -> str | None:
         """The body of a genuine, fresh, first-seen envelope; :data:`OWN` for one this node

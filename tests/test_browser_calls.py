@@ -204,17 +204,23 @@ def test_dev_tokens_need_the_demo_and_a_secret() -> None:
         Settings(jwt_secret=Secret(SECRET), demo_tokens=True)
 
 
-async def test_many_candidates_before_answer_are_kept(demo_service: RunningService,
-                                                      browser: Browser) -> None:
-    """Candidates that reach the callee before it accepts (manual answer) are applied after
-    the offer: the call still connects after a 1 s wait to accept."""
-    alice = await open_demo(browser, demo_service.url, "alice")
-    bob = await open_demo(browser, demo_service.url, "bob")
+async def _ringing(service: RunningService, browser: Browser) -> tuple[Page, Page]:
+    """Two connected pages, alice calling bob; bob's page shows the incoming call."""
+    alice = await open_demo(browser, service.url, "alice")
+    bob = await open_demo(browser, service.url, "bob")
     await wait_state(alice, "signaling", "connected")
     await wait_state(bob, "signaling", "connected")
     await alice.fill("#peer", "bob")
     await alice.click("#call")
     await bob.locator("#incoming").wait_for(state="visible")
+    return alice, bob
+
+
+async def test_many_candidates_before_answer_are_kept(demo_service: RunningService,
+                                                      browser: Browser) -> None:
+    """Candidates that reach the callee before it accepts (manual answer) are applied after
+    the offer: the call still connects after a 1 s wait to accept."""
+    alice, bob = await _ringing(demo_service, browser)
     await asyncio.sleep(1)
     assert await bob.evaluate("window.demo.pending.length") > 0
     await bob.click("#accept")
@@ -227,13 +233,7 @@ async def test_callee_socket_drops_for_3_s_before_answering(demo_service: Runnin
     """bob's page is ringing when its socket drops (transport closed; socket.io-client
     reconnects after 3 s and joins again): the call rings on, what alice's browser sent
     meanwhile is held and replayed, bob accepts, and the call connects."""
-    alice = await open_demo(browser, demo_service.url, "alice")
-    bob = await open_demo(browser, demo_service.url, "bob")
-    await wait_state(alice, "signaling", "connected")
-    await wait_state(bob, "signaling", "connected")
-    await alice.fill("#peer", "bob")
-    await alice.click("#call")
-    await bob.locator("#incoming").wait_for(state="visible")
+    alice, bob = await _ringing(demo_service, browser)
     await bob.evaluate("""() => {
         const manager = window.demo.socket.io;
         manager.reconnectionDelay(3000);

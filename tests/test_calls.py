@@ -245,6 +245,26 @@ async def test_signals_are_held_while_a_party_reconnects(peers: Peers,
     assert (await again.next("candidate"))["callId"] == call_id
 
 
+async def test_a_signal_for_a_closing_socket_is_held(peers: Peers,
+                                                     service: RunningService) -> None:
+    """Between a socket's session closing and the service handling its disconnect (set
+    here by hand: the moment is too short to hit on purpose), a signal for it is held, not
+    written to the dead socket; the party, back, gets it."""
+    alice, bob = await peers("alice"), await peers("bob")
+    call_id = await answered_call(alice, bob, "alice", "bob")
+    sio = service.app.ctx.sio
+    sock = sio.eio.sockets[sio.manager.eio_sid_from_sid(bob.client.get_sid(), "/")]
+    sock.closing = True
+    assert await alice.call("candidate", candidate_to("bob", 3)) == {
+        "ok": True, "delivered": False, "held": True}
+    sock.closing = False
+    await closed(service, bob)
+    again = await peers("bob")
+    held = await again.next("candidate")
+    assert held["callId"] == call_id and held["candidate"]["candidate"].startswith(
+        "candidate:3 ")
+
+
 async def test_caller_away_too(peers: Peers, service: RunningService) -> None:
     """The caller's socket drops while it rings: the callee's answer is held for it."""
     alice, bob = await peers("alice"), await peers("bob")

@@ -185,13 +185,14 @@ async def test_bad_settings_stop_startup_naming_the_variable(workdir: Path) -> N
     assert "hunter2" not in text
 
 
-async def test_readme_walkthrough_two_peers_call(workdir: Path, sanic_process: Process) -> None:
-    """The README's try-it flow: ``peer.py wait`` as bob, ``peer.py call bob`` as alice, with
-    tokens from ``mint_token.py``; both finish successfully and print each step."""
+async def _peers_call(workdir: Path, sanic_process: Process, *bob_does: str
+                      ) -> tuple[str, str]:
+    """``peer.py wait`` (with ``bob_does``) as bob, then ``peer.py call bob`` as alice, with
+    tokens from ``mint_token.py``; both must finish successfully. Their outputs."""
     peer = [sys.executable, str(ROOT / "scripts" / "peer.py"), "--url", sanic_process.url,
             "--wait", "20"]
     bob = await asyncio.create_subprocess_exec(
-        *peer, "--token", await _mint(workdir, "bob"), "wait", env=_clean_env(),
+        *peer, "--token", await _mint(workdir, "bob"), "wait", *bob_does, env=_clean_env(),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     assert bob.stdout is not None
     first = await asyncio.wait_for(bob.stdout.readline(), 20)
@@ -205,6 +206,13 @@ async def test_readme_walkthrough_two_peers_call(workdir: Path, sanic_process: P
     alice_text, bob_text = alice_out.decode(), bob_rest.decode()
     assert alice.returncode == 0, alice_text
     assert bob.returncode == 0, bob_text
+    return alice_text, bob_text
+
+
+async def test_readme_walkthrough_two_peers_call(workdir: Path, sanic_process: Process) -> None:
+    """The README's try-it flow: ``peer.py wait`` as bob, ``peer.py call bob`` as alice, with
+    tokens from ``mint_token.py``; both finish successfully and print each step."""
+    alice_text, bob_text = await _peers_call(workdir, sanic_process)
     assert "offer to bob: delivered, call " in alice_text
     assert "answer from bob" in alice_text
     assert "offer from alice; answering" in bob_text
@@ -230,22 +238,8 @@ async def test_peer_declines_or_drops_and_comes_back(workdir: Path, sanic_proces
     """``peer.py wait --decline``: alice hears the call was declined. ``wait --drop 2``: bob
     loses his connection after the offer, comes back, gets the offer again (held for him),
     answers, and the call goes through."""
-    peer = [sys.executable, str(ROOT / "scripts" / "peer.py"), "--url", sanic_process.url,
-            "--wait", "20"]
     option = [bob_does] if bob_does == "--decline" else [bob_does, "2"]
-    bob = await asyncio.create_subprocess_exec(
-        *peer, "--token", await _mint(workdir, "bob"), "wait", *option, env=_clean_env(),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    assert bob.stdout is not None
-    assert b"joined: {'ok': True}" in await asyncio.wait_for(bob.stdout.readline(), 20)
-    assert b"waiting for a call" in await asyncio.wait_for(bob.stdout.readline(), 20)
-    alice = await asyncio.create_subprocess_exec(
-        *peer, "--token", await _mint(workdir, "alice"), "call", "bob", env=_clean_env(),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    alice_out, _ = await asyncio.wait_for(alice.communicate(), 30)
-    bob_rest, _ = await asyncio.wait_for(bob.communicate(), 30)
-    alice_text, bob_text = alice_out.decode(), bob_rest.decode()
-    assert alice.returncode == 0 and bob.returncode == 0, (alice_text, bob_text)
+    alice_text, bob_text = await _peers_call(workdir, sanic_process, *option)
     if bob_does == "--decline":
         assert "declining" in bob_text
         assert "hangup from bob" in alice_text

@@ -115,10 +115,12 @@ async def test_offline_callee_is_woken_and_the_call_connects(receiver: Any,
             await bob.close()
 
 
-async def test_refused_webhook_is_not_retried(receiver: Any) -> None:
-    """A 4xx is the backend's final word."""
+async def test_refused_webhook_is_not_retried(receiver: Any,
+                                              capture_logs: list[dict[str, Any]]) -> None:
+    """A 4xx is the backend's final word. The log names the receiver's host, never the
+    URL's path or query (which may hold a credential)."""
     hook = await receiver([410, 200])
-    async with serving(hooked(hook.url)) as service:
+    async with serving(hooked(hook.url + "?key=url-credential-42")) as service:
         alice = Peer(service.url, "websocket")
         try:
             await alice.connect(service.token("alice"))
@@ -126,6 +128,11 @@ async def test_refused_webhook_is_not_retried(receiver: Any) -> None:
             await asyncio.wait_for(hook.arrived.wait(), 10)
             await asyncio.sleep(1.5)  # longer than the first backoff: a retry would be here
             assert len(hook.requests) == 1
+            refused = [r for r in capture_logs if r["event"] == "webhook_refused"]
+            assert [(r["status"], r["host"]) for r in refused] == [
+                (410, hook.url.split("/")[2])]
+            assert "url-credential-42" not in str(capture_logs)
+            assert "/hooks/call" not in str(capture_logs)
         finally:
             await alice.close()
 

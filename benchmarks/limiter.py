@@ -26,9 +26,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from relay import main_async as relay_bench  # noqa: E402
 
-from service.config import Secret, Settings  # noqa: E402
-from service.guard import RELAY, Guard  # noqa: E402
-from service.limits import Rate  # noqa: E402
+from service.config import (  # noqa: E402
+    Rate,
+    Secret,
+    Settings,
+)
+from service.policy import RELAY, Guard  # noqa: E402
 
 HIGH = "1000000:1000000"
 LIMITS_ON_NEVER_REFUSING = {f"SIGNAL_LIMIT_{name}": HIGH for name in (

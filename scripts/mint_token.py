@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from service.mint import main
+from service.auth import mint_main as main
 
 if __name__ == "__main__":
     raise SystemExit(main())

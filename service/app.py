@@ -2,8 +2,8 @@
 
 Before anything imports prometheus-client: a fresh directory for its multiprocess mode
 (``PROMETHEUS_MULTIPROC_DIR``), made by the main process and inherited by every worker, so
-``GET /metrics`` on any worker sums them all (see :mod:`service.metrics`). An operator's own
-``PROMETHEUS_MULTIPROC_DIR`` is used as is (empty it between runs).
+``GET /metrics`` on any worker sums them all (see :mod:`service.telemetry.metrics`). An
+operator's own ``PROMETHEUS_MULTIPROC_DIR`` is used as is (empty it between runs).
 """
 
 from __future__ import annotations

@@ -10,11 +10,8 @@ from typing import Any, Final
 from engineio.payload import Payload
 from sanic import Sanic
 
-from service import routes
-from service.auth import TokenVerifier
-from service.calling import Calls
-from service.calls import CallRules
-from service.callstore import CallStore, LocalCallStore
+from service.auth import IceServers, TokenVerifier
+from service.calls import CallRules, Calls, CallStore, LocalCallStore, Webhook
 from service.cluster import (
     ClusterDelivery,
     RedisCallStore,
@@ -23,16 +20,12 @@ from service.cluster import (
     SignedRedisManager,
 )
 from service.config import Settings, is_loopback
-from service.engine import MAX_PACKETS_PER_POST
-from service.guard import Guard
-from service.logs import configure_logging, log_event, sanic_log_config
-from service.metrics import Metrics
-from service.presence import Delivery, LocalDelivery, LocalPresence, Presence
-from service.rooms import InlineManager
+from service.delivery import Delivery, LocalDelivery, LocalPresence, Presence
+from service.http import register_routes
+from service.policy import Guard
 from service.signaling import Signaling
-from service.socket_server import SignalingServer
-from service.turn import IceServers
-from service.webhook import Webhook
+from service.telemetry import Metrics, configure_logging, log_event, sanic_log_config
+from service.transport import MAX_PACKETS_PER_POST, InlineManager, SignalingServer
 
 SOCKETIO_PATH: Final = "socket.io"
 #: room for the HTTP framing around one polling POST of ``max_message_bytes``
@@ -152,7 +145,7 @@ def create_app(settings: Settings, *, name: str = "signaling") -> Sanic[Any, Any
     async def forget_worker(app: Sanic[Any, Any]) -> None:
         metrics.worker_stopped(os.getpid())
 
-    routes.register(app, signaling, settings, metrics)
+    register_routes(app, signaling, settings, metrics)
     app.ctx.settings = settings
     app.ctx.sio = sio
     app.ctx.signaling = signaling

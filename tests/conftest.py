@@ -68,7 +68,7 @@ def capture_logs() -> Iterator[list[dict[str, Any]]]:
     import json
     import logging
 
-    from service.logs import LOGGER_NAME, JsonFormatter
+    from service.telemetry import LOGGER_NAME, JsonFormatter
 
     records: list[dict[str, Any]] = []
     formatter = JsonFormatter()

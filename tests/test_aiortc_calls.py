@@ -11,8 +11,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from service.config import Secret, Settings
-from service.limits import Rate
+from service.config import Rate, Secret, Settings
 from tests.aiortc_peer import AiortcPeer
 from tests.browser import ARTIFACTS, chromium, open_demo, wait_state
 from tests.support import SECRET, RunningService, serving

@@ -12,8 +12,7 @@ import aiohttp
 import pytest
 from playwright.async_api import Browser, Page
 
-from service.config import Secret, Settings
-from service.limits import Rate
+from service.config import Rate, Secret, Settings
 from tests.browser import ARTIFACTS, chromium, open_demo, state, wait_state
 from tests.support import SECRET, RunningService, serving
 

@@ -8,14 +8,7 @@ from typing import Any
 
 import pytest
 
-from service.calls import (
-    ACTIVE,
-    MAX_HELD_MESSAGES,
-    RINGING,
-    Call,
-    CallRules,
-    Ledger,
-)
+from service.calls import ACTIVE, MAX_HELD_MESSAGES, RINGING, Call, CallRules, Ledger
 from service.errors import Busy, Forbidden, Glare, NotInCall, RequestError
 
 RULES = CallRules(ring_timeout=45, grace=15, busy_policy="reject")

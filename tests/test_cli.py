@@ -17,9 +17,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from service.auth import TokenVerifier
+from service.auth import TokenVerifier, mint_main
 from service.config import Settings
-from service.mint import main as mint_main
 from tests.support import SECRET, Peer, free_socket
 from tests.test_relay import SDP
 

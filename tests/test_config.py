@@ -7,9 +7,8 @@ from typing import Any
 
 import pytest
 
-from service.config import JwksEndpoint, Secret, Settings
+from service.config import JwksEndpoint, Rate, Secret, Settings
 from service.errors import ConfigError
-from service.limits import Rate
 
 GOOD_SECRET = "s" * 32
 

@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 import websockets
 
-from service.config import Secret, Settings
-from service.limits import Rate
+from service.config import Rate, Secret, Settings
 from service.protocol import MAX_RELAY_DEPTH, MAX_RELAY_NODES
 from tests.support import SECRET, Peer, RunningService, offer_to, serving
 

@@ -14,9 +14,8 @@ import aiohttp
 import pytest
 import websockets
 
-from service.config import Secret, Settings
-from service.engine import MAX_PACKETS_PER_POST, BoundedQueue
-from service.limits import Rate
+from service.config import Rate, Secret, Settings
+from service.transport.engine import MAX_PACKETS_PER_POST, BoundedQueue
 from tests.support import SECRET, RunningService, calls_work, eventually, serving
 from tests.test_raw_frames import _pair
 

@@ -13,8 +13,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from service.config import Secret, Settings
-from service.limits import Rate
+from service.config import Rate, Secret, Settings
 from service.protocol import JOIN, LEAVE, REFRESH, RELAY_EVENTS
 from tests.support import SECRET, Peer, answer_to, calls_work, offer_to, serving
 from tests.test_relay import CANDIDATE, SDP, VALID

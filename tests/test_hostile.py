@@ -17,8 +17,7 @@ import socketio
 import websockets
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.config import Secret, Settings
-from service.limits import Rate
+from service.config import Rate, Secret, Settings
 from tests.support import (
     SECRET,
     Peer,

@@ -85,8 +85,7 @@ async def test_ice_servers_share_the_socket_auth_failure_budget() -> None:
     either, nor the other way round (issue 10, item 4)."""
     import aiohttp
 
-    from service.config import Secret
-    from service.limits import Rate
+    from service.config import Rate, Secret
     from tests.support import SECRET, refusal, serving
 
     settings = Settings(jwt_secret=Secret(SECRET), limit_ip_auth_failures=Rate(0.01, 3),
@@ -117,8 +116,7 @@ async def test_jsonp_and_no_cors_handshakes_are_refused_unspent() -> None:
     session budget; the app's own handshakes still go through (issue 10, item 5)."""
     import aiohttp
 
-    from service.config import Secret
-    from service.limits import Rate
+    from service.config import Rate, Secret
     from tests.support import SECRET, serving
 
     settings = Settings(jwt_secret=Secret(SECRET), limit_ip_connects=Rate(0.01, 2))

@@ -20,8 +20,7 @@ import socketio
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.auth.minting import sign
-from service.config import JwksEndpoint, Secret, Settings
-from service.limits import Rate
+from service.config import JwksEndpoint, Rate, Secret, Settings
 from tests.idp import IdpKey, JwksServer
 from tests.support import SECRET, Peer, RunningService, offer_to, refusal, serving
 

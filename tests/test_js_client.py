@@ -8,8 +8,7 @@ import os
 import shutil
 from pathlib import Path
 
-from service.config import Secret, Settings
-from service.limits import Rate
+from service.config import Rate, Secret, Settings
 from tests.support import SECRET, RunningService, serving
 
 JS = Path(__file__).parent / "js"

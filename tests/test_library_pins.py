@@ -21,8 +21,8 @@ from sanic.server.protocols.http_protocol import HttpProtocol
 from sanic.server.protocols.websocket_protocol import WebSocketProtocol
 
 from service.cluster import SignedRedisManager
-from service.engine import EngineServer, EngineWebSocket
-from service.socket_server import CheckedPacket, SignalingServer
+from service.transport.engine import EngineServer, EngineWebSocket
+from service.transport.server import CheckedPacket, SignalingServer
 
 
 def params(function: Callable[..., Any]) -> list[str]:
@@ -77,7 +77,7 @@ def test_our_classes_override_what_we_think() -> None:
     assert isinstance(server.eio, EngineServer)
     assert server.packet_class is CheckedPacket
     assert issubclass(server.eio._async["websocket"], EngineWebSocket)
-    assert server.eio._async["create_route"].__module__ == "service.engine"
+    assert server.eio._async["create_route"].__module__ == "service.transport.engine"
     assert issubclass(SignedRedisManager, socketio.AsyncRedisManager)
 
 
@@ -151,7 +151,7 @@ def test_fast_json_keeps_the_integer_guard_when_python_has_none() -> None:
     (at most 100 digits) comes back, so a huge number can never cost quadratic time."""
     import sys
 
-    from service.socket_server import FastJson
+    from service.transport.server import FastJson
 
     assert FastJson.loads("[" + "7" * 200 + "]") == [int("7" * 200)]
     previous = sys.get_int_max_str_digits()
@@ -240,7 +240,7 @@ def test_prometheus_histogram_storage() -> None:
     and ``_sum``, each with ``inc``; the same result as observing one by one."""
     from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-    from service.metrics import Metrics
+    from service.telemetry import Metrics
 
     observed_registry, flushed = CollectorRegistry(), Metrics()
     observed = Histogram("signaling_relay_seconds", "x", registry=observed_registry,

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from service.config import Secret, Settings
-from service.guard import OTHER, RELAY, ROOM, Guard, event_class
-from service.limits import KeyedBuckets, Rate, TokenBucket, client_address, parse_networks
-from service.presence import LocalPresence
+from service.config import Rate, Secret, Settings, parse_networks
+from service.delivery import LocalPresence
+from service.policy import (
+    OTHER,
+    RELAY,
+    ROOM,
+    Guard,
+    KeyedBuckets,
+    TokenBucket,
+    client_address,
+    event_class,
+)
 
 
 class Clock:
@@ -89,7 +97,7 @@ def test_keyed_bucket_sweep_is_bounded_per_take() -> None:
     ("unknown", "unknown"),
 ])
 def test_address_keys_group_ipv6_by_64(ip: str, key: str) -> None:
-    from service.limits import address_key
+    from service.policy import address_key
 
     assert address_key(ip) == key
 

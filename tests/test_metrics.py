@@ -9,8 +9,7 @@ import asyncio
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.config import Secret, Settings
-from service.limits import Rate
+from service.config import Rate, Secret, Settings
 from tests.processes import nodes
 from tests.support import (
     SECRET,

@@ -13,8 +13,7 @@ import aiohttp
 import pytest
 import websockets
 
-from service.config import Secret, Settings
-from service.limits import Rate
+from service.config import Rate, Secret, Settings
 from tests.support import SECRET, Peer, RunningService, calls_work, serving
 
 UNLIMITED = Rate(0, 0)

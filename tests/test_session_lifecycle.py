@@ -19,8 +19,7 @@ import websockets
 from sanic import Request
 from sanic.server.protocols.http_protocol import HttpProtocol
 
-from service.config import JwksEndpoint, Secret, Settings
-from service.limits import Rate
+from service.config import JwksEndpoint, Rate, Secret, Settings
 from tests.idp import IdpKey, JwksServer
 from tests.support import (
     SECRET,

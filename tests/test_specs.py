@@ -1,5 +1,5 @@
 """The specs cannot drift: every event, error code and route the service implements is in
-service/specs/ (AsyncAPI 3, OpenAPI 3.1), both are served as they are, and real payloads a
+service/http/specs/ (AsyncAPI 3, OpenAPI 3.1), both are served as they are, and real payloads a
 session sends and receives, and real HTTP answers, validate against them (jsonschema)."""
 
 from __future__ import annotations
@@ -16,11 +16,10 @@ import pytest
 from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 
 from service import __version__, errors
-from service.config import Secret, Settings
-from service.limits import Rate
-from service.metrics import LIBRARY_REASONS
+from service.config import Rate, Secret, Settings
 from service.protocol import RELAY_EVENTS
 from service.signaling import OUTCOMES
+from service.telemetry import LIBRARY_REASONS
 from tests.support import (
     SECRET,
     Peer,
@@ -33,8 +32,8 @@ from tests.support import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-ASYNCAPI = json.loads((ROOT / "service" / "specs" / "asyncapi.json").read_text())
-OPENAPI = json.loads((ROOT / "service" / "specs" / "openapi.json").read_text())
+ASYNCAPI = json.loads((ROOT / "service" / "http" / "specs" / "asyncapi.json").read_text())
+OPENAPI = json.loads((ROOT / "service" / "http" / "specs" / "openapi.json").read_text())
 #: events the service emits itself (besides the relays)
 SERVICE_EVENTS = {"token_expiring", "server_disconnect"}
 

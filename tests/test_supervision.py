@@ -12,8 +12,7 @@ from typing import Any
 import aiohttp
 import websockets
 
-from service.config import Secret, Settings
-from service.limits import Rate
+from service.config import Rate, Secret, Settings
 from tests.processes import REDIS_SECRET, SHARED_REDIS
 from tests.support import SECRET, Peer, calls_work, eventually, serving
 

@@ -16,9 +16,8 @@ import pytest
 from aioice.stun import TransactionFailed
 from aioice.turn import create_turn_endpoint
 
-from service.config import Secret, Settings
+from service.config import Rate, Secret, Settings
 from service.errors import ConfigError
-from service.limits import Rate
 from tests.browser import chromium, open_demo, wait_state
 from tests.support import SECRET, Peer, RunningService, serving
 from tests.turn import TURN_SECRET, Coturn, coturn

@@ -1,4 +1,4 @@
-"""The service's own websocket (``service.websocket.Wire``), through real sockets: framing
+"""The service's own websocket (``service.transport.websocket.Wire``), through real sockets: framing
 (fragments, pings, bad UTF-8, oversized messages), how it closes, and readers that stall."""
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 import websockets
 
-from service.config import Secret, Settings
-from service.limits import Rate
+from service.config import Rate, Secret, Settings
 from tests.support import (
     SECRET,
     Peer,

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from service.logs import log_event
+from service.telemetry import log_event
 
 
 class DenyList:

@@ -25,7 +25,7 @@ from jwt import PyJWK, PyJWKClient
 from jwt.exceptions import PyJWKClientError, PyJWTError
 
 from service.config import JwksEndpoint
-from service.logs import log_event
+from service.telemetry import log_event
 
 HMAC_MIN_BYTES: Final = {"HS256": 32, "HS384": 48, "HS512": 64}
 RSA_ALGORITHMS: Final = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})

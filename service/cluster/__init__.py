@@ -4,13 +4,15 @@
 - :mod:`service.cluster.manager`: the signed manager (cross-node delivery of emits);
 - :mod:`service.cluster.presence`: who is connected and reachable, cluster-wide;
 - :mod:`service.cluster.delivery`: a relay in one round trip;
-- :mod:`service.cluster.callstore`: open calls, cluster-wide.
+- :mod:`service.cluster.call_store`: open calls, cluster-wide.
 
-The policy code (``service.signaling``) sees none of this: it talks to the ``Presence`` and
-``Delivery`` interfaces of :mod:`service.presence`, whose errors these raise.
+The handlers and the call path (:mod:`service.signaling`, :mod:`service.calls`) see none of
+this: they talk to the ``Presence`` and ``Delivery`` interfaces of :mod:`service.delivery` and
+the ``CallStore`` of :mod:`service.calls`, whose errors these raise. Only
+:mod:`service.factory` chooses them.
 """
 
-from service.cluster.callstore import RedisCallStore
+from service.cluster.call_store import RedisCallStore
 from service.cluster.delivery import ClusterDelivery
 from service.cluster.link import RedisLink
 from service.cluster.manager import ClusterUnavailable, SignedRedisManager

@@ -31,10 +31,9 @@ import socketio
 from redis.exceptions import RedisError
 
 from service.cluster.link import RedisLink
-from service.logs import log_event
-from service.metrics import Metrics
-from service.presence import DeliveryUnavailable
-from service.rooms import InlineManager
+from service.delivery import DeliveryUnavailable
+from service.telemetry import Metrics, log_event
+from service.transport import InlineManager
 
 #: messages older than this (or from a clock this far ahead) are dropped
 MAX_MESSAGE_AGE: Final = 30.0
@@ -85,7 +84,7 @@ class ReplayWindow:
 
 class SignedRedisManager(socketio.AsyncRedisManager, InlineManager):  # type: ignore[misc]
     """python-socketio's Redis manager on the process's Redis link, with signed messages
-    (and local deliveries sent inline: :class:`~service.rooms.InlineManager`)."""
+    (and local deliveries sent inline: :class:`~service.transport.InlineManager`)."""
 
     def __init__(self, link: RedisLink, *, channel: str, secret: str,
                  logger: logging.Logger, metrics: Metrics | None = None) -> None:

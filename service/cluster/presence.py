@@ -29,10 +29,8 @@ from redis.exceptions import RedisError
 
 from service.cluster.batch import ScriptBatch
 from service.cluster.link import RedisLink
-from service.logs import log_event
-from service.metrics import Metrics
-from service.presence import PresenceUnavailable
-from service.supervise import forever
+from service.delivery import PresenceUnavailable
+from service.telemetry import Metrics, forever, log_event
 
 #: removals remembered while Redis is away; beyond that the node renames itself
 MAX_PENDING: Final = 10_000

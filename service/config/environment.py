@@ -1,121 +1,117 @@
-"""Reading :class:`~service.config.Settings` from ``SIGNAL_*`` environment variables and an
-optional ``.env`` file (real environment variables win).
+"""Reading settings from ``SIGNAL_*`` environment variables and an optional ``.env`` file (real
+environment variables win): text in, typed values out.
 
 This module turns text into typed values, and names a variable whose text cannot be read;
-every other check (ranges, URLs, keys, rules across settings) is :func:`service.config.check`,
-which runs however the settings are made. All problems are reported together.
+every other check (ranges, URLs, keys, rules across settings) is
+:func:`service.config.settings.check`, which runs however the settings are made. It knows the
+fields by their variables (:mod:`service.config.fields`), not the settings class:
+``Settings.from_env`` calls it and builds the settings from what it read, so all problems are
+reported together.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from dotenv import dotenv_values
 
-from service.config import (
+from service.config.fields import (
     BOUNDS,
-    DEFAULT_ALGORITHMS,
     ICE_SERVERS_HELP,
-    KNOWN,
     PREFIX,
+    RATE_FIELDS,
     WHOLE,
-    JwksEndpoint,
-    Secret,
-    Settings,
     bounds_message,
-    normal_origin,
+    rate_message,
     variable,
 )
-from service.errors import ConfigError
-from service.limits import Rate
+from service.config.values import JwksEndpoint, Rate, Secret, normal_origin
 
-T = TypeVar("T")
 #: the value SIGNAL_JWT_USER_IDS takes for one shared namespace of user ids
 SHARED: str = "shared"
 
 
-def read_settings(environ: Mapping[str, str] | None = None,
-                  env_file: str | Path | None = ".env") -> Settings:
-    """See :meth:`Settings.from_env`."""
+def read_environment(environ: Mapping[str, str] | None = None,
+                     env_file: str | Path | None = ".env", *,
+                     known: Collection[str]) -> tuple[dict[str, Any], list[str]]:
+    """The settings' values that ``SIGNAL_*`` variables set (from ``environ``, default
+    ``os.environ``, over ``env_file`` when it exists; ``SIGNAL_ENV_FILE`` names another), by
+    field name, and every variable that could not be read. ``known``: the variable names
+    (without the prefix) that set a field; any other ``SIGNAL_`` name is a problem."""
     env = dict(os.environ if environ is None else environ)
     env_file = env.get(f"{PREFIX}ENV_FILE", env_file)
     merged: dict[str, str] = {}
     if env_file is not None and Path(env_file).is_file():
         merged.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
     merged.update(env)
-    return parse({k: v for k, v in merged.items() if k.startswith(PREFIX)})
+    return parse({k: v for k, v in merged.items() if k.startswith(PREFIX)}, known)
 
 
-def parse(values: Mapping[str, str]) -> Settings:
-    """Settings from ``SIGNAL_*`` values; one :class:`ConfigError` lists every problem."""
+def parse(values: Mapping[str, str],
+          known: Collection[str]) -> tuple[dict[str, Any], list[str]]:
+    """Typed values from ``SIGNAL_*`` text, by field name (an unset or blank variable is left
+    out: its field keeps its default), and one line per variable that could not be read."""
     problems: list[str] = []
-    defaults = Settings.__dataclass_fields__
+    kwargs: dict[str, Any] = {}
 
-    def field(name: str, convert: Callable[[str, str], T]) -> T:
+    def field(name: str, convert: Callable[[str, str], Any]) -> None:
         var = variable(name)
         raw = values.get(var)
-        default: T = defaults[name].default  # type: ignore[assignment]
         if raw is None or raw.strip() == "":
-            return default
+            return
         try:
-            return convert(raw.strip(), var)
+            value = convert(raw.strip(), var)
         except ValueError as exc:
             problems.append(str(exc) or bounds_message(name, raw))
-            return default
+            return
+        kwargs[name] = value
 
     for var in sorted(values):
-        if var[len(PREFIX):] not in KNOWN:
+        if var[len(PREFIX):] not in known:
             problems.append(f"{var} is not a setting of this service (typo?).")
 
-    issuers = field("jwt_issuers", _text_list)
+    field("jwt_issuers", _text_list)
+    issuers: tuple[str, ...] = kwargs.get("jwt_issuers", ())
     user_ids = values.get(variable("jwt_shared_user_ids"), "").strip()
-    kwargs: dict[str, Any] = {
-        "jwt_secret": field("jwt_secret", _secret),
-        "jwt_previous_secret": field("jwt_previous_secret", _secret),
-        "jwt_public_keys": field("jwt_public_keys", _public_keys),
-        "jwt_jwks": field("jwt_jwks", lambda raw, var: _jwks(raw, var, issuers)),
-        "jwt_algorithms": field("jwt_algorithms", _text_list) or DEFAULT_ALGORITHMS,
-        "jwt_issuers": issuers,
-        "jwt_audiences": field("jwt_audiences", _text_list),
-        "jwt_user_claim": field("jwt_user_claim", _text),
-        "jwt_denylist_file": field("jwt_denylist_file", lambda raw, var: Path(raw).expanduser()),
-        "jwt_shared_user_ids": user_ids.lower() == SHARED,
-        "jwt_user_id_prefixes": () if user_ids.lower() in ("", SHARED)
-        else field("jwt_user_id_prefixes", _prefixes),
-        "cors_origins": field("cors_origins", _origins),
-        "log_level": field("log_level", lambda raw, var: raw.upper()),
-        "trusted_proxies": field("trusted_proxies", _text_list),
-        "redis_url": field("redis_url", _secret),
-        "redis_secret": field("redis_secret", _secret),
-        "redis_channel": field("redis_channel", _text),
-        "sticky_sessions": field("sticky_sessions", _bool),
-        "demo": field("demo", _bool),
-        "demo_tokens": field("demo_tokens", _bool),
-        "ice_servers": field("ice_servers", _ice_servers),
-        "busy_policy": field("busy_policy", lambda raw, var: raw.lower()),
-        "turn_urls": field("turn_urls", _text_list),
-        "turn_secret": field("turn_secret", _secret),
-        "metrics_token": field("metrics_token", _secret),
-        "webhook_url": field("webhook_url", _secret),
-        "webhook_secret": field("webhook_secret", _secret),
-    }
+    field("jwt_secret", _secret)
+    field("jwt_previous_secret", _secret)
+    field("jwt_public_keys", _public_keys)
+    field("jwt_jwks", lambda raw, var: _jwks(raw, var, issuers))
+    field("jwt_algorithms", _text_list)
+    if kwargs.get("jwt_algorithms") == ():
+        del kwargs["jwt_algorithms"]  # an empty list keeps the default
+    field("jwt_audiences", _text_list)
+    field("jwt_user_claim", _text)
+    field("jwt_denylist_file", lambda raw, var: Path(raw).expanduser())
+    if user_ids:
+        kwargs["jwt_shared_user_ids"] = user_ids.lower() == SHARED
+        if user_ids.lower() != SHARED:
+            field("jwt_user_id_prefixes", _prefixes)
+    field("cors_origins", _origins)
+    field("log_level", lambda raw, var: raw.upper())
+    field("trusted_proxies", _text_list)
+    field("redis_url", _secret)
+    field("redis_secret", _secret)
+    field("redis_channel", _text)
+    field("sticky_sessions", _bool)
+    field("demo", _bool)
+    field("demo_tokens", _bool)
+    field("ice_servers", _ice_servers)
+    field("busy_policy", lambda raw, var: raw.lower())
+    field("turn_urls", _text_list)
+    field("turn_secret", _secret)
+    field("metrics_token", _secret)
+    field("webhook_url", _secret)
+    field("webhook_secret", _secret)
     for name in BOUNDS:
-        kwargs[name] = field(name, _whole if name in WHOLE else _seconds)
-    for name in ("limit_relays", "limit_user_relays", "limit_rooms", "limit_refreshes",
-                 "limit_other", "limit_strikes", "limit_ip_connects", "limit_ip_auth_failures",
-                 "limit_packets", "limit_ip_packets"):
-        kwargs[name] = field(name, _rate)
-    try:
-        settings = Settings(**kwargs)
-    except ConfigError as exc:
-        raise ConfigError(problems + exc.problems) from None
-    if problems:
-        raise ConfigError(problems)
-    return settings
+        field(name, _whole if name in WHOLE else _seconds)
+    for name in RATE_FIELDS:
+        field(name, _rate)
+    return kwargs, problems
 
 
 def _secret(raw: str, var: str) -> Secret:
@@ -159,10 +155,7 @@ def _rate(raw: str, var: str) -> Rate:
     try:
         return Rate.parse(raw)
     except ValueError:
-        raise ValueError(
-            f"{var} must be RATE:BURST (events per second, largest burst), e.g. 30:120, "
-            f"or 0 for no limit; got {raw!r}."
-        ) from None
+        raise ValueError(rate_message(var, repr(raw))) from None
 
 
 def _public_keys(raw: str, var: str) -> tuple[str, ...]:

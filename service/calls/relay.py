@@ -1,5 +1,5 @@
-"""Calls on the relay path: the rules (:mod:`service.calls`) decide, the store
-(:mod:`service.callstore`) keeps the decision, this module delivers what was decided and
+"""Calls on the relay path: the rules (:mod:`service.calls.rules`) decide, the store
+(:mod:`service.calls.store`) keeps the decision, this module delivers what was decided and
 answers the sender. Also the per-node sweep that ends calls past their ring timeout or grace.
 """
 
@@ -11,15 +11,13 @@ from typing import Any, Final
 
 import orjson
 
-from service.calls import BUSY, HANGUP, OFFER, CallRules, Ledger, Outcome, Send, new_call_id
-from service.callstore import CallStore, CallStoreUnavailable
+from service.calls.rules import BUSY, HANGUP, OFFER, CallRules, Ledger, Outcome, Send, new_call_id
+from service.calls.store import CallStore, CallStoreUnavailable
+from service.calls.webhook import Webhook
+from service.delivery import Delivery, DeliveryUnavailable, PresenceUnavailable, user_room
 from service.errors import Busy, Unavailable
-from service.logs import log_event
-from service.metrics import Metrics
-from service.presence import Delivery, DeliveryUnavailable, PresenceUnavailable
 from service.protocol import Relay
-from service.rooms import user_room
-from service.webhook import Webhook
+from service.telemetry import Metrics, log_event
 
 #: how often a node looks for calls past their deadline
 SWEEP_SECONDS: Final = 0.25

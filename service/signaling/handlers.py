@@ -3,7 +3,7 @@
 Users are addressed through rooms named ``user:<id>``, never a bare id, so a client cannot
 reach a socket through the per-socket rooms python-socketio names after each sid.
 ``RefreshToken`` swaps in a new token for the same user. Who is connected, and how a
-connection ends (expiry, revocation, shutdown), is :mod:`service.sessions`.
+connection ends (expiry, revocation, shutdown), is :mod:`service.signaling.sessions`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from typing import Any, Final
 
 import socketio
 
-from service.auth import TokenVerifier, extract_token
-from service.calling import Calls
+from service.auth import ExpiryTimers, IceServers, TokenVerifier, extract_token
+from service.calls import Calls
+from service.delivery import Delivery, Presence, PresenceUnavailable, user_room
 from service.errors import (
     AuthError,
     ConnectionRefused,
@@ -34,12 +35,7 @@ from service.errors import (
     Unavailable,
     UnknownEvent,
 )
-from service.expiry import ExpiryTimers
-from service.guard import OTHER, Guard, event_class
-from service.limits import address_key
-from service.logs import log_event
-from service.metrics import LIBRARY_REASONS, Metrics, bounded
-from service.presence import Delivery, Presence, PresenceUnavailable
+from service.policy import OTHER, Guard, address_key, event_class
 from service.protocol import (
     ICE_SERVERS,
     JOIN,
@@ -51,10 +47,8 @@ from service.protocol import (
     parse_relay,
     parse_room_request,
 )
-from service.rooms import user_room
-from service.sessions import Session, Sessions
-from service.supervise import forever
-from service.turn import IceServers
+from service.signaling.sessions import Session, Sessions
+from service.telemetry import LIBRARY_REASONS, Metrics, bounded, forever, log_event
 
 __all__ = ["Signaling", "user_room"]
 
@@ -353,7 +347,7 @@ class Signaling:
 
     async def relay(self, event: str, sid: str, *args: object) -> Ack:
         """Deliver a validated offer/answer/candidate/hangup within its call, from the
-        caller (``from`` stamped by the server; see :mod:`service.calling`)."""
+        caller (``from`` stamped by the server; see :mod:`service.calls.relay`)."""
         started = time.perf_counter()
         relay = parse_relay(event, args)
         sender = self._session(sid).identity.user_id

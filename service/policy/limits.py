@@ -1,55 +1,19 @@
 """Rate limits and client addresses: pure logic, no I/O.
 
-A :class:`Rate` is "``rate`` events per second sustained, bursts of up to ``burst``"; a
-:class:`TokenBucket` enforces one; a :class:`KeyedBuckets` holds one bucket per key (user,
-IP address) and forgets buckets that have refilled, so idle keys cost no memory.
+A :class:`~service.config.Rate` (a setting: "``rate`` events per second sustained, bursts of
+up to ``burst``") is enforced by a :class:`TokenBucket`; a :class:`KeyedBuckets` holds one
+bucket per key (user, IP address) and forgets buckets that have refilled, so idle keys cost no
+memory.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
+from collections.abc import Callable
+from ipaddress import IPv6Address, ip_address, ip_network
 
-Network = IPv4Network | IPv6Network
-
-
-@dataclass(frozen=True, slots=True)
-class Rate:
-    """``rate`` tokens per second, at most ``burst`` saved up. ``rate == 0`` means unlimited."""
-
-    rate: float
-    burst: float
-
-    @classmethod
-    def parse(cls, text: str) -> Rate:
-        """``"RATE:BURST"`` (``"30:120"``), ``"RATE"`` (burst = rate) or ``"0"`` (no limit)."""
-        rate_text, _, burst_text = text.partition(":")
-        rate = float(rate_text)
-        burst = float(burst_text) if burst_text else rate
-        if not (math.isfinite(rate) and math.isfinite(burst) and rate >= 0 and burst >= 0):
-            raise ValueError("rate and burst must be finite numbers >= 0")
-        if rate > 0 and burst < 1:
-            raise ValueError("burst must be at least 1")
-        return cls(rate, burst)
-
-    @property
-    def valid(self) -> bool:
-        """Finite, not negative, and a burst of at least one when limited."""
-        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                      for v in (self.rate, self.burst))
-        return (numbers and math.isfinite(self.rate) and math.isfinite(self.burst)
-                and self.rate >= 0 and self.burst >= 0 and (self.rate == 0 or self.burst >= 1))
-
-    @property
-    def unlimited(self) -> bool:
-        return self.rate == 0
-
-    def __str__(self) -> str:
-        return "unlimited" if self.unlimited else f"{self.rate:g}/s, bursts of {self.burst:g}"
+from service.config import Network, Rate
 
 
 class TokenBucket:
@@ -155,11 +119,6 @@ def address_key(ip: str) -> str:
             return str(address.ipv4_mapped)
         return str(ip_network(f"{address}/64", strict=False))
     return ip
-
-
-def parse_networks(items: Iterable[str]) -> tuple[Network, ...]:
-    """CIDR networks (a bare address is a /32 or /128)."""
-    return tuple(ip_network(item.strip(), strict=False) for item in items if item.strip())
 
 
 def client_address(peer: str, forwarded_for: str | None,

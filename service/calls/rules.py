@@ -11,8 +11,9 @@ offline callee, or one whose socket dropped before it answered).
 
 Every decision is a method of :class:`CallRules` that reads and changes a :class:`Ledger` (the
 open calls of the users involved, as one consistent read); the store that filled it writes
-the changes back atomically (:mod:`service.callstore`, :mod:`service.cluster.callstore`). The
-method returns what to send (:class:`Send`); the caller of the rules does the sending.
+the changes back atomically (:mod:`service.calls.store`,
+:mod:`service.cluster.call_store`). The method returns what to send (:class:`Send`); the caller
+of the rules does the sending.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from service.config import BUSY_POLICIES
 from service.errors import Busy, Forbidden, Glare, NotInCall
 
 RINGING: Final = "ringing"
@@ -36,9 +38,8 @@ ANSWERED_ELSEWHERE: Final = "answered_elsewhere"
 DECLINED_ELSEWHERE: Final = "declined_elsewhere"
 PEER_GONE: Final = "peer_gone"
 BUSY: Final = "busy"
-REJECT: Final = "reject"
-RING: Final = "ring"
-BUSY_POLICIES: Final = (REJECT, RING)
+#: the busy policies (``SIGNAL_BUSY_POLICY``): refuse ``busy``, or ring anyway
+REJECT, RING = BUSY_POLICIES
 #: what is held for one party of one call at most (count, and bytes of JSON)
 MAX_HELD_MESSAGES: Final = 100
 MAX_HELD_BYTES: Final = 256 * 1024

@@ -1,10 +1,11 @@
 """Settings: one frozen object, checked on construction however it is made.
 
-``Settings(...)`` (tests, embedders) and ``Settings.from_env()`` (the service; parsing lives
-in :mod:`service.environment`) go through the same checks: :func:`check` finds every
-problem, per field and across fields, and one :class:`ConfigError` names each by its
-``SIGNAL_`` variable, so an operator fixes them all in one go. Secrets are wrapped in
-:class:`Secret` and never appear in a repr.
+``Settings(...)`` (tests, embedders) and ``Settings.from_env()`` (the service; the text of
+the environment is read into typed values by :mod:`service.config.environment`) go through the
+same checks: :func:`check` finds every problem, per field and across fields, and one
+:class:`ConfigError` names each by its ``SIGNAL_`` variable, so an operator fixes them all in
+one go. Secrets are wrapped in :class:`~service.config.values.Secret` and never appear in a
+repr.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from ipaddress import ip_address
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -20,13 +20,28 @@ from urllib.parse import urlsplit
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from service.calls import BUSY_POLICIES
+from service.config.environment import read_environment
+from service.config.fields import (
+    BOUNDS,
+    ICE_SERVERS_HELP,
+    PREFIX,
+    RATE_FIELDS,
+    WHOLE,
+    bounds_message,
+    rate_message,
+    variable,
+)
+from service.config.values import (
+    JwksEndpoint,
+    Rate,
+    Secret,
+    is_loopback,
+    normal_origin,
+    parse_networks,
+)
 from service.errors import ConfigError
-from service.limits import Rate, parse_networks
 
-PREFIX: Final = "SIGNAL_"
 MIN_SECRET_BYTES: Final = 32
-MAX_LEEWAY_SECONDS: Final = 300
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
 #: every algorithm the service can verify; ``none`` is never one of them
 SUPPORTED_ALGORITHMS: Final = (
@@ -34,38 +49,8 @@ SUPPORTED_ALGORITHMS: Final = (
     "ES256", "ES384", "ES512", "EdDSA",
 )
 DEFAULT_ALGORITHMS: Final[tuple[str, ...]] = ("HS256", "RS256", "ES256", "EdDSA")
-
-
-class Secret:
-    """A string that shows as ``'**********'`` in reprs, logs and tracebacks."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        """The secret itself; call this only where it is used."""
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('**********')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-
-@dataclass(frozen=True, slots=True)
-class JwksEndpoint:
-    """A JWKS URL and the one issuer whose tokens its keys may verify."""
-
-    issuer: str
-    url: str
+#: an offer to a user in another call: refused ``busy``, or rung anyway (call waiting)
+BUSY_POLICIES: Final = ("reject", "ring")
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,9 +147,14 @@ class Settings:
         """Read ``SIGNAL_*`` variables from ``environ`` (default ``os.environ``), falling back to
         ``env_file`` when it exists (``SIGNAL_ENV_FILE`` names another file). Unknown
         ``SIGNAL_*`` names are errors: a typo must not silently leave a default in place."""
-        from service.environment import read_settings
-
-        return read_settings(environ, env_file)
+        values, problems = read_environment(environ, env_file, known=KNOWN)
+        try:
+            settings = cls(**values)
+        except ConfigError as exc:
+            raise ConfigError(problems + exc.problems) from None
+        if problems:
+            raise ConfigError(problems)
+        return settings
 
     @property
     def trusted_issuers(self) -> int:
@@ -176,52 +166,6 @@ class Settings:
             return len(jwks)
         others = set(self.jwt_issuers) - jwks if self.jwt_issuers else {None}
         return len(jwks) + len(others)
-
-
-#: the variable that sets each field whose name is not simply its field name in capitals
-VARIABLES: Final = {
-    "jwt_public_keys": "JWT_PUBLIC_KEY", "jwt_jwks": "JWT_JWKS_URL",
-    "jwt_issuers": "JWT_ISSUER", "jwt_audiences": "JWT_AUDIENCE",
-    "jwt_shared_user_ids": "JWT_USER_IDS", "jwt_user_id_prefixes": "JWT_USER_IDS",
-}
-
-#: whole-number (and seconds) settings: inclusive bounds
-BOUNDS: Final[dict[str, tuple[int, int]]] = {
-    "jwt_leeway": (0, MAX_LEEWAY_SECONDS),
-    "jwt_max_lifetime": (60, 366 * 86400),
-    "jwt_max_token_bytes": (256, 65536),
-    "jwks_cache_ttl": (1, 86400),
-    "jwks_refresh_interval": (1, 3600),
-    "jwks_timeout": (1, 60),
-    "token_expiry_warning": (0, 3600),
-    "max_message_bytes": (1024, 1_048_576),
-    "max_connections_per_user": (0, 100_000),
-    "auth_timeout": (1, 300),
-    "max_queued_messages": (16, 1_000_000),
-    "send_timeout": (1, 300),
-    "redis_max_connections": (2, 1000),
-    "node_ttl": (2, 300),
-    "shutdown_timeout": (1, 600),
-    "ring_timeout": (1, 600),
-    "reconnect_grace": (1, 600),
-    "turn_ttl": (60, 86400),
-}
-#: of those, the ones that must be whole numbers (the rest are seconds, fractions allowed)
-WHOLE: Final = frozenset({"jwt_leeway", "jwt_max_lifetime", "jwt_max_token_bytes",
-                          "jwks_cache_ttl", "jwks_refresh_interval", "token_expiry_warning",
-                          "max_message_bytes", "max_connections_per_user",
-                          "max_queued_messages", "redis_max_connections", "turn_ttl"})
-
-
-def variable(field: str) -> str:
-    """The environment variable that sets ``field``."""
-    return PREFIX + VARIABLES.get(field, field.upper())
-
-
-def bounds_message(field: str, raw: object) -> str:
-    low, high = BOUNDS[field]
-    kind = "a whole number" if field in WHOLE else "a number of seconds"
-    return f"{variable(field)} must be {kind} from {low} to {high}, got {raw!r}."
 
 
 def check(s: Settings) -> list[str]:
@@ -265,13 +209,10 @@ def check(s: Settings) -> list[str]:
     if s.log_level not in LOG_LEVELS:
         problems.append(f"{PREFIX}LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, "
                         f"got {s.log_level!r}.")
-    for field in ("limit_relays", "limit_user_relays", "limit_rooms", "limit_refreshes",
-                  "limit_other", "limit_strikes", "limit_ip_connects", "limit_ip_auth_failures",
-                  "limit_packets", "limit_ip_packets"):
+    for field in RATE_FIELDS:
         rate = getattr(s, field)
         if not isinstance(rate, Rate) or not rate.valid:
-            problems.append(f"{variable(field)} must be RATE:BURST (events per second, largest "
-                            f"burst), e.g. 30:120, or 0 for no limit; got {rate!s}.")
+            problems.append(rate_message(variable(field), f"{rate!s}"))
     try:
         parse_networks(s.trusted_proxies)
     except ValueError:
@@ -420,26 +361,6 @@ def check_url(url: str, var: str) -> str | None:
     return f"{var}: {url!r} must be an https:// URL (http:// only for localhost)."
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def normal_origin(item: str) -> str | None:
-    """``scheme://host[:port]`` in lower case, ``*`` as is; None if it is not an origin."""
-    if item == "*":
-        return item
-    parts = urlsplit(item)
-    if (parts.scheme not in ("http", "https") or not parts.hostname or parts.path
-            or parts.query or parts.fragment or parts.username):
-        return None
-    return f"{parts.scheme}://{parts.netloc.lower()}"
-
-
 def check_origin(origin: str, var: str) -> str | None:
     if normal_origin(origin) != origin:
         return (f"{var} entries must look like https://app.example.com[:port] "
@@ -459,13 +380,6 @@ def check_redis_url(url: str) -> str | None:
     if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
         return f"{PREFIX}REDIS_URL must be a redis://, rediss:// or unix:// URL."
     return None
-
-
-ICE_SERVERS_HELP: Final = (
-    f"{PREFIX}ICE_SERVERS must be a JSON list of RTCIceServer objects, e.g. "
-    '[{"urls": "stun:stun.example.com:3478"}, {"urls": "turn:turn.example.com", '
-    '"username": "u", "credential": "p"}].'
-)
 
 
 def ice_servers_ok(servers: object) -> bool:

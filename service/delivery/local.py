@@ -1,64 +1,9 @@
-"""Presence: who is connected and who has joined their room, for ``delivered`` acks and the
-per-user connection cap.
-
-:class:`LocalPresence` is the in-memory default (one process). ``service.cluster`` has the
-Redis one, which answers for the whole cluster. Both raise :class:`PresenceUnavailable` when
-they cannot answer (and a delivery :class:`DeliveryUnavailable`); the relay is then refused
-with ``unavailable`` rather than guessed.
-"""
+"""Presence and delivery in one process: who is connected and joined (in memory), and relays
+through python-socketio's in-memory rooms. With one process this is the whole truth."""
 
 from __future__ import annotations
 
-from typing import Any, Protocol
-
-
-class Delivery(Protocol):
-    async def relay(self, event: str, message: dict[str, Any], to: str, room: str,
-                    sid: str) -> bool:
-        """Send ``message`` to every socket in ``room`` but ``sid``; whether anyone got it."""
-
-    async def to_device(self, event: str, message: dict[str, Any], user: str,
-                        device: str) -> bool:
-        """Send ``message`` to one connected socket of ``user`` (``device``: its address,
-        see :meth:`device`); whether it is connected."""
-
-    def device(self, sid: str) -> str:
-        """The cluster-wide address of this node's socket ``sid``."""
-
-    def sid_of(self, device: str) -> str:
-        """The sid in a device address."""
-
-
-class PresenceUnavailable(Exception):
-    """The presence store cannot be reached."""
-
-
-class DeliveryUnavailable(Exception):
-    """A relay could not be handed to the other nodes."""
-
-
-class Presence(Protocol):
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
-
-    async def add_connection(self, user: str, sid: str, cap: int) -> bool:
-        """Count a new connection of ``user``; False (and nothing counted) when the user
-        already has ``cap`` connections (``cap == 0``: no limit)."""
-
-    async def remove_connection(self, user: str, sid: str) -> None: ...
-
-    async def join(self, user: str, sid: str) -> None:
-        """``sid`` has joined ``user``'s room."""
-
-    async def leave(self, user: str, sid: str) -> None: ...
-
-    async def healthy(self) -> bool:
-        """Whether the store answers now (for readiness)."""
-
-    async def wait_reachable(self, within: float) -> bool:
-        """Wait up to ``within`` seconds until this node's users can be reached (on a
-        cluster: it receives cluster traffic and is counted online); whether they can."""
+from typing import Any
 
 
 class LocalPresence:

@@ -16,8 +16,8 @@ from service import __version__
 from service.auth import extract_token, mint
 from service.config import Settings, is_loopback
 from service.errors import AuthError, InvalidPayload, Throttled
-from service.metrics import CONTENT_TYPE, Metrics
 from service.protocol import parse_user_id
+from service.telemetry import CONTENT_TYPE, Metrics
 
 if TYPE_CHECKING:
     from service.signaling import Signaling
@@ -29,30 +29,30 @@ DEMO_CSP: Final = ("default-src 'self'; connect-src 'self'; img-src 'self' data:
                    "frame-ancestors 'none'")
 DEMO_FILES: Final = {"demo.js": "text/javascript", "socket.io.min.js": "text/javascript"}
 DEV_TOKEN_TTL: Final = 3600
-#: the protocol's specs, kept in service/specs/ and served as they are
+#: the protocol's specs, kept in service/http/specs/ and served as they are
 SPECS: Final = ("asyncapi.json", "openapi.json")
 
 
-def register(app: Sanic[Any, Any], signaling: Signaling, settings: Settings,
+def register_routes(app: Sanic[Any, Any], signaling: Signaling, settings: Settings,
              metrics: Metrics) -> None:
     """Add the service's HTTP routes to ``app``."""
 
-    specs = resources.files("service") / "specs"
+    specs = resources.files("service.http") / "specs"
     documents = {name: (specs / name).read_bytes() for name in SPECS}
 
     @app.get("/asyncapi.json", name="asyncapi")
     async def asyncapi(request: Request) -> HTTPResponse:
-        """The AsyncAPI 3 document of the Socket.IO events (service/specs/asyncapi.json)."""
+        """The AsyncAPI 3 document of the Socket.IO events (service/http/specs/asyncapi.json)."""
         return raw(documents["asyncapi.json"], content_type="application/json")
 
     @app.get("/openapi.json", name="openapi")
     async def openapi(request: Request) -> HTTPResponse:
-        """The OpenAPI 3.1 document of these HTTP routes (service/specs/openapi.json)."""
+        """The OpenAPI 3.1 document of these HTTP routes (service/http/specs/openapi.json)."""
         return raw(documents["openapi.json"], content_type="application/json")
 
     @app.get("/metrics")
     async def metrics_page(request: Request) -> HTTPResponse:
-        """Prometheus metrics (:mod:`service.metrics`), every worker's; with
+        """Prometheus metrics (:mod:`service.telemetry.metrics`), every worker's; with
         SIGNAL_METRICS_TOKEN set, only for ``Authorization: Bearer <that token>``."""
         if settings.metrics_token is not None:
             given = request.headers.get("authorization", "")
@@ -79,7 +79,7 @@ def register(app: Sanic[Any, Any], signaling: Signaling, settings: Settings,
     @app.get("/ice-servers")
     async def ice_servers(request: Request) -> HTTPResponse:
         """The RTCIceServer list (SIGNAL_ICE_SERVERS, and a TURN entry with credentials
-        minted for the token's user, see :mod:`service.turn`) for a client with a valid
+        minted for the token's user, see :mod:`service.auth.turn`) for a client with a valid
         token: TURN credentials are not for everyone. Failed tokens spend the address's
         authentication budget, the one Socket.IO connects spend (no second door to test
         tokens at)."""
@@ -104,7 +104,7 @@ def register(app: Sanic[Any, Any], signaling: Signaling, settings: Settings,
 
 
 def _register_demo(app: Sanic[Any, Any], settings: Settings) -> None:
-    static = resources.files("service") / "static"
+    static = resources.files("service.http") / "static"
     page = (static / "demo.html").read_bytes()
     files = {name: (static / name).read_bytes() for name in DEMO_FILES}
 

@@ -15,13 +15,11 @@ from typing import Final
 
 import socketio
 
-from service.auth import Identity, TokenVerifier
+from service.auth import ExpiryTimers, Identity, TokenVerifier
+from service.delivery import Presence
 from service.errors import ShuttingDown, TokenExpired
-from service.expiry import ExpiryTimers
-from service.guard import ConnectionBudget
-from service.logs import log_event
-from service.presence import Presence
-from service.supervise import forever
+from service.policy import ConnectionBudget
+from service.telemetry import forever, log_event
 
 NAMESPACE: Final = "/"
 #: how often the jti deny-list file is checked for newly revoked, connected tokens

@@ -10,7 +10,8 @@ A change is read first from a consistent snapshot (one script, batched with the 
 of the same loop turn); most relays change nothing (a candidate in a call both parties are
 in) and are done. A change that writes is run again inside ``WATCH`` of its users' counters
 and written with ``MULTI``/``EXEC``, retried when another node changed one of those users'
-calls meanwhile: the rules in :mod:`service.calls` see each call as one node at a time does.
+calls meanwhile: the rules in :mod:`service.calls.rules` see each call as one node at a time
+does.
 """
 
 from __future__ import annotations
@@ -21,11 +22,10 @@ from typing import Final, TypeVar
 import orjson
 from redis.exceptions import RedisError, WatchError
 
-from service.calls import Call, Ledger
-from service.callstore import CallStoreUnavailable
+from service.calls import Call, CallStoreUnavailable, Ledger
 from service.cluster.batch import ScriptBatch
 from service.cluster.link import RedisLink
-from service.metrics import Metrics
+from service.telemetry import Metrics
 
 T = TypeVar("T")
 #: a call's keys live this long after their last change

@@ -10,7 +10,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
-from service.auth import Identity
+from service.auth.verifier import Identity
 
 Action = Callable[[str, Identity], Awaitable[None]]
 

@@ -3,7 +3,7 @@
 A store runs a rule of :class:`~service.calls.CallRules` on a :class:`~service.calls.Ledger`
 of the open calls of some users and writes back what the rule changed, as one atomic step:
 two relays, a join and an expiry that touch the same call never interleave. The Redis store
-(:mod:`service.cluster.callstore`) does the same for the whole cluster.
+(:mod:`service.cluster.call_store`) does the same for the whole cluster.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
-from service.calls import Call, Ledger
+from service.calls.rules import Call, Ledger
 
 T = TypeVar("T")
 

@@ -3,9 +3,9 @@
 ``AsyncManager.emit`` makes a task per recipient and waits for them all; a relay, which goes to
 the few connections of one user, paid for a task, its scheduling and an ``asyncio.wait`` per
 message. A send only queues the packet (or writes it to the recipient's websocket; see
-:mod:`service.engine`) and never waits for the peer, so here each recipient's packet is sent
-inline, in order. Emits that ask for a callback (a distinct ack id per recipient) keep the
-library's path.
+:mod:`service.transport.engine`) and never waits for the peer, so here each recipient's packet
+is sent inline, in order. Emits that ask for a callback (a distinct ack id per recipient) keep
+the library's path.
 """
 
 from __future__ import annotations
@@ -15,13 +15,6 @@ from typing import Any
 import socketio
 from engineio import packet as eio_packet
 from socketio import packet
-
-
-def user_room(user_id: str) -> str:
-    """The room every socket of ``user_id`` joins with ``JoinSocket``: ``user:<id>``, never a
-    bare id, so a client cannot reach a socket through the room python-socketio names after
-    each sid."""
-    return f"user:{user_id}"
 
 
 class InlineManager(socketio.AsyncManager):  # type: ignore[misc]

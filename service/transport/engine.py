@@ -57,8 +57,8 @@ from engineio.async_drivers.sanic import WebSocket as SanicWebSocket
 from sanic import Request, Sanic
 from sanic.response import HTTPResponse, json
 
-from service.logs import log_event
-from service.websocket import GOING_AWAY, Wire, accept
+from service.telemetry import log_event
+from service.transport.websocket import GOING_AWAY, Wire, accept
 
 #: how long closing a polling session waits for a pending long-poll to take its last packets
 POLL_FLUSH_SECONDS: Final = 2.0
@@ -314,9 +314,10 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
 
 class EngineWebSocket(SanicWebSocket):  # type: ignore[misc]
     """Engine.IO's websocket transport, run here instead of python-engineio's
-    ``AsyncSocket._websocket_handler``: the connection is a :class:`~service.websocket.Wire`
-    (no task, timer or lock per message), the session's queue writes straight to it, and
-    every frame is checked (packet type, size, packet budget) before Engine.IO decodes it.
+    ``AsyncSocket._websocket_handler``: the connection is a
+    :class:`~service.transport.websocket.Wire` (no task, timer or lock per message), the
+    session's queue writes straight to it, and every frame is checked (packet type, size,
+    packet budget) before Engine.IO decodes it.
 
     ``handler`` is the Engine.IO socket's bound ``_websocket_handler``; only its socket
     (``__self__``) is used. The loop below keeps that handler's protocol: the probe/upgrade

@@ -7,7 +7,7 @@ Per Engine.IO session and per address: packets of any kind, below Socket.IO (``l
 Per user: relays across all of the user's connections on this node (``limit_user_relays``).
 Per connection: one bucket per event class, and a bucket of strikes: each refused event
 spends one, and a connection out of strikes is disconnected. (The per-user connection cap is
-counted by :mod:`service.presence`, cluster-wide when there is a cluster.)
+counted by :mod:`service.delivery.interfaces`, cluster-wide when there is a cluster.)
 """
 
 from __future__ import annotations
@@ -17,16 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
-from service.config import Settings
-from service.limits import (
-    KeyedBuckets,
-    Network,
-    Rate,
-    TokenBucket,
-    address_key,
-    client_address,
-    parse_networks,
-)
+from service.config import Network, Rate, Settings, parse_networks
+from service.policy.limits import KeyedBuckets, TokenBucket, address_key, client_address
 from service.protocol import ICE_SERVERS, JOIN, LEAVE, REFRESH, RELAY_EVENTS
 
 #: a message costs one token per this many bytes, on top of one

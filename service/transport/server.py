@@ -25,7 +25,7 @@
   that ignores it.
 
 The Engine.IO repairs (ping tasks, websocket frames, close packets, send timeouts) are in
-:mod:`service.engine`.
+:mod:`service.transport.engine`.
 """
 
 from __future__ import annotations
@@ -45,10 +45,9 @@ from engineio import json as engineio_json
 from engineio import packet as eio_packet
 from socketio import packet
 
-from service.engine import EngineServer, driver
 from service.errors import InvalidPayload
-from service.logs import log_event
-from service.metrics import Metrics
+from service.telemetry import Metrics, log_event
+from service.transport.engine import EngineServer, driver
 
 RESERVED: Final = frozenset({"connect", "disconnect", "connect_error"})
 #: what reserved or nameless client events are renamed to (no client can send this name

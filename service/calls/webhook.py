@@ -26,7 +26,7 @@ from typing import Final
 from urllib.parse import urlsplit
 
 from service import __version__
-from service.logs import log_event
+from service.telemetry import log_event
 
 INCOMING: Final = "call.incoming"
 #: first wait between attempts; doubled after each failure, at most MAX_BACKOFF

@@ -1,0 +1,34 @@
+"""Calls: the rules a call follows, the relay path that applies them, where open calls are
+kept, and the webhook that wakes an offline callee.
+
+- :mod:`service.calls.rules`: call state, pure: ``Call``/``Party`` records and ``CallRules``
+  deciding on a ``Ledger`` of open calls and returning what to send;
+- :mod:`service.calls.store`: the ``CallStore`` interface and the in-memory store (the Redis
+  one is :mod:`service.cluster.call_store`);
+- :mod:`service.calls.relay`: ``Calls``, rules + store + delivery on the relay path (acks,
+  holding what reaches nobody), joins, disconnects, the deadline sweep;
+- :mod:`service.calls.webhook`: the signed ``call.incoming`` webhook.
+"""
+
+from __future__ import annotations
+
+from service.calls.relay import Calls
+from service.calls.rules import (
+    ACTIVE,
+    ANSWERED_ELSEWHERE,
+    BUSY,
+    DECLINED_ELSEWHERE,
+    MAX_HELD_MESSAGES,
+    PEER_GONE,
+    RINGING,
+    TIMEOUT,
+    Call,
+    CallRules,
+    Ledger,
+)
+from service.calls.store import CallStore, CallStoreUnavailable, LocalCallStore
+from service.calls.webhook import Webhook
+
+__all__ = ["ACTIVE", "ANSWERED_ELSEWHERE", "BUSY", "DECLINED_ELSEWHERE", "MAX_HELD_MESSAGES",
+           "PEER_GONE", "RINGING", "TIMEOUT", "Call", "CallRules", "CallStore",
+           "CallStoreUnavailable", "Calls", "Ledger", "LocalCallStore", "Webhook"]

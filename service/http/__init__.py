@@ -1,0 +1,10 @@
+"""The HTTP side, where an operator looks: liveness and readiness, ``/metrics``,
+``/ice-servers``, the AsyncAPI and OpenAPI documents (``specs/``, served as kept) and the demo
+page (``static/``), all in :mod:`service.http.routes`.
+"""
+
+from __future__ import annotations
+
+from service.http.routes import register_routes
+
+__all__ = ["register_routes"]

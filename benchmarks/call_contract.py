@@ -6,9 +6,9 @@
 Starts one node in memory, or with ``--redis`` two nodes on Redis (the parties of every check
 then sit on different nodes), with SIGNAL_RING_TIMEOUT=2, SIGNAL_RECONNECT_GRACE=2 and a
 webhook receiver of its own (which checks the signature and fails its first request), and
-checks each rule of the README's "Call life cycle" with python-socketio clients: one line per
-rule, ``ok`` or ``FAILED`` with what was seen, and how long it took. Exit status 1 when a rule
-failed. Independent of the test suite (its own clients, its own receiver).
+checks each rule of docs/protocol.md's "Call life cycle" with python-socketio clients: one
+line per rule, ``ok`` or ``FAILED`` with what was seen, and how long it took. Exit status 1
+when a rule failed. Independent of the test suite (its own clients, its own receiver).
 """
 
 from __future__ import annotations

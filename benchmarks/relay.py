@@ -37,7 +37,8 @@ from service.config import Secret, Settings  # noqa: E402
 SECRET = "benchmark-secret-0123456789-0123456789-0123456789"
 CANDIDATE = {"candidate": "candidate:842163049 1 udp 1677729535 203.0.113.7 46154 typ srflx "
              "raddr 10.0.0.2 rport 46154 generation 0", "sdpMid": "0", "sdpMLineIndex": 0}
-# python-engineio's client drops a long-poll response of more than 16 packets (see README)
+# python-engineio's client drops a long-poll response of more than 16 packets (see
+# docs/development.md, "Notes on the stack")
 Payload.max_decode_packets = 1_000_000
 TICKS = os.sysconf("SC_CLK_TCK")
 

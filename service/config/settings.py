@@ -85,7 +85,7 @@ class Settings:
     token_expiry_warning: int = 60
     cors_origins: tuple[str, ...] = ()
     log_level: str = "INFO"
-    # ---- limits (see README "Limits") ----
+    # ---- limits (see docs/security.md "Limits") ----
     max_message_bytes: int = 65536
     limit_relays: Rate = Rate(30, 120)
     limit_user_relays: Rate = Rate(60, 240)
@@ -104,7 +104,7 @@ class Settings:
     max_queued_messages: int = 512
     send_timeout: float = 10.0
     trusted_proxies: tuple[str, ...] = ()
-    # ---- scale-out (see README "Deployment") ----
+    # ---- scale-out (see docs/operating.md "Scaling out and deploying") ----
     redis_url: Secret | None = None
     redis_secret: Secret | None = None
     redis_channel: str = "signaling"
@@ -112,7 +112,7 @@ class Settings:
     node_ttl: float = 5.0
     sticky_sessions: bool = False
     shutdown_timeout: float = 10.0
-    # ---- calls (see README "Call life cycle") ----
+    # ---- calls (see docs/protocol.md "Call life cycle") ----
     #: seconds an unanswered call rings (and an offline callee's offer is held)
     ring_timeout: float = 45.0
     #: seconds a party whose socket dropped has to come back before the call ends
@@ -124,7 +124,7 @@ class Settings:
     webhook_secret: Secret | None = None
     #: with it, GET /metrics answers only ``Authorization: Bearer <metrics_token>``
     metrics_token: Secret | None = None
-    # ---- demo (see README "Demo") ----
+    # ---- demo (see README "A first call") ----
     demo: bool = False
     demo_tokens: bool = False
     ice_servers: tuple[dict[str, Any], ...] = ()

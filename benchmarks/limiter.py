@@ -26,11 +26,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from relay import main_async as relay_bench  # noqa: E402
 
-from service.config import (  # noqa: E402
-    Rate,
-    Secret,
-    Settings,
-)
+from service.config import Rate, Secret, Settings  # noqa: E402
 from service.policy import RELAY, Guard  # noqa: E402
 
 HIGH = "1000000:1000000"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from service.auth import mint_main as main
+from service.auth.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

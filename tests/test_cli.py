@@ -17,7 +17,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from service.auth import TokenVerifier, mint_main
+from service.auth import TokenVerifier
+from service.auth.cli import main as mint_main
 from service.config import Settings
 from tests.support import SECRET, Peer, free_socket
 from tests.test_relay import SDP

@@ -12,8 +12,8 @@ import uuid
 from typing import Any
 
 from service.cluster import RedisLink, RedisPresence, SignedRedisManager
-from service.cluster.manager import MAX_MESSAGE_AGE, ReplayWindow
 from service.cluster.presence import MAX_PENDING
+from service.cluster.redis_manager import MAX_MESSAGE_AGE, ReplayWindow
 from service.config import Secret, Settings
 from tests.processes import REDIS_SECRET, SHARED_REDIS, free_port, start_node, stop_node
 from tests.support import SECRET, Peer, eventually, offer_to, serving

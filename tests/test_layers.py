@@ -157,18 +157,26 @@ def test_no_import_circles() -> None:
 def test_imports_name_the_package() -> None:
     """From outside a package, service code, scripts and benchmarks import what its
     ``__init__`` re-exports (``from service.calls import Calls``), never a module inside it
-    (``service.calls.relay``); the tests may reach inside to test internals."""
+    (``service.calls.coordinator``, ``from service.calls import coordinator``); the tests may
+    reach inside to test internals. A package's command line (``cli.py``) is run by its
+    script, not used, and is not re-exported."""
     packages = {p.parent.name for p in SERVICE.glob("*/__init__.py")}
+    known = modules()
     files = service_files() + sorted((ROOT / "scripts").glob("*.py")) + sorted(
         (ROOT / "benchmarks").glob("*.py"))
-    reaching_in = []
+    reaching_in: list[str] = []
     for path in files:
         inside = module_name(path).split(".")[:2] if path.is_relative_to(SERVICE) else []
         for imp in imports_in(path):
             parts = imp.target.split(".")
-            if (parts[0] == "service" and len(parts) > 2 and parts[1] in packages
-                    and inside != parts[:2]):
-                reaching_in.append(f"{path.relative_to(ROOT)}:{imp.line} {imp.target}")
+            if parts[0] != "service" or len(parts) < 2 or parts[1] not in packages:
+                continue
+            if inside == parts[:2]:
+                continue
+            targets = [imp.target] if len(parts) > 2 else [
+                f"{imp.target}.{name}" for name in imp.names if f"{imp.target}.{name}" in known]
+            reaching_in.extend(f"{path.relative_to(ROOT)}:{imp.line} {target}"
+                               for target in targets if not target.endswith(".cli"))
     assert reaching_in == []
 
 
@@ -206,6 +214,21 @@ def test_pure_packages_load_no_framework() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True, cwd=ROOT)
     assert result.stdout.strip() == ""
+
+
+def test_only_what_counts_loads_prometheus() -> None:
+    """prometheus-client fixes its multiprocess mode when it is imported, and service.app
+    sets ``PROMETHEUS_MULTIPROC_DIR`` first: the packages that do not count (settings,
+    tokens, parsers, limits, delivery) do not load it, though they log."""
+    code = (
+        "import sys\n"
+        + "".join(f"import service.{unit}\n"
+                  for unit in ("errors", "config", "protocol", "auth", "policy", "delivery"))
+        + "print('prometheus_client' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True, cwd=ROOT)
+    assert result.stdout.strip() == "False"
 
 
 def test_only_the_auth_package_imports_jwt() -> None:

@@ -144,7 +144,7 @@ async def test_a_handler_bug_answers_internal_error(peers: Peers, monkeypatch: p
     def broken(event: str, args: Any) -> Any:
         raise RuntimeError(address)
 
-    monkeypatch.setattr("service.signaling.parse_relay", broken)
+    monkeypatch.setattr("service.signaling.handlers.parse_relay", broken)
     assert await alice.call("offer", VALID["offer"]) == {"ok": False, "error": "internal_error"}
     failure = next(r for r in capture_logs if r["event"] == "handler_failed")
     assert failure["error_type"] == "RuntimeError" and failure["name"] == "offer"

@@ -7,18 +7,17 @@
 - :mod:`service.auth.turn`: the ICE servers handed out, TURN credentials that expire with
   the token;
 - :mod:`service.auth.minting`: tokens and key pairs for development and tests;
-- :mod:`service.auth.cli`: ``scripts/mint_token.py``.
+- :mod:`service.auth.cli`: ``scripts/mint_token.py`` (run, not re-exported: a command line
+  is not part of what the rest of the service uses).
 
 This package is the only place that imports ``jwt``.
 """
 
 from __future__ import annotations
 
-from service.auth.cli import main as mint_main
 from service.auth.expiry import ExpiryTimers
 from service.auth.minting import mint
 from service.auth.turn import IceServers
 from service.auth.verifier import Identity, TokenVerifier, extract_token
 
-__all__ = ["ExpiryTimers", "IceServers", "Identity", "TokenVerifier", "extract_token", "mint",
-           "mint_main"]
+__all__ = ["ExpiryTimers", "IceServers", "Identity", "TokenVerifier", "extract_token", "mint"]

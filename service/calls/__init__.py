@@ -5,14 +5,14 @@ kept, and the webhook that wakes an offline callee.
   deciding on a ``Ledger`` of open calls and returning what to send;
 - :mod:`service.calls.store`: the ``CallStore`` interface and the in-memory store (the Redis
   one is :mod:`service.cluster.call_store`);
-- :mod:`service.calls.relay`: ``Calls``, rules + store + delivery on the relay path (acks,
+- :mod:`service.calls.coordinator`: ``Calls``, rules + store + delivery on the relay path (acks,
   holding what reaches nobody), joins, disconnects, the deadline sweep;
 - :mod:`service.calls.webhook`: the signed ``call.incoming`` webhook.
 """
 
 from __future__ import annotations
 
-from service.calls.relay import Calls
+from service.calls.coordinator import Calls
 from service.calls.rules import (
     ACTIVE,
     ANSWERED_ELSEWHERE,

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from service.config import BUSY_POLICIES
+from service.config import REJECT
 from service.errors import Busy, Forbidden, Glare, NotInCall
 
 RINGING: Final = "ringing"
@@ -38,8 +38,6 @@ ANSWERED_ELSEWHERE: Final = "answered_elsewhere"
 DECLINED_ELSEWHERE: Final = "declined_elsewhere"
 PEER_GONE: Final = "peer_gone"
 BUSY: Final = "busy"
-#: the busy policies (``SIGNAL_BUSY_POLICY``): refuse ``busy``, or ring anyway
-REJECT, RING = BUSY_POLICIES
 #: what is held for one party of one call at most (count, and bytes of JSON)
 MAX_HELD_MESSAGES: Final = 100
 MAX_HELD_BYTES: Final = 256 * 1024

@@ -1,7 +1,7 @@
 """Scale-out on Redis: python-socketio's own Redis manager, hardened, and cluster presence.
 
 - :mod:`service.cluster.link`: the process's Redis connections;
-- :mod:`service.cluster.manager`: the signed manager (cross-node delivery of emits);
+- :mod:`service.cluster.redis_manager`: the signed manager (cross-node delivery of emits);
 - :mod:`service.cluster.presence`: who is connected and reachable, cluster-wide;
 - :mod:`service.cluster.delivery`: a relay in one round trip;
 - :mod:`service.cluster.call_store`: open calls, cluster-wide.
@@ -15,8 +15,8 @@ the ``CallStore`` of :mod:`service.calls`, whose errors these raise. Only
 from service.cluster.call_store import RedisCallStore
 from service.cluster.delivery import ClusterDelivery
 from service.cluster.link import RedisLink
-from service.cluster.manager import ClusterUnavailable, SignedRedisManager
 from service.cluster.presence import RedisPresence
+from service.cluster.redis_manager import ClusterUnavailable, SignedRedisManager
 
 __all__ = [
            "ClusterDelivery",

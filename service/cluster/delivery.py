@@ -6,8 +6,8 @@ from typing import Any
 
 import socketio
 
-from service.cluster.manager import SignedRedisManager
 from service.cluster.presence import RedisPresence
+from service.cluster.redis_manager import SignedRedisManager
 
 
 class ClusterDelivery:

@@ -55,6 +55,7 @@ def bounds_message(field: str, raw: object) -> str:
     kind = "a whole number" if field in WHOLE else "a number of seconds"
     return f"{variable(field)} must be {kind} from {low} to {high}, got {raw!r}."
 
+
 #: the settings that are a :class:`~service.config.Rate`
 RATE_FIELDS: Final = ("limit_relays", "limit_user_relays", "limit_rooms", "limit_refreshes",
                       "limit_other", "limit_strikes", "limit_ip_connects",

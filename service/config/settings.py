@@ -49,8 +49,11 @@ SUPPORTED_ALGORITHMS: Final = (
     "ES256", "ES384", "ES512", "EdDSA",
 )
 DEFAULT_ALGORITHMS: Final[tuple[str, ...]] = ("HS256", "RS256", "ES256", "EdDSA")
-#: an offer to a user in another call: refused ``busy``, or rung anyway (call waiting)
-BUSY_POLICIES: Final = ("reject", "ring")
+#: an offer to a user in another call: refused ``busy`` ...
+REJECT: Final = "reject"
+#: ... or rung anyway (call waiting)
+RING: Final = "ring"
+BUSY_POLICIES: Final = (REJECT, RING)
 
 
 @dataclass(frozen=True, slots=True)

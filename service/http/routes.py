@@ -34,7 +34,7 @@ SPECS: Final = ("asyncapi.json", "openapi.json")
 
 
 def register_routes(app: Sanic[Any, Any], signaling: Signaling, settings: Settings,
-             metrics: Metrics) -> None:
+                    metrics: Metrics) -> None:
     """Add the service's HTTP routes to ``app``."""
 
     specs = resources.files("service.http") / "specs"

@@ -7,7 +7,7 @@ Per Engine.IO session and per address: packets of any kind, below Socket.IO (``l
 Per user: relays across all of the user's connections on this node (``limit_user_relays``).
 Per connection: one bucket per event class, and a bucket of strikes: each refused event
 spends one, and a connection out of strikes is disconnected. (The per-user connection cap is
-counted by :mod:`service.delivery.interfaces`, cluster-wide when there is a cluster.)
+counted by the presence of :mod:`service.delivery`, cluster-wide when there is a cluster.)
 """
 
 from __future__ import annotations

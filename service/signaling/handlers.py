@@ -347,7 +347,7 @@ class Signaling:
 
     async def relay(self, event: str, sid: str, *args: object) -> Ack:
         """Deliver a validated offer/answer/candidate/hangup within its call, from the
-        caller (``from`` stamped by the server; see :mod:`service.calls.relay`)."""
+        caller (``from`` stamped by the server; see :mod:`service.calls.coordinator`)."""
         started = time.perf_counter()
         relay = parse_relay(event, args)
         sender = self._session(sid).identity.user_id

@@ -7,8 +7,8 @@
 - :mod:`service.transport.manager`: python-socketio's client manager, sending inline.
 
 The only package that overrides python-engineio's, python-socketio's and Sanic's private
-methods (``tests/test_library_pins.py`` pins each); it knows nothing of tokens, events or
-calls.
+methods (``tests/test_library_pins.py`` pins each); it knows nothing of tokens, calls or
+what an application event means (it checks event names and sizes, nothing else).
 """
 
 from __future__ import annotations

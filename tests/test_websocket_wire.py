@@ -193,3 +193,33 @@ async def test_fragments_count_together_against_the_limit() -> None:
         rest = await until_eof(reader)
         writer.close()
         assert close_code(rest) == 1009
+
+
+#: close codes a peer may not send (Autobahn 7.9.1-7.9.9, 7.13.1-2): 1005 and 1006 only
+#: report a missing code or frame, 1015 a TLS failure; the others are unassigned or reserved
+INVALID_CLOSE_CODES = (0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535)
+VALID_CLOSE_CODES = (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014,
+                     3000, 3999, 4000, 4999)
+
+
+@pytest.mark.parametrize("code", INVALID_CLOSE_CODES)
+async def test_a_close_code_a_peer_may_not_send_is_answered_1002(code: int) -> None:
+    """A close frame with a code outside RFC 6455's and IANA's lists (and 3000-4999) is a
+    protocol error: answered 1002, never echoed."""
+    async with serving(settings()) as service:
+        reader, writer = await raw_connection(service)
+        writer.write(client_frame(code.to_bytes(2, "big"), opcode=0x8))
+        rest = await until_eof(reader)
+        writer.close()
+        assert close_code(rest) == 1002
+
+
+async def test_valid_close_codes_are_echoed() -> None:
+    """Every code a peer may send is echoed back in the server's close frame."""
+    async with serving(settings(max_connections_per_user=0)) as service:
+        for code in VALID_CLOSE_CODES:
+            reader, writer = await raw_connection(service)
+            writer.write(client_frame(code.to_bytes(2, "big") + b"bye", opcode=0x8))
+            rest = await until_eof(reader)
+            writer.close()
+            assert close_code(rest) == code

@@ -27,9 +27,15 @@
   address's budget.
 - **Packet floods below Socket.IO.** Every Engine.IO packet a client sends (messages, pings,
   upgrades, noops) counts against its session's and its address's packet budgets, over
-  websocket frame by frame and over long-polling per POST, counted before the body is decoded;
-  a POST may carry at most :data:`MAX_PACKETS_PER_POST`. Over either, the session is closed.
-  The outgoing queue is bounded for Engine.IO's own packets too (:class:`BoundedQueue`).
+  websocket frame by frame as each frame arrives (websocket pings and empty continuation
+  frames too), and over long-polling per POST, counted before the body is decoded; a POST may
+  carry at most :data:`MAX_PACKETS_PER_POST`. Over either, the session is closed. The outgoing
+  queue is bounded for Engine.IO's own packets too (:class:`BoundedQueue`).
+- **Upgrades.** python-engineio lets any number of websockets start an upgrade of one
+  polling session, and waits for their probe without end: sockets no session counts and no
+  timer closes. Here a session has one upgrade under way at a time (another is refused 400),
+  each spends a packet, and it must complete within :data:`UPGRADE_TIMEOUT`; the session's end
+  closes it.
 - **Dead clients.** Engine.IO's service task (one wake-up per session per ping timeout, each
   with a task and a timer) is replaced by :meth:`EngineServer.sweep`, one pass over all
   sessions per ping timeout.
@@ -75,6 +81,9 @@ CLOSE_TOO_BIG: Final = 1009
 #: packets one long-polling POST may carry; clients batch what queued up, a few hundred at
 #: most (a burst of ICE candidates); more closes the session
 MAX_PACKETS_PER_POST: Final = 500
+#: how long a session's upgrade from long-polling to websocket may take, from the websocket
+#: handshake to the client's UPGRADE packet (engine.io's ``upgradeTimeout``)
+UPGRADE_TIMEOUT: Final = 10.0
 #: sessions one pass of :meth:`EngineServer.sweep` looks at between two turns of the loop
 SWEEP_BATCH: Final = 1000
 #: the separator of packets in a long-polling body
@@ -214,6 +223,8 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
         self.allow_packets: AllowPackets = lambda sock, count: True
         #: close a session at once, with a logged reason (set by the Socket.IO server)
         self.drop: Drop | None = None
+        #: the websocket of each session upgrading from long-polling
+        self.upgrades: dict[str, Wire] = {}
 
     async def sweep(self) -> float:
         """One pass of what Engine.IO's service task does (that task is off:
@@ -298,6 +309,9 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
             timer = self.ping_tasks.pop(args[0], None)
             if timer is not None:
                 timer.cancel()
+            upgrade = self.upgrades.pop(args[0], None)
+            if upgrade is not None:  # the session ended while it upgraded
+                upgrade.fail(GOING_AWAY)
         return await super()._trigger_event(event, *args, **kwargs)
 
     async def disconnect(self, sid: str | None = None) -> None:
@@ -330,23 +344,33 @@ class EngineWebSocket(SanicWebSocket):  # type: ignore[misc]
     async def __call__(self, environ: dict[str, Any]) -> object:
         request = environ["sanic.request"]
         server = self.server
+        session = self.handler.__self__
+        if session.connected and (session.upgrading or session.closing or session.closed
+                                  or not server.allow_packets(session, 1)):
+            return server._bad_request()  # one upgrade at a time, and each one counts
         try:
             wire = accept(request, send_timeout=self.send_timeout)
         except ValueError:
             return server._bad_request()
+        wire.on_frame = lambda: self._allow_frame(wire, session)
         # Sanic's timeout checks stop at an upgraded connection, but the one already
         # scheduled would hold the connection for up to half a timeout after it closed
         timer = getattr(request.transport.get_protocol(), "_callback_check_timeouts", None)
         if timer is not None:
             timer.cancel()
         self.environ = environ
-        session = self.handler.__self__
         wire.on_stalled = lambda: self._give_up(wire, session, GOING_AWAY, "send_timeout")
         if session.connected:
+            server.upgrades[session.sid] = wire
+            session.upgrading = True  # polling GETs now answer NOOP; no second upgrade
             try:
-                upgraded = await self._upgrade(wire, session)
-            except asyncio.CancelledError:
+                upgraded = await asyncio.wait_for(self._upgrade(wire, session),
+                                                  UPGRADE_TIMEOUT)
+            except (asyncio.CancelledError, TimeoutError):
                 upgraded = False
+            finally:
+                if server.upgrades.get(session.sid) is wire:
+                    del server.upgrades[session.sid]
             if not upgraded:
                 wire.fail()
                 await session.close(wait=False, abort=True,
@@ -377,7 +401,6 @@ class EngineWebSocket(SanicWebSocket):  # type: ignore[misc]
     async def _serve(self, wire: Wire, session: Any) -> None:
         server = self.server
         limit = server.max_http_buffer_size
-        allow = server.allow_packets
         try:
             while True:
                 try:
@@ -389,9 +412,6 @@ class EngineWebSocket(SanicWebSocket):  # type: ignore[misc]
                     break
                 if isinstance(data, str) and (not data or data[0] not in PACKET_STARTS):
                     self._give_up(wire, session, CLOSE_PROTOCOL_ERROR, "protocol_error")
-                    break
-                if not allow(session, 1):
-                    self._give_up(wire, session, CLOSE_POLICY, "rate_limited")
                     break
                 if len(data) > limit:
                     self._give_up(wire, session, CLOSE_TOO_BIG, "too_big")
@@ -428,7 +448,6 @@ class EngineWebSocket(SanicWebSocket):  # type: ignore[misc]
 
     async def _upgrade(self, wire: Wire, session: Any) -> bool:
         """The probe exchange of a session upgrading from long-polling (as Engine.IO's)."""
-        session.upgrading = True  # polling GETs now answer NOOP
         try:
             probe = await wire.recv()
             if probe != "2probe":
@@ -441,6 +460,14 @@ class EngineWebSocket(SanicWebSocket):  # type: ignore[misc]
             return True
         finally:
             session.upgrading = False
+
+    def _allow_frame(self, wire: Wire, session: Any) -> bool:
+        """Each frame, as it arrives, spends one packet of the session's and its address's
+        budgets; over them, the connection is closed (1008) and nothing more is read."""
+        if self.server.allow_packets(session, 1):
+            return True
+        self._give_up(wire, session, CLOSE_POLICY, "rate_limited")
+        return False
 
     def _give_up(self, wire: Wire, session: Any, code: int, reason: str) -> None:
         """Log why and close the connection with ``code``."""

@@ -12,13 +12,18 @@ extensions; unmasking is ``websockets``' C ``apply_mask``), complete messages wa
 for one reader, and what is sent goes out at the end of the event loop's turn.
 
 - **Limits.** A message over ``max_size`` closes the connection with 1009 as soon as the
-  frame header announcing it arrives (fragments count together); bad framing (reserved bits,
-  an unmasked frame, an unknown opcode, a bad control or continuation frame) with 1002; text
-  that is not UTF-8 with 1007. Pings are answered; the peer's close frame is echoed.
+  frame header announcing it arrives (fragments count together), and so does one in more than
+  ``max_fragments`` frames; bad framing (reserved bits, an unmasked frame, an unknown opcode, a
+  bad control or continuation frame) with 1002; text that is not UTF-8 with 1007. Pings are
+  answered; the peer's close frame is echoed, unless its code is not one a peer may send
+  (1002). Every frame, control frames and empty continuations included, is shown to
+  :attr:`on_frame` as it arrives (the packet budget), before it costs anything more.
+- **Back-pressure.** At most :data:`INBOX_LIMIT` messages wait for the reader: past that the
+  transport stops reading (the peer's TCP window fills) until the reader has taken half.
 - **Slow readers.** Writes never wait. What the peer has not read waits in the transport's
   buffer; :attr:`backlog` counts the messages written since that buffer was last empty, and
   a buffer that stays non-empty for ``send_timeout`` seconds ends the connection
-  (``on_stalled``).
+  (``on_stalled``); a pong or a close frame left in the buffer starts that clock too.
 - **Closing.** After its close frame (or the peer's) the server ends its side of the stream
   and waits up to :data:`CLOSE_TIMEOUT` for the peer to close; it reads (and discards) what
   the peer still sends meanwhile, so the close frame is not lost to a reset.
@@ -59,8 +64,19 @@ INVALID_DATA: Final = 1007
 MESSAGE_TOO_BIG: Final = 1009
 #: "no close frame": not sent, only reported
 ABNORMAL: Final = 1006
+#: the codes a peer's close frame may carry (RFC 6455 §7.4 and IANA's registry, as the
+#: ``websockets`` library's ``EXTERNAL_CLOSE_CODES``; 1005, 1006 and 1015 are never sent), and
+#: 3000-4999 for libraries and applications; any other is a protocol error
+CLOSE_CODES: Final = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012,
+                                1013, 1014})
+APPLICATION_CODES: Final = range(3000, 5000)
 #: how long a closing connection waits for the peer's side of the close handshake
 CLOSE_TIMEOUT: Final = 5.0
+#: messages waiting for the reader before the transport stops reading
+INBOX_LIMIT: Final = 8
+#: frames one message may come in (browsers and mobile clients send one; 64 KiB messages
+#: in 1 KiB fragments fit)
+MAX_FRAGMENTS: Final = 64
 #: the handshake's logger: at DEBUG the ``websockets`` library logs what it handles, which is
 #: never to include what clients send (SDP and ICE candidates); its INFO lines are noise
 PARSER_LOG: Final = logging.getLogger("signaling.websocket")
@@ -87,7 +103,8 @@ def frame_header(first: int, length: int) -> bytes:
 class Wire:
     """One upgraded connection (see the module docstring)."""
 
-    def __init__(self, protocol: Any, *, max_size: int, send_timeout: float) -> None:
+    def __init__(self, protocol: Any, *, max_size: int, send_timeout: float,
+                 max_fragments: int = MAX_FRAGMENTS) -> None:
         self.transport: asyncio.Transport = protocol.transport
         self.loop = asyncio.get_running_loop()
         #: Sanic's protocol reads ``ws_proto.state`` when it shuts down
@@ -102,9 +119,15 @@ class Wire:
         self.backlog = 0
         #: called once when the peer has not read for ``send_timeout`` seconds
         self.on_stalled: Callable[[], None] | None = None
+        #: called for each frame the peer sends, as it arrives; False: the peer is over its
+        #: budget, and the hook has closed the connection (nothing more is read)
+        self.on_frame: Callable[[], bool] | None = None
+        #: reading is paused until the reader catches up (see :data:`INBOX_LIMIT`)
+        self.paused = False
         self._out: list[bytes] = []
         self._buffer = bytearray()
         self._max_size = max_size
+        self._max_fragments = max_fragments
         self._fragments: list[bytes] | None = None
         self._fragments_size = 0
         self._fragments_opcode = TEXT
@@ -120,11 +143,16 @@ class Wire:
     def data_received(self, data: bytes) -> None:
         if self._discarding:
             return
+        self._buffer += data
+        self._parse()
+
+    def _parse(self) -> None:
+        """Take the complete frames out of the buffer, until it is empty, the connection
+        ends, or the inbox is full (then reading pauses, and the rest waits here)."""
         buffer = self._buffer
-        buffer += data
         end = len(buffer)
         at = 0
-        while end - at >= 2:
+        while end - at >= 2 and not self.paused:
             first, second = buffer[at], buffer[at + 1]
             opcode = first & 0x0F
             if first & 0x70 or not second & 0x80:
@@ -152,9 +180,11 @@ class Wire:
                 return
             if end - start < 4 + length:
                 break
-            payload = apply_mask(buffer[start + 4:start + 4 + length],
-                                 buffer[start:start + 4])
             at = start + 4 + length
+            if self.on_frame is not None and not self.on_frame():
+                self._discarding = True
+                return
+            payload = apply_mask(buffer[start + 4:at], buffer[start:start + 4])
             self._frame(first & 0x80, opcode, payload)
             if self._discarding:
                 return
@@ -204,7 +234,12 @@ class Wire:
                 await self._waiter
             finally:
                 self._waiter = None
-        return self.inbox.pop(0)
+        message = self.inbox.pop(0)
+        if self.paused and len(self.inbox) <= INBOX_LIMIT // 2 and not self.closed:
+            self.paused = False
+            self.transport.resume_reading()
+            self._parse()
+        return message
 
     # ---- the writer's side ----
 
@@ -232,7 +267,17 @@ class Wire:
         else:
             self.backlog = 0
         transport.writelines(out)
-        if transport.get_write_buffer_size() and self._stall_timer is None:
+        self._watch_buffer()
+
+    def _write_control(self, frame: bytes) -> None:
+        """Write a control frame now, after what was sent before it."""
+        self._flush()
+        self.transport.write(frame)
+        self._watch_buffer()
+
+    def _watch_buffer(self) -> None:
+        """What the peer has not read starts the slow-reader clock."""
+        if self.transport.get_write_buffer_size() and self._stall_timer is None:
             self._stall_timer = self._later(self._send_timeout, self._check_stall)
 
     def fail(self, code: int = NORMAL, reason: str = "") -> None:
@@ -260,6 +305,10 @@ class Wire:
         elif opcode == CONT:
             if self._fragments is None:
                 return self._protocol_error("unexpected continuation frame")
+            if len(self._fragments) >= self._max_fragments:
+                self.fail(MESSAGE_TOO_BIG, "too many fragments")
+                self._discarding = True
+                return None
             self._fragments.append(payload)
             self._fragments_size += len(payload)
             if fin:
@@ -268,8 +317,7 @@ class Wire:
                 self._message(self._fragments_opcode, data)
         elif opcode == PING:
             if self.ws_proto.state is State.OPEN:
-                self._flush()
-                self.transport.write(frame_header(_FIN_PONG, len(payload)) + payload)
+                self._write_control(frame_header(_FIN_PONG, len(payload)) + payload)
         elif opcode == CLOSE:
             self._closed_by_peer(payload)
         # PONG: nothing to do
@@ -279,24 +327,31 @@ class Wire:
             return  # the reader has gone: the rest is discarded
         if opcode == BINARY:
             self.inbox.append(data)
-            return
-        try:
-            self.inbox.append(data.decode())
-        except UnicodeDecodeError:
-            self.fail(INVALID_DATA, "invalid UTF-8")
+        else:
+            try:
+                self.inbox.append(data.decode())
+            except UnicodeDecodeError:
+                self.fail(INVALID_DATA, "invalid UTF-8")
+                return
+        if len(self.inbox) >= INBOX_LIMIT and not self.paused:
+            self.paused = True
+            self.transport.pause_reading()
 
     def _closed_by_peer(self, payload: bytes) -> None:
         """The peer's close frame: answered with the same code (if ours was not sent yet),
         then the end of our side; nothing more is read."""
         if len(payload) == 1:
             return self._protocol_error("bad close frame")
+        if payload:
+            code = int.from_bytes(payload[:2], "big")
+            if code not in CLOSE_CODES and code not in APPLICATION_CODES:
+                return self._protocol_error("bad close code")
         try:
             payload[2:].decode()
         except UnicodeDecodeError:
             return self.fail(INVALID_DATA, "invalid UTF-8")
         if self.ws_proto.state is State.OPEN and not self.transport.is_closing():
-            self._flush()
-            self.transport.write(frame_header(_FIN_CLOSE, len(payload)) + payload)
+            self._write_control(frame_header(_FIN_CLOSE, len(payload)) + payload)
         self.ws_proto.state = State.CLOSED
         self._discarding = True
         self._half_close()
@@ -313,6 +368,9 @@ class Wire:
         transport = self.transport
         if self._close_timer is not None or transport.is_closing():
             return
+        if self.paused:  # read (and discard) until the peer closes
+            self.paused = False
+            transport.resume_reading()
         self._close_timer = self._later(CLOSE_TIMEOUT, self._abort)
         if transport.can_write_eof():
             transport.write_eof()
@@ -328,7 +386,7 @@ class Wire:
         self.closed = True
         if self._stall_timer is not None:
             self._stall_timer.cancel()
-        self.on_stalled = None
+        self.on_stalled = self.on_frame = None  # (they refer to this connection)
         self._wake()
 
     def _later(self, delay: float, method: Callable[[], None]) -> asyncio.TimerHandle:

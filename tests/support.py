@@ -242,6 +242,81 @@ async def until_eof(reader: asyncio.StreamReader, within: float = 15) -> bytes:
     return rest
 
 
+class RawPeer:
+    """A Socket.IO client on a websocket opened by hand: the test writes every byte itself
+    (for races a library client would hide), and reads what the server sends, packet by
+    packet (answering Engine.IO's pings)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.events: list[tuple[str, Any]] = []
+        self.acks: dict[int, Any] = {}
+        self._ids = itertools.count(1)
+
+    @classmethod
+    async def connect(cls, service: RunningService, user: str, *, join: bool = True
+                      ) -> RawPeer:
+        port = int(service.url.rsplit(":", 1)[1])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write((f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: x\r\n"
+                      f"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                      f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                      ).encode())
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+        peer = cls(reader, writer)
+        writer.write(client_frame(("40" + json.dumps({"token": service.token(user)}))
+                                  .encode()))
+        while not (await peer._packet()).startswith("40"):
+            pass
+        if join:
+            assert await peer.call("JoinSocket", user) == {"ok": True}
+        return peer
+
+    def emit(self, event: str, payload: Any) -> int:
+        """Write one event asking for an ack, now (no await); its ack id."""
+        ack = next(self._ids)
+        self.writer.write(client_frame(f"42{ack}{json.dumps([event, payload])}".encode()))
+        return ack
+
+    async def ack(self, ack: int, within: float = 5) -> Any:
+        while ack not in self.acks:
+            await asyncio.wait_for(self._packet(), within)
+        return self.acks.pop(ack)
+
+    async def call(self, event: str, payload: Any) -> Any:
+        return await self.ack(self.emit(event, payload))
+
+    async def next(self, event: str, within: float = 5) -> Any:
+        while True:
+            for n, (name, payload) in enumerate(self.events):
+                if name == event:
+                    del self.events[n]
+                    return payload
+            await asyncio.wait_for(self._packet(), within)
+
+    async def _packet(self) -> str:
+        head = await self.reader.readexactly(2)
+        length = head[1] & 0x7F
+        if length == 126:
+            length = int.from_bytes(await self.reader.readexactly(2), "big")
+        elif length == 127:
+            length = int.from_bytes(await self.reader.readexactly(8), "big")
+        text = (await self.reader.readexactly(length)).decode()
+        if text == "2":
+            self.writer.write(client_frame(b"3"))
+        elif text.startswith("42"):
+            name, *args = json.loads(text[2:])
+            self.events.append((name, args[0] if args else None))
+        elif text.startswith("43"):
+            digits = text[2:].split("[", 1)[0]
+            self.acks[int(digits)] = json.loads(text[2 + len(digits):])[0]
+        return text
+
+    def close(self) -> None:
+        self.writer.close()
+
+
 # ---- calls ----
 
 SDP = ("v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"

@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 from redis import asyncio as aioredis
 
@@ -91,8 +92,24 @@ async def test_busy_and_glare_across_nodes(short_timers: list[Node],
     assert await carol.call("offer", offer_to("alice")) == {"ok": False, "error": "busy"}
 
 
+async def endings(nodes: list[Node], call_id: str) -> tuple[list[str], float]:
+    """The ``call_ended`` log lines of ``call_id`` on every node (their reasons), and
+    ``signaling_calls_ended_total`` summed over the nodes' /metrics."""
+    reasons = [r["reason"] for node in nodes for r in node.records()
+               if r["event"] == "call_ended" and r.get("call") == call_id]
+    total = 0.0
+    async with aiohttp.ClientSession() as http:
+        for node in nodes:
+            async with http.get(node.url + "/metrics") as response:
+                for line in (await response.text()).splitlines():
+                    if line.startswith("signaling_calls_ended_total{"):
+                        total += float(line.rsplit(" ", 1)[1])
+    return reasons, total
+
+
 async def test_ring_timeout_is_told_once(short_timers: list[Node], made: list[Peer]) -> None:
-    """Both nodes sweep for expired calls; each party hears the timeout exactly once."""
+    """Both nodes sweep for expired calls; each party hears the timeout exactly once, and the
+    call's end is logged and counted once, by one node (before: twice each)."""
     a, b = short_timers
     alice, bob = await peer(made, a, "alice"), await peer(made, b, "bob")
     call_id = (await alice.call("offer", offer_to("bob")))["callId"]
@@ -100,6 +117,7 @@ async def test_ring_timeout_is_told_once(short_timers: list[Node], made: list[Pe
     assert await alice.next("hangup", within=15) == {**expected, "from": "bob"}
     assert await bob.next("hangup", within=15) == {**expected, "from": "alice"}
     assert await alice.silent("hangup", 1.0) and await bob.silent("hangup", 0)
+    assert await endings(short_timers, call_id) == (["timeout"], 1.0)
 
 
 async def test_devices_on_both_nodes_first_answer_wins(short_timers: list[Node],
@@ -155,6 +173,7 @@ async def test_gone_past_grace_across_nodes(short_timers: list[Node],
     assert await alice.next("hangup", within=15) == {"from": "bob", "callId": call_id,
                                                      "reason": "peer_gone"}
     assert await alice.silent("hangup", 1.0)
+    assert await endings(short_timers, call_id) == (["peer_gone"], 1.0)
 
 
 async def test_offline_callee_joins_on_another_node(short_timers: list[Node],

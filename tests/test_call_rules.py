@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from service.calls import ACTIVE, MAX_HELD_MESSAGES, RINGING, Call, CallRules, Ledger
+from service.calls import ACTIVE, ENDED, MAX_HELD_MESSAGES, RINGING, Call, CallRules, Ledger
 from service.errors import Busy, Forbidden, Glare, NotInCall, RequestError
 
 RULES = CallRules(ring_timeout=45, grace=15, busy_policy="reject")
@@ -104,3 +104,49 @@ def test_signals_in_a_settled_call_change_nothing() -> None:
         outcome = RULES.relay(ledger, event, sender, device, to, call.id, {}, 10, 102.0)
         assert outcome.sends and not outcome.changed, event
     assert not ledger.changed
+
+
+def test_a_hangup_for_an_away_party_is_kept_until_it_joins() -> None:
+    """Alice hangs up while bob is away: the call is over (neither is busy, a new offer opens
+    a new call) but bob's held signals and the hangup wait for his next device, which gets
+    them in order; then nothing is left."""
+    ledger = Ledger()
+    call = open_call(ledger, answered=True)
+    RULES.gone(ledger, "bob", "b1", 102.0)
+    RULES.relay(ledger, "candidate", "alice", "a1", "bob", None, {"n": 1}, 10, 103.0)
+    outcome = RULES.relay(ledger, "hangup", "alice", "a1", "bob", None, {"to": "bob"}, 10,
+                          104.0)
+    assert outcome.held and not outcome.sends and call.state == ENDED
+    assert ledger.between("alice", "bob") is None and ledger.of("alice") == []
+    assert RULES.expire(ledger, call.id, 110.0) == []  # within bob's grace: kept
+    sends = RULES.joined(ledger, "bob", "b2")
+    assert [(s.event, s.device) for s in sends] == [("candidate", "b2"), ("hangup", "b2")]
+    assert sends[1].body == {"to": "bob", "from": "alice", "callId": call.id}
+    assert call.id in ledger.ended and not ledger.of("bob", ended=True)
+
+
+def test_a_kept_hangup_expires_quietly() -> None:
+    """If bob does not come back within the grace, the ended call goes without a word: alice
+    hung up herself and hears no ``peer_gone``."""
+    ledger = Ledger()
+    call = open_call(ledger, answered=True)
+    RULES.gone(ledger, "bob", "b1", 102.0)
+    RULES.relay(ledger, "hangup", "alice", "a1", "bob", None, {"to": "bob"}, 10, 104.0)
+    assert RULES.expire(ledger, call.id, 102.0 + 15) == []
+    assert call.id in ledger.ended and not ledger.calls
+
+
+def test_a_hangup_that_reached_a_closing_socket_is_kept() -> None:
+    """The hangup ended the call and then found bob's socket closing: it is kept for bob in
+    an ended call of its own, as if he had been away."""
+    ledger = Ledger()
+    call = open_call(ledger, answered=True)
+    outcome = RULES.relay(ledger, "hangup", "alice", "a1", "bob", None, {"to": "bob"}, 10,
+                          104.0)
+    assert outcome.sends[outcome.relayed or 0].hold_in == call.id and call.id in ledger.ended
+    after = Ledger()  # what the store holds now: nothing of that call
+    message = (outcome.sends[0].event, outcome.sends[0].body)
+    held = RULES.hold(after, call.id, "bob", "b1", message, 10, 105.0)
+    assert held.held and after.calls[call.id].state == ENDED
+    assert [s.event for s in RULES.joined(after, "bob", "b2")] == ["hangup"]
+    assert RULES.hold(Ledger(), call.id, "bob", "b1", ("candidate", {}), 10, 105.0).call is None

@@ -6,6 +6,7 @@ processes on Redis is tests/test_call_cluster.py; the webhook is tests/test_webh
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +16,7 @@ from service.config import Secret, Settings
 from tests.support import (
     SECRET,
     Peer,
+    RawPeer,
     RunningService,
     answer_to,
     answered_call,
@@ -263,6 +265,57 @@ async def test_a_signal_for_a_closing_socket_is_held(peers: Peers,
     held = await again.next("candidate")
     assert held["callId"] == call_id and held["candidate"]["candidate"].startswith(
         "candidate:3 ")
+
+
+async def test_a_hangup_to_an_away_party_is_held(peers: Peers, service: RunningService
+                                                ) -> None:
+    """Bob's socket drops mid-call; alice's candidate and her hangup are both held (before:
+    the hangup was dropped and took the held candidate with it); bob, back within the grace,
+    gets the candidate and then the hangup, and the call is over for both: a new call
+    between them rings."""
+    alice, bob = await peers("alice"), await peers("bob")
+    call_id = await answered_call(alice, bob, "alice", "bob")
+    await closed(service, bob)
+    held = {"ok": True, "delivered": False, "held": True}
+    assert await alice.call("candidate", candidate_to("bob", 7)) == held
+    assert await alice.call("hangup", {"to": "bob"}) == held
+    assert await alice.call("candidate", candidate_to("bob")) == {"ok": False,
+                                                                  "error": "not_in_call"}
+    again = await peers("bob")
+    assert (await again.next("candidate"))["candidate"]["candidate"].startswith("candidate:7 ")
+    assert await again.next("hangup") == {"to": "bob", "from": "alice", "callId": call_id}
+    assert await again.call("answer", answer_to("alice")) == {"ok": False,
+                                                              "error": "not_in_call"}
+    assert await alice.silent("hangup")  # alice hung up herself: no peer_gone for her
+    new_call = await open_call(alice, again, "bob")
+    assert new_call != call_id
+
+
+async def test_a_signal_racing_a_tcp_close_is_held(service: RunningService) -> None:
+    """Bob's TCP connection closes just as alice's candidate arrives (both seen in one turn
+    of the service's loop, written by hand): the candidate is acked held, never delivered
+    to the dead socket, and bob's next device gets it (before: acked delivered and lost, in
+    8 of 8 tries)."""
+    for attempt in range(8):
+        alice = await RawPeer.connect(service, "alice")
+        bob = await RawPeer.connect(service, "bob")
+        opened = await alice.call("offer", offer_to("bob"))
+        call_id = opened["callId"]
+        await bob.next("offer")
+        assert (await bob.call("answer", answer_to("alice")))["delivered"] is True
+        await alice.next("answer")
+        ack = alice.emit("candidate", candidate_to("bob", attempt))
+        # bob's FIN leaves now, behind alice's candidate and before the service's next look
+        bob.writer.transport.get_extra_info("socket").shutdown(socket.SHUT_WR)
+        assert await alice.ack(ack) == {"ok": True, "delivered": False, "held": True}
+        again = await RawPeer.connect(service, "bob")
+        held = await again.next("candidate")
+        assert held["callId"] == call_id
+        assert held["candidate"]["candidate"].startswith(f"candidate:{attempt} ")
+        assert (await alice.call("hangup", {"to": "bob"}))["delivered"] is True
+        assert (await again.next("hangup"))["callId"] == call_id
+        for peer in (alice, bob, again):
+            peer.close()
 
 
 async def test_caller_away_too(peers: Peers, service: RunningService) -> None:

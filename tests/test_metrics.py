@@ -16,6 +16,7 @@ from tests.support import (
     Peer,
     calls_work,
     candidate_to,
+    eventually,
     eventually_true,
     offer_to,
     refusal,
@@ -117,6 +118,27 @@ async def test_metrics_equal_the_traffic(transport: str) -> None:
         finally:
             for peer in peers:
                 await peer.close()
+
+
+async def test_the_connection_gauge_is_counted_when_scraped(transport: str) -> None:
+    """A scrape right after four clients connect says four, and right after one leaves,
+    three (before: recounted once a second, so the first scrape said 0)."""
+    async with serving(Settings(jwt_secret=Secret(SECRET),
+                                limit_ip_connects=Rate(0, 0))) as service:
+        peers = [Peer(service.url, transport) for _ in range(4)]
+        try:
+            for n, peer in enumerate(peers):
+                await peer.connect(service.token(f"user{n}"))
+            samples = parse((await scrape(service.url))[1])
+            assert value(samples, "signaling_connections", transport=transport) == 4
+            sid = peers[0].client.get_sid()
+            await peers[0].close()
+            sessions = service.app.ctx.signaling.sessions
+            await eventually(lambda: sid not in sessions)
+            samples = parse((await scrape(service.url))[1])
+            assert value(samples, "signaling_connections", transport=transport) == 3
+        finally:
+            await asyncio.gather(*(p.close() for p in peers))
 
 
 async def test_metrics_token() -> None:

@@ -18,6 +18,7 @@ from service.calls.rules import (
     ANSWERED_ELSEWHERE,
     BUSY,
     DECLINED_ELSEWHERE,
+    ENDED,
     MAX_HELD_MESSAGES,
     PEER_GONE,
     RINGING,
@@ -29,6 +30,6 @@ from service.calls.rules import (
 from service.calls.store import CallStore, CallStoreUnavailable, LocalCallStore
 from service.calls.webhook import Webhook
 
-__all__ = ["ACTIVE", "ANSWERED_ELSEWHERE", "BUSY", "DECLINED_ELSEWHERE", "MAX_HELD_MESSAGES",
-           "PEER_GONE", "RINGING", "TIMEOUT", "Call", "CallRules", "CallStore",
-           "CallStoreUnavailable", "Calls", "Ledger", "LocalCallStore", "Webhook"]
+__all__ = ["ACTIVE", "ANSWERED_ELSEWHERE", "BUSY", "DECLINED_ELSEWHERE", "ENDED",
+           "MAX_HELD_MESSAGES", "PEER_GONE", "RINGING", "TIMEOUT", "Call", "CallRules",
+           "CallStore", "CallStoreUnavailable", "Calls", "Ledger", "LocalCallStore", "Webhook"]

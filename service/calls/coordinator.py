@@ -11,7 +11,16 @@ from typing import Any, Final
 
 import orjson
 
-from service.calls.rules import BUSY, HANGUP, OFFER, CallRules, Ledger, Outcome, Send, new_call_id
+from service.calls.rules import (
+    BUSY,
+    HANGUP,
+    OFFER,
+    CallRules,
+    Ledger,
+    Outcome,
+    Send,
+    new_call_id,
+)
 from service.calls.store import CallStore, CallStoreUnavailable
 from service.calls.webhook import Webhook
 from service.delivery import Delivery, DeliveryUnavailable, PresenceUnavailable, user_room
@@ -137,18 +146,18 @@ class Calls:
             return SWEEP_SECONDS * 4
         for call_id, users in due:
             def expire(ledger: Ledger, call_id: str = call_id) -> list[Send]:
-                call = ledger.calls.get(call_id)
-                sends = self.rules.expire(ledger, call_id, now)
-                if sends and call is not None:
-                    log_event(self.log, "call_ended", call=call_id,
-                              reason=sends[0].body["reason"])
-                    self.metrics.calls_ended.labels(sends[0].body["reason"]).inc()
-                return sends
+                return self.rules.expire(ledger, call_id, now)
 
             try:
+                # (the rule may run more than once, and on every node: what it returns is
+                # what this node's committed change decided, so the call ends here once)
                 sends = await self.store.update(users, expire)
             except CallStoreUnavailable:
                 return SWEEP_SECONDS * 4
+            if sends:
+                reason = sends[0].body["reason"]
+                log_event(self.log, "call_ended", call=call_id, reason=reason)
+                self.metrics.calls_ended.labels(reason).inc()
             for send in sends:
                 await self._deliver(send)
         return SWEEP_SECONDS

@@ -28,6 +28,9 @@ from service.errors import Busy, Forbidden, Glare, NotInCall
 
 RINGING: Final = "ringing"
 ACTIVE: Final = "active"
+#: hung up while the other party was away: kept only to hand that party its ``hangup`` (and
+#: what was held before it) when one of its devices joins within the grace; open for nothing
+ENDED: Final = "ended"
 OFFER: Final = "offer"
 ANSWER: Final = "answer"
 CANDIDATE: Final = "candidate"
@@ -145,14 +148,19 @@ class Ledger:
         self.ended: dict[str, Call] = {}
 
     def between(self, a: str, b: str) -> Call | None:
+        """The open call between ``a`` and ``b``."""
         for call in self.calls.values():
             caller, callee = call.caller.user, call.callee.user
-            if (caller == a and callee == b) or (caller == b and callee == a):
+            if call.state != ENDED and (
+                    (caller == a and callee == b) or (caller == b and callee == a)):
                 return call
         return None
 
-    def of(self, user: str) -> list[Call]:
-        return sorted((c for c in self.calls.values() if c.has(user)),
+    def of(self, user: str, *, ended: bool = False) -> list[Call]:
+        """The open calls of ``user``, oldest first (``ended``: and the ended calls that
+        still hold what an away party of them has to hear)."""
+        return sorted((c for c in self.calls.values()
+                       if c.has(user) and (ended or c.state != ENDED)),
                       key=lambda c: c.opened_at)
 
     def save(self, call: Call) -> None:
@@ -228,8 +236,14 @@ class CallRules:
         self._claim(outcome, call, me, device, event)
         message: Message = (event, {**body, "from": sender, "callId": call.id})
         if event == HANGUP:
+            if peer.away_until is not None:  # the last thing it needs to hear: held
+                self._end_for_away(ledger, call, peer, message, size)
+                outcome.held = True
+                return outcome
             ledger.end(call)
             self._send(outcome, call, peer, message, size, hold=False)
+            if outcome.relayed is not None and peer.device is not None:
+                outcome.sends[outcome.relayed].hold_in = call.id  # should its socket be closing
             return outcome
         self._send(outcome, call, peer, message, size, hold=True)
         if outcome.changed:
@@ -300,13 +314,36 @@ class CallRules:
             outcome.sends.append(Send(event, body, peer.user, peer.device,
                                       hold_in=call.id if hold else None))
 
+    def _end_for_away(self, ledger: Ledger, call: Call, party: Party, hangup: Message,
+                      size: int) -> None:
+        """``call`` is over, but ``party`` is away: it keeps what was held for it and the
+        ``hangup`` (always: whatever the hold's bounds, it is the last message) until one of
+        its devices joins, or its grace ends."""
+        party.held.append(hangup)
+        party.held_bytes += size
+        call.state, call.ring_until = ENDED, None
+        call.ring_log, call.ring_log_bytes = [], 0
+        other = call.callee if party is call.caller else call.caller
+        other.away_until, other.held, other.held_bytes = None, [], 0
+        ledger.save(call)
+
     def hold(self, ledger: Ledger, call_id: str, user: str, device: str, message: Message,
              size: int, now: float) -> Outcome:
         """``message`` for ``device`` of ``user`` in call ``call_id`` reached nobody: the
         device is gone. Hold it (the party is away from now on, if it was not yet), or send
-        it to the device the party has come back on meanwhile."""
+        it to the device the party has come back on meanwhile. The ``hangup`` that ended the
+        call is kept for the party in an :data:`ENDED` call of its own."""
         call = ledger.calls.get(call_id)
         outcome = Outcome(call=call)
+        if call is None and message[0] == HANGUP:
+            sender = message[1].get("from")
+            if not isinstance(sender, str) or sender == user:
+                return outcome
+            party = Party(user, device, now + self.grace)
+            call = Call(call_id, Party(sender), party, ENDED, now, None)
+            self._end_for_away(ledger, call, party, message, size)
+            outcome.call, outcome.held = call, True
+            return outcome
         if call is None:
             return outcome
         party, _ = call.side(user)
@@ -333,7 +370,7 @@ class CallRules:
         """``device`` of ``user`` joined its room: it takes the calls whose party was away
         (and what was held for them), and rings with the calls ringing for ``user``."""
         sends: list[Send] = []
-        for call in ledger.of(user):
+        for call in ledger.of(user, ended=True):
             party, _ = call.side(user)
             if party is call.callee and call.state == RINGING:
                 sends.extend(Send(event, body, user, device) for event, body in call.ring_log)
@@ -341,7 +378,10 @@ class CallRules:
                 outcome = Outcome()
                 self._bind(outcome, party, device)
                 sends.extend(outcome.sends)
-                ledger.save(call)
+                if call.state == ENDED:  # it has heard its hangup: the call is gone
+                    ledger.end(call)
+                else:
+                    ledger.save(call)
         return sends
 
     def expire(self, ledger: Ledger, call_id: str, now: float) -> list[Send]:
@@ -357,6 +397,8 @@ class CallRules:
         for party, other in ((call.caller, call.callee), (call.callee, call.caller)):
             if party.away_until is not None and party.away_until <= now:
                 ledger.end(call)
+                if call.state == ENDED:  # the other hung up: it knows
+                    return []
                 return [self._service_hangup(call, other.user, PEER_GONE)]
         return []
 

@@ -86,6 +86,7 @@ class Signaling:
         #: STUN/TURN servers handed to clients, TURN credentials minted per user
         self.ice = ice or IceServers()
         self.metrics = metrics or Metrics()
+        self.metrics.on_scrape = self.count_connections
         self._sweep: asyncio.Task[None] | None = None
         self._counting: asyncio.Task[None] | None = None
         self.verifier = verifier
@@ -139,9 +140,16 @@ class Signaling:
         self.life.begin_close(sid, reason)
 
     async def _count_connections(self) -> float:
-        """Set this node's connection gauge, by each connection's transport now (a polling
-        connection may have upgraded), and flush the per-event counts into the metrics; one
+        """Bring the connection gauge up to date and flush the per-event counts into the
+        metrics (for the other workers' scrapes; this worker's scrapes do both first); one
         step of a supervised loop."""
+        self.count_connections()
+        self.metrics.flush()
+        return CONNECTION_COUNT_SECONDS
+
+    def count_connections(self) -> None:
+        """Set this node's connection gauge, by each connection's transport now (a polling
+        connection may have upgraded)."""
         counts = dict.fromkeys(TRANSPORTS, 0)
         for sid, session in list(self.sessions.items()):
             transport = self._transport(sid, session.transport)
@@ -149,8 +157,6 @@ class Signaling:
                 counts[transport] += 1
         for transport, count in counts.items():
             self.metrics.connections.labels(transport).set(count)
-        self.metrics.flush()
-        return CONNECTION_COUNT_SECONDS
 
     def register(self) -> None:
         """Install every handler on the server."""

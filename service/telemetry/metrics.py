@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import platform
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Final
 
 from prometheus_client import (
@@ -115,6 +115,8 @@ class Metrics:
         self._bounds = RELAY_BUCKETS
         self._relay_buckets = [0] * (len(RELAY_BUCKETS) + 1)  # the last one: +Inf
         self._relay_sum = 0.0
+        #: brings the gauges up to date before a scrape (the connection count)
+        self.on_scrape: Callable[[], None] | None = None
 
     def event(self, event: str, outcome: str) -> None:
         """Count one client event (labels already bounded)."""
@@ -154,6 +156,8 @@ class Metrics:
 
     def expose(self) -> bytes:
         """The text exposition: this registry, or (several workers) every worker's files."""
+        if self.on_scrape is not None:
+            self.on_scrape()
         self.flush()
         path = multiprocess_dir()
         if path is None:

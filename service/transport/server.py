@@ -264,10 +264,15 @@ class SignalingServer(socketio.AsyncServer):  # type: ignore[misc]
 
     def session_open(self, sid: str) -> bool:
         """Whether the Engine.IO session under Socket.IO connection ``sid`` is still open
-        (the auth timer, or the client, may have ended it while its connect was verified)."""
+        (the auth timer, or the client, may have ended it while its connect was verified),
+        and its websocket too: once the client's close (or a reset) has been seen, the
+        session lives on until its task runs again, and what is written meanwhile is lost."""
         eio_sid = self.manager.eio_sid_from_sid(sid, "/")
         sock = self.eio.sockets.get(eio_sid) if eio_sid is not None else None
-        return sock is not None and not sock.closed and not sock.closing
+        if sock is None or sock.closed or sock.closing:
+            return False
+        wire = getattr(sock.queue, "wire", None)
+        return wire is None or not wire.closed
 
     async def _handle_disconnect(self, eio_sid: str, namespace: str | None,
                                  reason: str | None = None) -> None:

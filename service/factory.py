@@ -60,6 +60,8 @@ def create_app(settings: Settings, *, name: str = "signaling") -> Sanic[Any, Any
         auth_timeout=settings.auth_timeout,
         max_queued=settings.max_queued_messages,
         send_timeout=settings.send_timeout,
+        ping_interval=settings.ping_interval,
+        ping_timeout=settings.ping_timeout,
         async_mode="sanic",
         client_manager=manager,
         # None = same origin only; "*" = any origin (development)

@@ -172,3 +172,20 @@ def test_one_message_per_bad_variable_from_the_environment() -> None:
         "SIGNAL_MAX_QUEUED_MESSAGES must be a whole number from 16 to 1000000, got 'lots'.",
         "SIGNAL_NODE_TTL must be a number of seconds from 2 to 300, got 1.0.",
     ]
+
+
+def test_the_heartbeat_is_a_setting() -> None:
+    """SIGNAL_PING_INTERVAL and SIGNAL_PING_TIMEOUT are read as seconds (fractions too: the
+    protocol suites run at 300/200 ms) and bounded."""
+    settings = Settings.from_env({"SIGNAL_JWT_SECRET": GOOD_SECRET, "SIGNAL_PING_INTERVAL": "0.3",
+                                  "SIGNAL_PING_TIMEOUT": "0.2"}, env_file=None)
+    assert (settings.ping_interval, settings.ping_timeout) == (0.3, 0.2)
+    assert (Settings(jwt_secret=Secret(GOOD_SECRET)).ping_interval,
+            Settings(jwt_secret=Secret(GOOD_SECRET)).ping_timeout) == (25.0, 20.0)
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"SIGNAL_JWT_SECRET": GOOD_SECRET, "SIGNAL_PING_INTERVAL": "0",
+                           "SIGNAL_PING_TIMEOUT": "soon"}, env_file=None)
+    assert caught.value.problems == [  # (what cannot be read comes first)
+        "SIGNAL_PING_TIMEOUT must be a number of seconds from 0.1 to 600, got 'soon'.",
+        "SIGNAL_PING_INTERVAL must be a number of seconds from 0.1 to 600, got 0.0.",
+    ]

@@ -47,14 +47,14 @@ async def _healthz_ms(http: aiohttp.ClientSession, service: RunningService) -> f
 
 
 def test_bounded_queue_drops_what_does_not_fit() -> None:
-    """Past its limit the queue drops packets and says so; the writer's end marker always
-    fits."""
+    """Past its limit the queue drops packets and says so; the writer's end marker, and the
+    CLOSE packet before it, always fit."""
     queue = BoundedQueue(3)
     for n in range(10):
         queue.put_nowait(n)
     assert queue.qsize() == 3 and queue.overflowed
     queue.put_nowait(None)
-    assert queue.qsize() == 4
+    assert queue.qsize() == 5  # a CLOSE packet and the end marker (issue 19, item 16)
 
 
 @pytest.mark.parametrize("packet", ["5", "2", "6", '42["nothing"]'])
@@ -148,3 +148,23 @@ async def test_a_flooder_does_not_cut_off_a_quiet_neighbour() -> None:
             await calls_work(alice, bob)
         await alice.close()
         await bob.close()
+
+
+@pytest.mark.parametrize("why", ["auth_timeout", "rate_limited"])
+async def test_a_dropped_polling_session_answers_its_long_poll_with_close(why: str) -> None:
+    """The service ends a polling session (here: the auth timeout, or a POST over the packet
+    budget): the long-poll waiting for it is answered with a CLOSE packet, which clients
+    read as the session's end (before: an empty 200, a parser error to engine.io-client)."""
+    config = flood_settings(auth_timeout=1, limit_packets=Rate(1, 5))
+    async with serving(config) as service, aiohttp.ClientSession() as http:
+        token = service.token("alice") if why == "rate_limited" else None
+        url = await _polling_session(http, service, token)
+        poll = asyncio.ensure_future(http.get(url))
+        sockets = service.app.ctx.sio.eio.sockets
+        await eventually(lambda: any(s.queue._getters for s in sockets.values()))  # waiting
+        if why == "rate_limited":
+            async with http.post(url, data="\x1e".join(["6"] * 20)) as refused:
+                assert refused.status == 400
+        async with await asyncio.wait_for(poll, 10) as response:
+            assert response.status == 200
+            assert await response.text() == "1"

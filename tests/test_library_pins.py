@@ -39,6 +39,7 @@ OVERRIDES = [
     (socketio.AsyncServer, "_handle_event", ["self", "eio_sid", "namespace", "id", "data"]),
     (socketio.AsyncServer, "_handle_eio_message", ["self", "eio_sid", "data"]),
     (socketio.AsyncServer, "_handle_eio_connect", ["self", "eio_sid", "environ"]),
+    (socketio.AsyncServer, "_handle_connect", ["self", "eio_sid", "namespace", "data"]),
     (socketio.AsyncServer, "_handle_eio_disconnect", ["self", "eio_sid", "reason"]),
     (socketio.AsyncServer, "_handle_disconnect", ["self", "eio_sid", "namespace", "reason"]),
     (socketio.AsyncServer, "_send_packet", ["self", "eio_sid", "pkt"]),
@@ -100,17 +101,29 @@ def test_engineio_calls_the_hooks_we_use() -> None:
         async_socket.AsyncSocket._upgrade_websocket)
     for attribute in ("closed", "closing", "upgraded", "queue", "sid"):
         assert f"self.{attribute}" in source(async_socket.AsyncSocket)
+    # the OPEN packet, whose pingInterval BoundedQueue corrects (whole seconds here), goes
+    # through the new session's queue
+    connect = source(engineio.AsyncServer._handle_connect)
+    assert "'pingInterval': int(\n                self.ping_interval" in connect
+    assert "await s.send(pkt)" in connect
 
 
 def test_socketio_dispatch_we_rely_on() -> None:
     """The connect handler runs between ``pre_connect`` and ``manager.connect`` (so the
     service can see a session that ended meanwhile); ``_handle_disconnect`` returns early for
-    a socket that is not connected; packets are decoded with ``self.packet_class``."""
+    a socket that is not connected; packets are decoded with ``self.packet_class``; an
+    unknown namespace is told apart as the override does."""
     connect = source(socketio.AsyncServer._handle_connect)
     assert connect.index("pre_connect") < connect.index("_trigger_event") < connect.rindex(
         "self.manager.connect(sid, namespace)")
     assert "self.packet_class(encoded_packet=data)" in source(
         socketio.AsyncServer._handle_eio_message)
+    # a namespace it serves is one of these (our refusal of the others uses the same test);
+    # the others get a bare string (what the override replaces)
+    for served in ("namespace in self.handlers", "namespace in self.namespace_handlers",
+                   "self.namespaces == '*'", "namespace in self.namespaces",
+                   "data='Unable to connect'"):
+        assert served in connect
     assert "serializer" in params(socketio.base_server.BaseServer.__init__)
 
 

@@ -296,3 +296,25 @@ async def test_sweep_closes_sessions_that_stop_answering_pings() -> None:
         await eventually(lambda: len([s for s in eio.sockets.values() if not s.closed]) == 1)
         assert await alice.call("JoinSocket", "alice") == {"ok": True}
         await alice.close()
+
+
+async def test_the_heartbeat_follows_the_settings(capture_logs: list[dict[str, Any]]) -> None:
+    """SIGNAL_PING_INTERVAL/SIGNAL_PING_TIMEOUT (here 300/200 ms, as the protocol suites
+    use) are what the handshake tells clients and what the service enforces: a client that
+    stops answering is closed within them (before: always 25 s / 20 s); one that answers
+    stays."""
+    async with serving(lenient(ping_interval=0.3, ping_timeout=0.2)) as service:
+        async with aiohttp.ClientSession() as http, http.get(
+                f"{service.url}/socket.io/?EIO=4&transport=polling") as response:
+            opened = json.loads((await response.text())[1:])
+        assert (opened["pingInterval"], opened["pingTimeout"]) == (300, 200)
+        alice = Peer(service.url, "websocket")
+        await alice.connect(service.token("alice"))
+        mute = await open_session(service, "mute")
+        started = time.monotonic()
+        await frames_until_closed(mute, 5)
+        assert time.monotonic() - started < 3  # a generous ceiling over 0.3 + 0.2 + a sweep
+        assert any(r["event"] == "disconnect" and r.get("reason") == "ping timeout"
+                   for r in capture_logs)
+        assert await alice.call("JoinSocket", "alice") == {"ok": True}  # alive, 10 pings on
+        await alice.close()

@@ -18,7 +18,7 @@ VARIABLES: Final = {
 }
 
 #: whole-number (and seconds) settings: inclusive bounds
-BOUNDS: Final[dict[str, tuple[int, int]]] = {
+BOUNDS: Final[dict[str, tuple[float, float]]] = {
     "jwt_leeway": (0, MAX_LEEWAY_SECONDS),
     "jwt_max_lifetime": (60, 366 * 86400),
     "jwt_max_token_bytes": (256, 65536),
@@ -31,6 +31,8 @@ BOUNDS: Final[dict[str, tuple[int, int]]] = {
     "auth_timeout": (1, 300),
     "max_queued_messages": (16, 1_000_000),
     "send_timeout": (1, 300),
+    "ping_interval": (0.1, 600),
+    "ping_timeout": (0.1, 600),
     "redis_max_connections": (2, 1000),
     "node_ttl": (2, 300),
     "shutdown_timeout": (1, 600),

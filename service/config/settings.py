@@ -106,6 +106,9 @@ class Settings:
     auth_timeout: float = 5.0
     max_queued_messages: int = 512
     send_timeout: float = 10.0
+    #: Engine.IO's heartbeat (told to clients in the handshake)
+    ping_interval: float = 25.0
+    ping_timeout: float = 20.0
     trusted_proxies: tuple[str, ...] = ()
     # ---- scale-out (see docs/operating.md "Scaling out and deploying") ----
     redis_url: Secret | None = None

@@ -41,6 +41,9 @@
   sessions per ping timeout.
 - **Slow readers.** A websocket send that cannot complete within ``send_timeout`` ends the
   connection.
+- **The heartbeat in the handshake.** python-engineio tells clients ``pingInterval`` rounded
+  down to whole seconds; the OPEN packet carries the exact interval (``SIGNAL_PING_INTERVAL``
+  may be 0.3 s).
 """
 
 from __future__ import annotations
@@ -152,14 +155,23 @@ class BoundedQueue(asyncio.Queue[Any]):
 
     Once the session is on a websocket (:meth:`attach`), nothing waits here: each packet is
     written to the connection as it is put, ``None`` (or a CLOSE packet) closes it, and
-    :meth:`qsize` is the number of messages the peer has yet to read (``Wire.backlog``)."""
+    :meth:`qsize` is the number of messages the peer has yet to read (``Wire.backlog``).
 
-    def __init__(self, limit: int) -> None:
+    On long-polling, the end marker is preceded by a CLOSE packet (unless one was queued):
+    python-engineio answers a long-poll that finds only the marker with an empty ``200``,
+    which clients read as a parser error instead of the session's end."""
+
+    def __init__(self, limit: int, ping_interval_ms: int | None = None) -> None:
         # asyncio.Queue's own state (four deques, ~3 KB) is made when first used, and let go
         # once the session is on a websocket: see __getattr__ and attach
         self.limit = limit
+        #: what the OPEN packet tells the client (python-engineio rounds the interval down
+        #: to whole seconds: 0.3 s would be told as 0)
+        self.ping_interval_ms = ping_interval_ms
         self.overflowed = False
         self.wire: Wire | None = None
+        #: a CLOSE packet has been queued
+        self.closing = False
 
     def __getattr__(self, name: str) -> Any:
         if name in _QUEUE_STATE:  # first use of asyncio.Queue's state: make it
@@ -188,7 +200,16 @@ class BoundedQueue(asyncio.Queue[Any]):
         if self.wire is not None:
             self._write(self.wire, item)
             return
-        if item is not None and super().qsize() >= self.limit:
+        if item is None:
+            if not self.closing:
+                self.closing = True
+                super().put_nowait(eio_packet.Packet(eio_packet.CLOSE))
+        elif getattr(item, "packet_type", None) == eio_packet.CLOSE:
+            self.closing = True
+        elif (self.ping_interval_ms is not None
+              and getattr(item, "packet_type", None) == eio_packet.OPEN):
+            item.data["pingInterval"] = self.ping_interval_ms
+        elif super().qsize() >= self.limit:
             self.overflowed = True
             return
         super().put_nowait(item)
@@ -249,7 +270,8 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
         return float(self.ping_timeout)
 
     def create_queue(self, *args: Any, **kwargs: Any) -> BoundedQueue:
-        return BoundedQueue(self.queue_limit)
+        return BoundedQueue(self.queue_limit, round(
+            (self.ping_interval + self.ping_interval_grace_period) * 1000))
 
     async def check_post(self, sid: str | None, body: bytes) -> HTTPResponse | None:
         """A long-polling POST is counted before Engine.IO decodes it: over

@@ -1,5 +1,7 @@
 """The Socket.IO server class, hardened where python-socketio trusts its clients.
 
+- **Namespaces.** A connect to a namespace the service does not serve is refused with
+  ``{"message", "data": {"reason": "unknown_namespace"}}``, not python-socketio's bare string.
 - **Event names.** python-socketio dispatches an EVENT by the name the client wrote: a client
   emitting ``"connect"`` or ``"disconnect"`` would re-run the connection handlers, and a
   packet with no name raises inside the library. Such events are renamed
@@ -54,6 +56,11 @@ RESERVED: Final = frozenset({"connect", "disconnect", "connect_error"})
 #: through python-socketio's dispatch untouched: it is rewritten here first)
 INVALID_EVENT: Final = "\x00invalid"
 MAX_ATTACHMENTS: Final = 10
+#: the refusal of a connect to a namespace the service does not serve
+UNKNOWN_NAMESPACE: Final = {
+    "message": "unknown namespace: connect to the main namespace (a URL without a path, or "
+               "with the path in the 'path' option)",
+    "data": {"reason": "unknown_namespace"}}
 #: the Socket.IO packet types a client sends as text: CONNECT, DISCONNECT, EVENT, ACK ...
 CLIENT_TYPES: Final = frozenset(str(t) for t in (packet.CONNECT, packet.DISCONNECT,
                                                  packet.EVENT, packet.ACK))
@@ -273,6 +280,19 @@ class SignalingServer(socketio.AsyncServer):  # type: ignore[misc]
             return False
         wire = getattr(sock.queue, "wire", None)
         return wire is None or not wire.closed
+
+    async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
+        """A connect to a namespace the service does not serve is refused with the object
+        protocol v5 wants (python-socketio sends the string ``"Unable to connect"``, which
+        socket.io-client reports with no message and no data). The usual cause is
+        ``io("https://host/app")``: the URL's path becomes the namespace."""
+        name = namespace or "/"
+        if not (name in self.handlers or name in self.namespace_handlers
+                or self.namespaces == "*" or name in (self.namespaces or ())):
+            await self._send_packet(eio_sid, self.packet_class(
+                packet.CONNECT_ERROR, data=UNKNOWN_NAMESPACE, namespace=name))
+            return
+        await super()._handle_connect(eio_sid, namespace, data)
 
     async def _handle_disconnect(self, eio_sid: str, namespace: str | None,
                                  reason: str | None = None) -> None:

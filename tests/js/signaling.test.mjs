@@ -109,3 +109,14 @@ test("no token at all is token_missing", async () => {
   assert.equal(err.message, "unauthorized");
   assert.deepEqual(err.data, { reason: "token_missing" });
 });
+
+test("a URL with a path (an unknown namespace) is refused with a reason", async () => {
+  // io("http://host/app") connects to the namespace "/app": the service serves "/" only
+  const socket = io(`${URL}/app`, {
+    transports: ["websocket"], reconnection: false, forceNew: true, auth: { token: TOKENS.alice },
+  });
+  const err = await next(socket, "connect_error");
+  socket.close();
+  assert.match(err.message, /^unknown namespace/);
+  assert.deepEqual(err.data, { reason: "unknown_namespace" });
+});

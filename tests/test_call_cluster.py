@@ -217,3 +217,32 @@ async def test_a_signal_for_a_socket_closed_on_its_node_is_held(redis_url: str, 
         assert await again.next("candidate") == late
         await signer.link.close()
         await raw.aclose()
+
+
+async def test_a_change_the_cluster_could_not_carry_is_not_told_unavailable(
+        redis_url: str, channel: str, made: list[Peer]) -> None:
+    """Node A may not PUBLISH (a Redis ACL user without it: every publish fails, nothing
+    else): alice's offer from A opens the call in Redis, its publish to bob on node B fails,
+    and the ack says ``delivered: false`` for a call that is open, not ``unavailable``
+    (before); bob's answer, from B, then goes through. A candidate in the answered call
+    changes nothing, and its failed publish is ``unavailable`` (true: retry)."""
+    admin = aioredis.Redis.from_url(redis_url)
+    user = f"nopub-{channel}"
+    await admin.acl_setuser(user, enabled=True, passwords=["+nopub-password"],
+                            keys=["*"], channels=["*"], commands=["+@all", "-publish"])
+    try:
+        parts = redis_url.split("://", 1)
+        denied = f"{parts[0]}://{user}:nopub-password@{parts[1].rpartition('@')[2]}"
+        async with nodes(cluster_env(denied, channel),
+                         cluster_env(redis_url, channel)) as (a, b):
+            alice, bob = await peer(made, a, "alice"), await peer(made, b, "bob")
+            ack = await alice.call("offer", offer_to("bob"))
+            assert ack == {"ok": True, "delivered": False, "callId": ack["callId"]}
+            assert await bob.call("answer", answer_to("alice")) == {"ok": True,
+                                                                    "delivered": True}
+            assert (await alice.next("answer"))["callId"] == ack["callId"]
+            refused = await alice.call("candidate", candidate_to("bob"))
+            assert (refused["ok"], refused["error"]) == (False, "unavailable")
+    finally:
+        await admin.acl_deluser(user)
+        await admin.aclose()

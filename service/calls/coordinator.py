@@ -88,8 +88,18 @@ class Calls:
         """Send what ``outcome`` says, holding what reaches nobody; (whether the relayed
         message was delivered, whether it was held)."""
         delivered, held = False, outcome.held
+        # the relay changed the call (opened it, answered it, ended it): that is stored, and
+        # a delivery the cluster could not carry is told as not delivered, not unavailable
+        committed = outcome.changed or outcome.opened
         for index, send in enumerate(outcome.sends):
-            got = await self._deliver(send, strict=index == outcome.relayed)
+            try:
+                got = await self._deliver(send, strict=index == outcome.relayed)
+            except Unavailable:
+                if not committed:
+                    raise  # nothing changed: retry
+                if index == outcome.relayed:
+                    held = False  # (a ring log replays to devices that join, not to these)
+                continue  # not held either: the party's socket is there, the cluster is not
             if not got and send.hold_in is not None and send.device is not None:
                 got, held = await self._hold(send, size)
             if index == outcome.relayed:

@@ -236,6 +236,7 @@ class CallRules:
         self._claim(outcome, call, me, device, event)
         message: Message = (event, {**body, "from": sender, "callId": call.id})
         if event == HANGUP:
+            outcome.changed = True
             if peer.away_until is not None:  # the last thing it needs to hear: held
                 self._end_for_away(ledger, call, peer, message, size)
                 outcome.held = True

@@ -14,6 +14,7 @@
     │   ├── Throttled               message and reason "rate_limited"
     │   ├── TooManyConnections      message and reason "too_many_connections"
     │   ├── ServiceUnavailable      message and reason "unavailable" (Redis away, shutting down)
+    │   │   └── KeysUnavailable     the token's issuer has no keys yet (its JWKS cannot be had)
     │   └── SessionClosed           reason "session_closed" (the session ended while
     │                               connecting: nobody is there to read it; logged)
     └── RequestError                an event is answered {"ok": false, "error": code}
@@ -115,6 +116,12 @@ class ServiceUnavailable(ConnectionRefused):
 
     code = "unavailable"
     reason = "unavailable"
+
+
+class KeysUnavailable(ServiceUnavailable):
+    """The token's issuer has no keys here yet: its JWKS has not been fetched (the IdP is
+    down or slow), or names no such ``kid`` and could not be fetched again. Not the token's
+    fault: retry (the app must not log the user out)."""
 
 
 class SessionClosed(ConnectionRefused):

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from service.auth.minting import sign
 from service.config import JwksEndpoint, Rate, Secret, Settings
 from tests.idp import IdpKey, JwksServer
-from tests.support import SECRET, Peer, RunningService, offer_to, refusal, serving
+from tests.support import SECRET, Peer, RunningService, eventually, offer_to, refusal, serving
 
 ISS_A = "https://idp-a.example.com/"
 ISS_B = "https://idp-b.example.com/"
@@ -336,13 +336,14 @@ async def test_a_slow_idp_does_not_stall_other_clients(keys: Keys, idp: JwksServ
 
 
 async def test_a_dead_idp_is_given_up_on_after_the_timeout(keys: Keys, idp: JwksServer) -> None:
-    """An IdP that never answers in time refuses its tokens after SIGNAL_JWKS_TIMEOUT, and
-    keeps no one else waiting."""
+    """An IdP that never answers in time refuses its tokens after SIGNAL_JWKS_TIMEOUT, as
+    retryable (``unavailable``: the token may well be good; issue 19 item 10 made it so,
+    it was ``token_invalid``), and keeps no one else waiting."""
     idp.delay = 5.0
     async with serving(idp_settings(idp, keys, jwks_timeout=1.0)) as service:
         started = time.monotonic()
         data = await refusal(service.url, "websocket", token=keys.a.token(iss=ISS_A, aud=AUD))
-        assert data["data"]["reason"] == "token_invalid"
+        assert data["data"]["reason"] == "unavailable"
         assert time.monotonic() - started < 4.0  # timeout 1 s; the IdP answers after 5 s
 
 
@@ -429,3 +430,59 @@ async def test_running_service_fixture_still_uses_hs256(service: RunningService)
     await peer.connect(service.token("alice"))
     assert peer.client.connected
     await peer.close()
+
+
+async def test_a_service_started_before_its_idp_catches_up(keys: Keys, idp: JwksServer
+                                                            ) -> None:
+    """The IdP answers 503 when the service starts: its tokens are refused as retryable
+    (``unavailable``, never ``token_invalid``, which tells an app to log the user out),
+    /readyz says not ready (``jwks_unavailable``); the IdP comes up, the failed fetch is
+    tried again within a backoff (not the 30 s refresh interval), and the same token
+    connects (before: token_invalid for 30 s)."""
+    idp.status = 503
+    async with serving(idp_settings(idp, keys)) as service:
+        verifier = service.app.ctx.signaling.verifier
+        source = verifier.jwks[ISS_A]
+        await eventually(lambda: source.failing, 5)
+        token = keys.a.token(iss=ISS_A, aud=AUD)
+        data = await refusal(service.url, "websocket", token=token)
+        assert data == {"message": "unavailable", "data": {"reason": "unavailable"}}
+        own = Peer(service.url, "websocket")  # the service's own tokens work meanwhile
+        await own.connect(service.token("alice", iss=ISS_OWN, aud=AUD))
+        assert await own.call("RefreshToken", token) == {"ok": False, "error": "unavailable"}
+        await own.close()
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{service.url}/readyz") as response:
+                assert response.status == 503
+                assert (await response.json())["reason"] == "jwks_unavailable"
+            async with http.get(f"{service.url}/ice-servers",
+                                headers={"Authorization": f"Bearer {token}"}) as response:
+                assert response.status == 503
+                assert await response.json() == {"error": "unavailable",
+                                                 "reason": "unavailable"}
+            idp.status = 200
+            await eventually(lambda: verifier.keys_ready, 5)  # backoff 0.5 s, 1 s, 2 s ...
+            async with http.get(f"{service.url}/readyz") as response:
+                assert response.status == 200
+        peer = Peer(service.url, "websocket")
+        await peer.connect(token)
+        assert peer.client.connected
+        await peer.close()
+
+
+async def test_an_unknown_kid_whose_fetch_failed_is_retryable(keys: Keys, idp: JwksServer
+                                                               ) -> None:
+    """The IdP rotated to a key the service has not seen, and is down when a token of the
+    new key arrives: ``unavailable`` (retry), not ``token_invalid``; a kid the IdP's set
+    does not have while the IdP answers is ``token_invalid``."""
+    async with serving(idp_settings(idp, keys, jwks_refresh_interval=1)) as service:
+        source = service.app.ctx.signaling.verifier.jwks[ISS_A]
+        await eventually(lambda: source.loaded, 5)
+        await eventually(lambda: source.retry_in() == 0, 5)
+        unknown = keys.evil.token(iss=ISS_A, aud=AUD, kid="a-9")
+        assert (await refusal(service.url, "websocket", token=unknown))["data"] == {
+            "reason": "token_invalid"}
+        idp.status = 503
+        await eventually(lambda: source.retry_in() == 0, 5)
+        assert (await refusal(service.url, "websocket", token=unknown))["data"] == {
+            "reason": "unavailable"}

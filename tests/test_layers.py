@@ -26,6 +26,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("service",),    # service/__init__.py: __version__ only
     ("errors",),     # every error and its code
     ("telemetry",),  # logs, metrics, supervised loops: every layer may count and log
+    ("outbound",),   # outbound HTTP, a bounded pool per purpose (JWKS, webhooks)
     ("config",),     # the settings and their checks
     ("transport",),  # websocket framing, Engine.IO, the Socket.IO server class, the manager
     ("protocol",),   # one parser per event (the user-id rule included)
@@ -41,7 +42,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 )
 RANK = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}
 #: the packages whose import loads no web framework, Socket.IO or Redis
-PURE = ("errors", "telemetry", "config", "protocol", "auth", "policy", "delivery", "calls")
+PURE = ("errors", "telemetry", "outbound", "config", "protocol", "auth", "policy", "delivery",
+        "calls")
 FRAMEWORKS = ("sanic", "socketio", "engineio", "redis")
 
 
@@ -114,7 +116,7 @@ def test_every_module_is_in_a_layer() -> None:
     assert RANK.keys() - units == set(), "layers with no module"
     packages = {p.parent.name for p in SERVICE.glob("*/__init__.py")}
     modules_at_top = {p.stem for p in SERVICE.glob("*.py")} - {"__init__"}
-    assert modules_at_top == {"errors", "protocol", "factory", "app"}
+    assert modules_at_top == {"errors", "outbound", "protocol", "factory", "app"}
     assert packages == RANK.keys() - modules_at_top - {"service"}
 
 

@@ -6,9 +6,11 @@ own ``alg`` when it names one. So HS256 "signed" with a public key is never chec
 that key.
 
 JWKS keys are cached per issuer, and a token is checked only against its own issuer's set.
-Fetching happens in a worker thread (PyJWT's client uses blocking urllib), at most once per
-``refresh_interval`` whatever the reason (expired cache, unknown ``kid``), one fetch at a time
-per issuer; a failed fetch keeps the previous keys.
+Fetches are asynchronous (:mod:`service.outbound`: a pool of their own, so a hung webhook
+receiver never delays them), at most once per ``refresh_interval`` whatever the reason
+(expired cache, unknown ``kid``), one fetch at a time per issuer; a failed fetch keeps the
+previous keys and is tried again after a short backoff (0.5 s, doubling up to the refresh
+interval), so a service that started before its IdP has keys within a second of it.
 """
 
 from __future__ import annotations
@@ -16,20 +18,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
-from jwt import PyJWK, PyJWKClient
-from jwt.exceptions import PyJWKClientError, PyJWTError
+from jwt import PyJWK
+from jwt.exceptions import PyJWTError
 
 from service.config import JwksEndpoint
+from service.outbound import OutboundError
 from service.telemetry import log_event
 
 HMAC_MIN_BYTES: Final = {"HS256": 32, "HS384": 48, "HS512": 64}
 RSA_ALGORITHMS: Final = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
 EC_CURVES: Final = {"ES256": "secp256r1", "ES384": "secp384r1", "ES512": "secp521r1"}
+#: the first wait before a failed fetch is tried again; doubled up to the refresh interval
+RETRY_FIRST: Final = 0.5
 
 
 def fits(algorithm: str, key: object) -> bool:
@@ -61,17 +66,7 @@ class VerificationKey:
         return fits(algorithm, self.key) and self.algorithm in (None, algorithm)
 
 
-Fetch = Callable[[str, float], dict[str, Any]]
-
-
-def fetch_jwks(url: str, timeout: float) -> dict[str, Any]:
-    """GET a JWKS with PyJWT's client (blocking; run it in a thread)."""
-    client = PyJWKClient(url, cache_jwk_set=False, timeout=timeout,
-                         headers={"User-Agent": "signaling-service"})
-    data = client.fetch_data()
-    if not isinstance(data, dict):
-        raise PyJWKClientError("JWKS is not a JSON object")
-    return data
+Fetch = Callable[[str, float], Awaitable[Any]]
 
 
 def parse_jwks(data: Mapping[str, Any], issuer: str) -> dict[str | None, VerificationKey]:
@@ -96,7 +91,7 @@ class JwksSource:
     """The cached key set of one issuer's JWKS endpoint."""
 
     def __init__(self, endpoint: JwksEndpoint, *, ttl: float, refresh_interval: float,
-                 timeout: float, logger: logging.Logger, fetch: Fetch = fetch_jwks,
+                 timeout: float, logger: logging.Logger, fetch: Fetch,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.issuer = endpoint.issuer
         self.url = endpoint.url
@@ -109,6 +104,10 @@ class JwksSource:
         self._keys: dict[str | None, VerificationKey] = {}
         self._fetched_at: float | None = None
         self._attempted_at: float | None = None
+        #: seconds from the last attempt to the next one allowed
+        self._wait = refresh_interval
+        #: the last fetch failed (a kid it did not find may be there)
+        self.failing = False
         self._lock = asyncio.Lock()
         self.fetches = 0
         #: told the outcome of every fetch (metrics)
@@ -125,25 +124,43 @@ class JwksSource:
         key = self._keys.get(kid)
         return [key] if key is not None else []
 
+    @property
+    def loaded(self) -> bool:
+        """A fetch has succeeded (the set may still be empty)."""
+        return self._fetched_at is not None
+
+    def retry_in(self) -> float:
+        """Seconds until the next fetch is allowed."""
+        if self._attempted_at is None:
+            return 0.0
+        return max(0.0, self._attempted_at + self._wait - self._clock())
+
     async def refresh(self) -> None:
-        """Fetch the set unless a fetch was attempted less than ``refresh_interval`` ago."""
+        """Fetch the set unless the last attempt was too recent: ``refresh_interval`` after
+        a success, a backoff after a failure."""
         async with self._lock:  # one fetch at a time; waiters reuse its result
             now = self._clock()
-            if self._attempted_at is not None and now - self._attempted_at < self._interval:
+            if self._attempted_at is not None and now - self._attempted_at < self._wait:
                 return
             self._attempted_at = now
             self.fetches += 1
             try:
-                data = await asyncio.to_thread(self._fetch, self.url, self._timeout)
+                data = await self._fetch(self.url, self._timeout)
+                if not isinstance(data, dict):
+                    raise ValueError("JWKS is not a JSON object")
                 keys = parse_jwks(data, self.issuer)
-            except (PyJWTError, OSError, ValueError) as exc:
+            except (OutboundError, PyJWTError, OSError, ValueError) as exc:
+                self._wait = min(self._wait * 2 if self.failing else RETRY_FIRST,
+                                 self._interval)
+                self.failing = True
                 self.on_fetch(False)
                 log_event(self._log, "jwks_fetch_failed", logging.WARNING, issuer=self.issuer,
                           url=self.url, error_type=type(exc).__name__,
-                          kept_keys=len(self._keys))
+                          kept_keys=len(self._keys), retry_in=self._wait)
                 return
             self._keys = keys
             self._fetched_at = self._clock()
+            self.failing, self._wait = False, self._interval
             self.on_fetch(True)
             log_event(self._log, "jwks_fetched", issuer=self.issuer, url=self.url,
                       kids=sorted(str(k) for k in keys))

@@ -13,24 +13,29 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import jwt
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from jwt.types import Options
 
 from service.auth.denylist import DenyList
-from service.auth.keys import HMAC_MIN_BYTES, Fetch, JwksSource, VerificationKey, fetch_jwks
+from service.auth.keys import HMAC_MIN_BYTES, Fetch, JwksSource, VerificationKey
 from service.config import Settings
 from service.errors import (
     InvalidPayload,
+    KeysUnavailable,
     TokenExpired,
     TokenInvalid,
     TokenMissing,
     TokenNotYetValid,
     TokenRevoked,
 )
+from service.outbound import Outbound
 from service.protocol import parse_user_id
+
+#: how often the JWKS loop looks again when every issuer has keys
+KEYS_CHECK_SECONDS: Final = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +52,13 @@ class TokenVerifier:
     """Verifies bearer tokens against the configured keys and claim rules."""
 
     def __init__(self, settings: Settings, logger: logging.Logger | None = None, *,
-                 fetch: Fetch = fetch_jwks, clock: Callable[[], float] = time.time) -> None:
+                 fetch: Fetch | None = None, clock: Callable[[], float] = time.time) -> None:
         self._log = logger or logging.getLogger("signaling")
+        #: JWKS fetches: bounded apart from other outbound requests (one per issuer at a
+        #: time already, see JwksSource)
+        self.outbound = Outbound("jwks", concurrency=max(1, len(settings.jwt_jwks)))
+        if fetch is None:
+            fetch = self._fetch
         self._clock = clock
         self._algorithms = frozenset(settings.jwt_algorithms)
         self._secrets = [VerificationKey(s.reveal().encode(), name) for s, name in (
@@ -79,10 +89,25 @@ class TokenVerifier:
             required.append("aud")
         self._options: Options = {"require": required, "verify_aud": bool(self._audiences)}
 
-    async def prefetch(self) -> None:
-        """Load every JWKS once (at start-up, in the background)."""
+    async def _fetch(self, url: str, within: float) -> Any:
+        return await self.outbound.get_json(url, within=within)
+
+    async def keep_fetched(self) -> float:
+        """Fetch each JWKS that has not loaded, or whose last fetch failed, when its backoff
+        allows; the seconds until one may be tried again (one step of a supervised loop,
+        from start-up: a service started before its IdP has keys soon after the IdP is up).
+        """
         for source in self.jwks.values():
-            await source.refresh()
+            if not source.loaded or source.failing:
+                await source.refresh()
+        waits = [source.retry_in() for source in self.jwks.values()
+                 if not source.loaded or source.failing]
+        return max(0.05, min(waits)) if waits else KEYS_CHECK_SECONDS
+
+    @property
+    def keys_ready(self) -> bool:
+        """Every JWKS issuer has keys (for readiness)."""
+        return all(source.loaded for source in self.jwks.values())
 
     def is_revoked(self, identity: Identity) -> bool:
         """Whether ``identity``'s token is on the deny-list now."""
@@ -111,7 +136,11 @@ class TokenVerifier:
     async def _keys(self, alg: str, kid: str | None, issuer: object) -> list[VerificationKey]:
         if isinstance(issuer, str) and issuer in self.jwks:
             # an issuer with a JWKS is verified with its own keys and nothing else
-            candidates = await self.jwks[issuer].keys_for(kid)
+            source = self.jwks[issuer]
+            candidates = await source.keys_for(kid)
+            if not candidates and (not source.loaded or source.failing):
+                # not the token's fault: its issuer's keys cannot be had now (retry)
+                raise KeysUnavailable("the token's issuer has no keys yet")
         elif alg in HMAC_MIN_BYTES:
             candidates = self._secrets
         else:

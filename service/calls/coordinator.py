@@ -15,6 +15,7 @@ from service.calls.rules import (
     BUSY,
     HANGUP,
     OFFER,
+    RINGING,
     CallRules,
     Ledger,
     Outcome,
@@ -75,7 +76,8 @@ class Calls:
                       delivered=delivered)
             self.metrics.calls_opened.inc()
             if not delivered and self.webhook is not None:
-                self.webhook.incoming(call.id, sender, relay.to, self.rules.ring_timeout)
+                self.webhook.incoming(call.id, sender, relay.to, self.rules.ring_timeout,
+                                      ringing=lambda: self.ringing(call.id, relay.to))
                 ack["notified"] = True
         elif not delivered and held:
             ack["held"] = True
@@ -132,6 +134,19 @@ class Calls:
                              len(orjson.dumps(body)))
         except Unavailable:
             log_event(self.log, "call_state_unavailable", logging.WARNING, during="hold")
+
+    async def ringing(self, call_id: str, callee: str) -> bool:
+        """Whether call ``call_id`` still rings (one read; when the store cannot be read:
+        perhaps, so a webhook keeps trying)."""
+        def rings(ledger: Ledger) -> bool:
+            call = ledger.calls.get(call_id)
+            return call is not None and call.state == RINGING
+
+        try:
+            result: bool = await self.store.update((callee,), rings)
+        except CallStoreUnavailable:
+            return True
+        return result
 
     async def joined(self, user: str, sid: str) -> None:
         """``sid`` joined ``user``'s room: it gets what was held or is ringing for it."""

@@ -6,8 +6,15 @@ so it can wake the app with a (VoIP) push.
 ``X-Signal-Signature: sha256=<hex HMAC-SHA256(secret, timestamp + "." + body)>``; the
 receiver recomputes it over the raw body and refuses stale timestamps. ``Idempotency-Key`` is
 the call id: a retried delivery is the same event. A 2xx ends it; a 4xx is final (the
-receiver refused it); anything else (5xx, timeout, no connection) is retried with backoff
-until the call stops ringing.
+receiver refused it), and so is a 3xx (redirects are not followed: a POST turned into a GET
+elsewhere, with the signature, is not a delivery); anything else (5xx, timeout, no
+connection) is retried with backoff while the call rings, and stops as soon as it does not
+(answered, declined, hung up): a late success must not push a call that is over.
+
+Requests are bounded apart from the service's other outbound requests (:mod:`service.outbound`,
+at most :data:`CONNECTIONS` at a time), asynchronous: a receiver that hangs delays only
+webhooks.
+Credentials in the URL (``https://user:pass@host/hook``) are sent as Basic authentication.
 """
 
 from __future__ import annotations
@@ -19,13 +26,11 @@ import hmac
 import json
 import logging
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Final
 from urllib.parse import urlsplit
 
-from service import __version__
+from service.outbound import Outbound, OutboundError
 from service.telemetry import log_event
 
 INCOMING: Final = "call.incoming"
@@ -34,6 +39,9 @@ FIRST_BACKOFF: Final = 0.5
 MAX_BACKOFF: Final = 8.0
 #: one attempt's time limit
 REQUEST_TIMEOUT: Final = 5.0
+#: webhook requests under way at once
+CONNECTIONS: Final = 10
+Ringing = Callable[[], Awaitable[bool]]
 
 
 def signature(secret: str, timestamp: str, body: bytes) -> str:
@@ -42,23 +50,15 @@ def signature(secret: str, timestamp: str, body: bytes) -> str:
     return "sha256=" + mac.hexdigest()
 
 
-def _post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> int:
-    """One POST; its HTTP status (raises OSError when there is no answer)."""
-    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
-
-
 class Webhook:
     """Sends incoming-call events in the background (see the module docstring)."""
 
     def __init__(self, url: str, secret: str, logger: logging.Logger,
                  on_result: Callable[[str], None] = lambda result: None) -> None:
-        #: told each attempt's result: delivered, refused, failed (given up), retry
+        #: told each delivery's result: delivered, refused, failed (given up), retry, and
+        #: stopped (the call left ringing before it was delivered)
         self.on_result = on_result
+        self.outbound = Outbound("webhook", concurrency=CONNECTIONS)
         self._url = url
         self._secret = secret
         self._log = logger
@@ -66,13 +66,16 @@ class Webhook:
         self._host = urlsplit(url).netloc.rpartition("@")[2]
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def incoming(self, call_id: str, caller: str, callee: str, within: float) -> None:
-        """Queue ``call.incoming``; it is tried for at most ``within`` seconds."""
-        task = asyncio.ensure_future(self._deliver(call_id, caller, callee, within))
+    def incoming(self, call_id: str, caller: str, callee: str, within: float,
+                 ringing: Ringing | None = None) -> None:
+        """Queue ``call.incoming``; it is tried for at most ``within`` seconds, and no more
+        once ``ringing()`` says the call does not ring any longer."""
+        task = asyncio.ensure_future(self._deliver(call_id, caller, callee, within, ringing))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _deliver(self, call_id: str, caller: str, callee: str, within: float) -> None:
+    async def _deliver(self, call_id: str, caller: str, callee: str, within: float,
+                       ringing: Ringing | None) -> None:
         deadline = time.monotonic() + within
         body = json.dumps({"type": INCOMING, "callId": call_id, "from": caller, "to": callee,
                            "ts": int(time.time())}, separators=(",", ":")).encode()
@@ -82,16 +85,15 @@ class Webhook:
             attempt += 1
             timestamp = str(int(time.time()))
             headers = {"Content-Type": "application/json",
-                       "User-Agent": f"signaling-service/{__version__}",
                        "X-Signal-Timestamp": timestamp,
                        "X-Signal-Signature": signature(self._secret, timestamp, body),
                        "Idempotency-Key": call_id}
             left = deadline - time.monotonic()
             try:
-                status = await asyncio.to_thread(_post, self._url, body, headers,
-                                                 max(0.1, min(REQUEST_TIMEOUT, left)))
-            except (OSError, ValueError) as exc:
-                status, error = 0, type(exc).__name__
+                status = await self.outbound.post(self._url, body, headers,
+                                                  within=max(0.1, min(REQUEST_TIMEOUT, left)))
+            except OutboundError as exc:
+                status, error = 0, str(exc)
             else:
                 error = ""
             if 200 <= status < 300:
@@ -104,6 +106,12 @@ class Webhook:
                 log_event(self._log, "webhook_refused", logging.WARNING, call=call_id,
                           host=self._host, status=status, attempts=attempt)
                 return
+            if 300 <= status < 400:
+                self.on_result("failed")
+                log_event(self._log, "webhook_failed", logging.WARNING, call=call_id,
+                          host=self._host, status=status, error="redirect_not_followed",
+                          attempts=attempt)
+                return
             left = deadline - time.monotonic()
             if left <= backoff:
                 self.on_result("failed")
@@ -115,6 +123,11 @@ class Webhook:
                       status=status, error=error, attempt=attempt)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF)
+            if ringing is not None and not await ringing():
+                self.on_result("stopped")
+                log_event(self._log, "webhook_stopped", call=call_id, host=self._host,
+                          attempts=attempt)
+                return
 
     async def stop(self) -> None:
         tasks = list(self._tasks)

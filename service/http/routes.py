@@ -15,7 +15,7 @@ from sanic.response import HTTPResponse, json, raw, redirect
 from service import __version__
 from service.auth import extract_token, mint
 from service.config import Settings, is_loopback
-from service.errors import AuthError, InvalidPayload, Throttled
+from service.errors import AuthError, InvalidPayload, ServiceUnavailable, Throttled
 from service.protocol import parse_user_id
 from service.telemetry import CONTENT_TYPE, Metrics
 
@@ -96,6 +96,9 @@ def register_routes(app: Sanic[Any, Any], signaling: Signaling, settings: Settin
             metrics.auth_failures.labels(exc.reason).inc()
             return json({"error": exc.code, "reason": exc.reason}, status=401,
                         headers={"WWW-Authenticate": "Bearer"})
+        except ServiceUnavailable as exc:  # the token's issuer has no keys yet: retry
+            return json({"error": exc.code, "reason": exc.reason}, status=503,
+                        headers={"Retry-After": "1"})
         servers = signaling.ice.for_user(identity.user_id, identity.expires_at, time.time())
         return json({"iceServers": servers}, headers={"Cache-Control": "no-store"})
 

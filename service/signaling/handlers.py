@@ -416,6 +416,8 @@ class Signaling:
                 except AuthError as exc:  # RefreshToken, or a token that expired meanwhile
                     self.metrics.auth_failures.labels(exc.reason).inc()
                     ack = {"ok": False, "error": exc.reason}
+                except ServiceUnavailable as exc:  # RefreshToken: its issuer has no keys yet
+                    ack = {"ok": False, "error": exc.code}
                 except Exception:
                     self.log.exception("handler_failed", extra={"fields": {"sid": sid,
                                                                            "name": event}})

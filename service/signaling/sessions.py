@@ -86,7 +86,8 @@ class Sessions:
             self.sio.manager_initialized = True
             self.sio.manager.initialize()
         await self.presence.start()
-        self._background = [asyncio.ensure_future(self.verifier.prefetch()),
+        self._background = [asyncio.ensure_future(forever(self.verifier.keep_fetched,
+                                                          name="jwks_fetch", log=self.log)),
                             asyncio.ensure_future(forever(self.sio.eio.sweep,
                                                           name="session_sweep",
                                                           log=self.log))]
@@ -124,6 +125,8 @@ class Sessions:
             return False, "shutting_down"
         if not await self.presence.healthy():
             return False, "redis_unreachable"
+        if not self.verifier.keys_ready:
+            return False, "jwks_unavailable"  # its tokens would be refused (unavailable)
         return True, "ready"
     def begin_close(self, sid: str, reason: str) -> None:
         """From now on the connection's events are refused; :meth:`close` runs in the

@@ -101,7 +101,7 @@ class Metrics:
             ["reason"], registry=reg)
         self.webhooks = Counter(
             "signaling_webhooks", "call.incoming webhook deliveries, by result (delivered, "
-            "refused, failed, retry)", ["result"], registry=reg)
+            "refused, failed, retry, stopped)", ["result"], registry=reg)
         self.build_info = Gauge(
             "signaling_build_info", "Version of the service and of Python",
             ["version", "python"], registry=reg, multiprocess_mode="max")

@@ -16,12 +16,23 @@ attacker's own cost is excluded) and in a well-behaved client beside it:
 4. The /ice-servers token oracle: 200 bad tokens as fast as possible: how many got to be
    verified (401) before the address budget answered 429.
 5. Side doors: a handshake marked ``Sec-Fetch-Mode: no-cors`` and a JSONP one.
+6. The owned transport's bounds (issue 19, items 1-4), each from one client without reading
+   what the service sends: 20 websocket upgrades of one polling session that never
+   authenticates (the worker's open sockets before, at once, and after the auth timeout); 40 MB
+   of 60 KB messages while the connect waits on a slow IdP (the worker's RSS, and what the
+   client got to write); a 1-byte first fragment then 1,000,000 empty continuation frames;
+   120,000 websocket PINGs. For each: the worker's RSS and CPU before and after, and whether
+   and how the connection was closed.
+
+``--only transport`` runs part 6 alone (it also runs unchanged against the code before issue
+19: copy this file there).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -234,6 +245,193 @@ async def side_doors(url: str) -> dict[str, int]:
     return {"no_cors_handshake": no_cors, "jsonp_handshake": jsonp}
 
 
+def open_sockets(pid: int) -> int:
+    """TCP sockets the worker holds open (client connections and listeners)."""
+    pids = [pid]
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.exists():
+        pids += [int(p) for p in children.read_text().split()]
+    count = 0
+    for p in pids:
+        for fd in Path(f"/proc/{p}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                count += os.readlink(fd).startswith("socket:")
+    return count
+
+
+def masked(payload: bytes, first: int) -> bytes:
+    """One client frame (masked with a zero key: the bytes are the payload's)."""
+    size = len(payload)
+    if size < 126:
+        head = bytes([first, 0x80 | size])
+    elif size < 65536:
+        head = bytes([first, 0x80 | 126]) + size.to_bytes(2, "big")
+    else:
+        head = bytes([first, 0x80 | 127]) + size.to_bytes(8, "big")
+    return head + b"\0\0\0\0" + payload
+
+
+async def raw_websocket(url: str, query: str = ""
+                        ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    host, port = url.rsplit("/", 1)[1].split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write((f"GET /socket.io/?EIO=4&transport=websocket{query} HTTP/1.1\r\nHost: x\r\n"
+                  "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                  "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    return reader, writer
+
+
+async def closed_after(reader: asyncio.StreamReader, within: float) -> str:
+    """How the service ended the connection: its close code, ``eof``, or ``open``."""
+    tail = b""
+    try:
+        while chunk := await asyncio.wait_for(reader.read(1 << 20), within):
+            tail = (tail + chunk)[-256:]
+    except TimeoutError:
+        return "open"
+    except ConnectionError:
+        return "reset"
+    at = tail.rfind(b"\x88")
+    if at >= 0 and at + 4 <= len(tail) and 2 <= tail[at + 1] <= 125:
+        return str(int.from_bytes(tail[at + 2:at + 4], "big"))
+    return "eof"
+
+
+async def pour(writer: asyncio.StreamWriter, frame: bytes, times: int, batch: int = 1000,
+               drain_within: float = 2.0) -> int:
+    """Write ``frame`` up to ``times`` times; how many got written before the service
+    stopped reading (a drain that takes longer than ``drain_within``) or closed."""
+    sent = 0
+    try:
+        while sent < times:
+            n = min(batch, times - sent)
+            writer.write(frame * n)
+            await asyncio.wait_for(writer.drain(), drain_within)
+            sent += n
+    except (TimeoutError, ConnectionError):
+        pass
+    return sent
+
+
+async def transport_bounds(url: str, pid: int, slow_issuer: str, slow_key: Any
+                           ) -> dict[str, Any]:
+    """Part 6 of the module docstring."""
+    from service.auth.minting import sign
+
+    result: dict[str, Any] = {}
+    async with aiohttp.ClientSession() as http:
+        # 1. upgrades of one polling session that never authenticates
+        sockets_before = open_sockets(pid)
+        base = f"{url}/socket.io/?EIO=4&transport=polling"
+        async with http.get(base) as response:
+            sid = json.loads((await response.text())[1:])["sid"]
+        upgrades = []
+        for _ in range(20):
+            host, port = url.rsplit("/", 1)[1].split(":")
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write((f"GET /socket.io/?EIO=4&transport=websocket&sid={sid} HTTP/1.1\r\n"
+                          "Host: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                          "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                          "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            upgrades.append((head.split(b"\r\n")[0].decode(), writer))
+        at_once = open_sockets(pid)
+        await asyncio.sleep(5 + 7)  # the auth timeout (5 s), and then some (the issue: 12 s)
+        later = open_sockets(pid)
+        for _, writer in upgrades:
+            writer.close()
+        result["upgrades"] = {
+            "accepted": sum(1 for line, _ in upgrades if " 101 " in line),
+            "refused": sum(1 for line, _ in upgrades if " 400 " in line),
+            "worker_sockets_before": sockets_before, "worker_sockets_at_once": at_once,
+            "worker_sockets_12s_later": later}
+
+    # 2. messages poured in while the connect waits on a slow IdP (5 s)
+    now = int(time.time())
+    token = sign({"sub": "pourer", "iss": slow_issuer, "iat": now, "exp": now + 600},
+                 slow_key, "ES256", kid="slow-1")
+    rss_before, cpu_before = rss_mib(pid), cpu_seconds(pid)
+    reader, writer = await raw_websocket(url)
+    writer.write(masked(("40" + json.dumps({"token": token})).encode(), 0x81))
+    big = masked(b'42["x","' + b"y" * 60_000 + b'"]', 0x81)
+    sent = await pour(writer, big, 700, batch=1)
+    result["messages_during_a_slow_connect"] = {
+        "sent_mb": round(sent * len(big) / 1e6, 1), "of_mb": round(700 * len(big) / 1e6, 1),
+        "rss_before_mib": round(rss_before, 1), "rss_after_mib": round(rss_mib(pid), 1),
+        "cpu_s": round(cpu_seconds(pid) - cpu_before, 2)}
+    writer.transport.abort()
+
+    # 3. empty continuation frames, 4. pings nobody reads
+    for name, first, frame, times in (
+            ("empty_continuations", masked(b"4", 0x01), masked(b"", 0x00), 1_000_000),
+            ("pings", b"", masked(b"p" * 125, 0x89), 120_000)):
+        rss_before, cpu_before = rss_mib(pid), cpu_seconds(pid)
+        reader, writer = await raw_websocket(url)
+        writer.write(masked(("40" + json.dumps({"token": mint(TOKENS, name)})).encode(), 0x81))
+        writer.write(first)
+        started = time.monotonic()
+        sent = await pour(writer, frame, times)
+        closing = asyncio.ensure_future(closed_after(reader, 15))
+        how = await closing
+        result[name] = {
+            "frames_sent": sent, "of": times, "closed_by_service": how,
+            "seconds": round(time.monotonic() - started, 1),
+            "rss_before_mib": round(rss_before, 1), "rss_after_mib": round(rss_mib(pid), 1),
+            "cpu_s": round(cpu_seconds(pid) - cpu_before, 2)}
+        writer.transport.abort()
+    return result
+
+
+class SlowIdP:
+    """A JWKS endpoint that answers after 5 s (the connect it serves waits meanwhile)."""
+
+    def __init__(self) -> None:
+        from service.auth.minting import generate_key, public_jwk
+
+        self.key = generate_key("ES256")
+        self.jwks = {"keys": [public_jwk(self.key, "ES256", "slow-1")]}
+        self.runner: Any = None
+        self.url = ""
+
+    async def start(self) -> None:
+        from aiohttp import web
+
+        async def serve(request: web.Request) -> web.Response:
+            await asyncio.sleep(5)
+            return web.json_response(self.jwks)
+
+        app = web.Application()
+        app.router.add_get("/jwks.json", serve)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}/jwks.json"
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+async def transport_report() -> dict[str, Any]:
+    idp = SlowIdP()
+    await idp.start()
+    issuer = "https://slow-idp.example/"
+    try:
+        proc, url, _ = await start({"SIGNAL_JWT_JWKS_URL": f"{issuer} {idp.url}",
+                                    "SIGNAL_JWT_ISSUER": f"{issuer},local",
+                                    "SIGNAL_JWT_USER_IDS": "shared",
+                                    "SIGNAL_JWKS_REFRESH_INTERVAL": "1"})
+        try:
+            return await transport_bounds(url, proc.pid, issuer, idp.key)
+        finally:
+            await stop(proc)
+    finally:
+        await idp.stop()
+
+
 async def main_async(posts: int, count: int) -> dict[str, Any]:
     report: dict[str, Any] = {}
     proc, url, lines = await start()
@@ -252,6 +450,7 @@ async def main_async(posts: int, count: int) -> dict[str, Any]:
         report["payload_costs"] = await payload_costs(url, proc.pid, count)
     finally:
         await stop(proc)
+    report["transport_bounds"] = await transport_report()
     return report
 
 
@@ -260,7 +459,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--posts", type=int, default=20)
     parser.add_argument("--count", type=int, default=200)
     parser.add_argument("--json", type=Path, help="also write the report here")
+    parser.add_argument("--only", choices=["transport"], help="run one part only")
     args = parser.parse_args(argv)
+    if args.only == "transport":
+        write_report({"transport_bounds": asyncio.run(transport_report())}, args.json)
+        return 0
     write_report(asyncio.run(main_async(args.posts, args.count)), args.json)
     return 0
 

@@ -16,5 +16,6 @@ from __future__ import annotations
 from service.transport.engine import MAX_PACKETS_PER_POST
 from service.transport.manager import InlineManager
 from service.transport.server import SignalingServer
+from service.transport.websocket import Wire, accept
 
-__all__ = ["MAX_PACKETS_PER_POST", "InlineManager", "SignalingServer"]
+__all__ = ["MAX_PACKETS_PER_POST", "InlineManager", "SignalingServer", "Wire", "accept"]

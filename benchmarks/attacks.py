@@ -318,7 +318,7 @@ async def pour(writer: asyncio.StreamWriter, frame: bytes, times: int, batch: in
 async def transport_bounds(url: str, pid: int, slow_issuer: str, slow_key: Any
                            ) -> dict[str, Any]:
     """Part 6 of the module docstring."""
-    from service.auth.minting import sign
+    from service.auth import sign
 
     result: dict[str, Any] = {}
     async with aiohttp.ClientSession() as http:
@@ -388,7 +388,7 @@ class SlowIdP:
     """A JWKS endpoint that answers after 5 s (the connect it serves waits meanwhile)."""
 
     def __init__(self) -> None:
-        from service.auth.minting import generate_key, public_jwk
+        from service.auth import generate_key, public_jwk
 
         self.key = generate_key("ES256")
         self.jwks = {"keys": [public_jwk(self.key, "ES256", "slow-1")]}

@@ -4,6 +4,7 @@ key pairs that sign tokens the way Auth0, Keycloak or Cognito would."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -51,13 +52,15 @@ class IdpKey:
 
 class JwksServer:
     """Serves ``/<name>.json`` from ``documents``; counts requests per path; can be slowed
-    down or made to fail."""
+    down, made to fail, or to send each document in two parts (``split``, as a large set
+    over TLS arrives); ``/moved/<name>.json`` redirects to it."""
 
     def __init__(self) -> None:
         self.documents: dict[str, dict[str, Any]] = {}
         self.hits: Counter[str] = Counter()
         self.delay = 0.0
         self.status = 200
+        self.split = False
         self._runner: web.AppRunner | None = None
         self.base = ""
 
@@ -69,7 +72,7 @@ class JwksServer:
     def url(self, name: str) -> str:
         return f"{self.base}/{name}.json"
 
-    async def _serve(self, request: web.Request) -> web.Response:
+    async def _serve(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
         self.hits[name] += 1
         if self.delay:
@@ -78,11 +81,24 @@ class JwksServer:
             return web.Response(status=self.status, text="unavailable")
         if name not in self.documents:
             return web.Response(status=404)
-        return web.json_response(self.documents[name])
+        if not self.split:
+            return web.json_response(self.documents[name])
+        body = json.dumps(self.documents[name]).encode()
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        await response.write(body[:len(body) // 2])
+        await asyncio.sleep(0.05)  # (so the two parts are read apart)
+        await response.write(body[len(body) // 2:])
+        await response.write_eof()
+        return response
+
+    async def _moved(self, request: web.Request) -> web.Response:
+        raise web.HTTPFound(f"/{request.match_info['name']}.json")
 
     async def start(self) -> None:
         app = web.Application()
         app.router.add_get("/{name}.json", self._serve)
+        app.router.add_get("/moved/{name}.json", self._moved)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         sock = free_socket()

@@ -150,3 +150,15 @@ def test_a_hangup_that_reached_a_closing_socket_is_kept() -> None:
     assert held.held and after.calls[call.id].state == ENDED
     assert [s.event for s in RULES.joined(after, "bob", "b2")] == ["hangup"]
     assert RULES.hold(Ledger(), call.id, "bob", "b1", ("candidate", {}), 10, 105.0).call is None
+
+
+def test_a_late_signal_for_an_ended_call_goes_before_its_hangup() -> None:
+    """A candidate sent before the hangup that reaches the party's node after it (a cluster
+    hands it back late) is held before the hangup: the hangup stays the last thing heard."""
+    ledger = Ledger()
+    call = open_call(ledger, answered=True)
+    RULES.gone(ledger, "bob", "b1", 102.0)
+    RULES.relay(ledger, "hangup", "alice", "a1", "bob", None, {"to": "bob"}, 10, 104.0)
+    late = RULES.hold(ledger, call.id, "bob", "b1", ("candidate", {"n": 9}), 10, 105.0)
+    assert late.held
+    assert [s.event for s in RULES.joined(ledger, "bob", "b2")] == ["candidate", "hangup"]

@@ -486,3 +486,22 @@ async def test_an_unknown_kid_whose_fetch_failed_is_retryable(keys: Keys, idp: J
         await eventually(lambda: source.retry_in() == 0, 5)
         assert (await refusal(service.url, "websocket", token=unknown))["data"] == {
             "reason": "unavailable"}
+
+
+@pytest.mark.parametrize("how", ["in two parts", "through a redirect"])
+async def test_a_jwks_arrives_however_it_is_sent(keys: Keys, idp: JwksServer, how: str) -> None:
+    """A JWKS whose body arrives in two reads (a large set over TLS), or whose URL redirects
+    (some IdPs move theirs), loads, and its tokens connect."""
+    idp.split = how == "in two parts"
+    url = idp.publish("a", keys.a)
+    if how == "through a redirect":
+        url = url.replace("/a.json", "/moved/a.json")
+    settings = Settings(jwt_jwks=(JwksEndpoint(ISS_A, url),), jwt_issuers=(ISS_A,),
+                        jwt_audiences=(AUD,))
+    async with serving(settings) as service:
+        verifier = service.app.ctx.signaling.verifier
+        await eventually(lambda: verifier.keys_ready, 5)
+        peer = Peer(service.url, "websocket")
+        await peer.connect(keys.a.token(iss=ISS_A, aud=AUD))
+        assert peer.client.connected
+        await peer.close()

@@ -187,3 +187,20 @@ async def test_pongs_a_client_does_not_read_start_the_slow_reader_clock(
                                      for r in capture_logs
                                      if r["event"] == "session_dropped"), 10)
         writer.transport.abort()
+
+
+async def test_an_upgrade_over_the_packet_budget_closes_the_session() -> None:
+    """An upgrade spends a packet of the session's budget: one that finds it spent (here by
+    a POST of three PONGs) is refused and the session is closed, as a POST over the budget
+    closes it (before: the upgrade was accepted and spent nothing)."""
+    async with serving(settings(limit_packets=Rate(0.001, 3))) as service, \
+            aiohttp.ClientSession() as http:
+        sid = await polling_sid(service)
+        url = f"{service.url}/socket.io/?EIO=4&transport=polling&sid={sid}"
+        async with http.post(url, data="3\x1e3\x1e3") as response:
+            assert response.status == 200  # the budget, spent
+        _reader, writer, head = await upgrade_request(service, sid)
+        writer.close()
+        assert b" 400 " in head.split(b"\r\n")[0]
+        async with http.get(url) as response:
+            assert response.status == 400  # the session is gone

@@ -304,3 +304,55 @@ async def test_a_hung_receiver_never_delays_authentication(receiver: Any) -> Non
             await alice.close()
     finally:
         await idp.stop()
+
+
+async def test_a_hung_webhook_dns_never_delays_authentication(
+        receiver: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The webhook receiver's name lookups hang (``getaddrinfo`` is made to block for its
+    host: a DNS server that hangs cannot be run here, so this one call is stood in for);
+    a JWKS fetch from a named host (``localhost``) still resolves at once and a token of a
+    rotated key connects (before: lookups ran in asyncio's default pool, which the webhooks'
+    lookups filled)."""
+    import socket
+    import threading
+
+    from service.config import JwksEndpoint, Rate
+    from tests.idp import IdpKey, JwksServer
+
+    released = threading.Event()
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == "hooks.hang.test":
+            released.wait(30)
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    idp, old, new = JwksServer(), IdpKey.new("ES256", "k-1"), IdpKey.new("ES256", "k-2")
+    await idp.start()
+    try:
+        issuer = "https://idp.test/"
+        jwks = idp.publish("k", old).replace("127.0.0.1", "localhost")
+        settings = hooked("http://hooks.hang.test:9/hooks/call",
+                          jwt_jwks=(JwksEndpoint(issuer, jwks),),
+                          jwt_issuers=(issuer, "local"), jwt_shared_user_ids=True,
+                          jwks_refresh_interval=1, limit_relays=Rate(0, 0),
+                          limit_user_relays=Rate(0, 0))
+        async with serving(settings) as service:
+            source = service.app.ctx.signaling.verifier.jwks[issuer]
+            await eventually(lambda: source.loaded, 5)
+            alice = Peer(service.url, "websocket")
+            await alice.connect(service.token("alice", iss="local"))
+            for n in range(12):
+                assert (await alice.call("offer", offer_to(f"offline{n}")))["notified"]
+            idp.publish("k", old, new)
+            await eventually(lambda: source.retry_in() == 0, 5)
+            started = time.monotonic()
+            client = Peer(service.url, "websocket")
+            await client.connect(new.token("carol", iss=issuer))
+            assert time.monotonic() - started < 2  # a ceiling far below the auth timeout
+            await client.close()
+            await alice.close()
+    finally:
+        released.set()
+        await idp.stop()

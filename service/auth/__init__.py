@@ -16,8 +16,9 @@ This package is the only place that imports ``jwt``.
 from __future__ import annotations
 
 from service.auth.expiry import ExpiryTimers
-from service.auth.minting import mint
+from service.auth.minting import generate_key, mint, public_jwk, sign
 from service.auth.turn import IceServers
 from service.auth.verifier import Identity, TokenVerifier, extract_token
 
-__all__ = ["ExpiryTimers", "IceServers", "Identity", "TokenVerifier", "extract_token", "mint"]
+__all__ = ["ExpiryTimers", "IceServers", "Identity", "TokenVerifier", "extract_token",
+           "generate_key", "mint", "public_jwk", "sign"]

@@ -129,6 +129,10 @@ class JwksSource:
         """A fetch has succeeded (the set may still be empty)."""
         return self._fetched_at is not None
 
+    @property
+    def key_count(self) -> int:
+        return len(self._keys)
+
     def retry_in(self) -> float:
         """Seconds until the next fetch is allowed."""
         if self._attempted_at is None:

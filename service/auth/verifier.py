@@ -97,17 +97,19 @@ class TokenVerifier:
         allows; the seconds until one may be tried again (one step of a supervised loop,
         from start-up: a service started before its IdP has keys soon after the IdP is up).
         """
+        def wanting(source: JwksSource) -> bool:
+            return not source.loaded or source.failing or not source.key_count
+
         for source in self.jwks.values():
-            if not source.loaded or source.failing:
+            if wanting(source):
                 await source.refresh()
-        waits = [source.retry_in() for source in self.jwks.values()
-                 if not source.loaded or source.failing]
+        waits = [source.retry_in() for source in self.jwks.values() if wanting(source)]
         return max(0.05, min(waits)) if waits else KEYS_CHECK_SECONDS
 
     @property
     def keys_ready(self) -> bool:
         """Every JWKS issuer has keys (for readiness)."""
-        return all(source.loaded for source in self.jwks.values())
+        return all(source.loaded and source.key_count for source in self.jwks.values())
 
     def is_revoked(self, identity: Identity) -> bool:
         """Whether ``identity``'s token is on the deny-list now."""

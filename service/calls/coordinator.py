@@ -103,7 +103,12 @@ class Calls:
                     held = False  # (a ring log replays to devices that join, not to these)
                 continue  # not held either: the party's socket is there, the cluster is not
             if not got and send.hold_in is not None and send.device is not None:
-                got, held = await self._hold(send, size)
+                try:
+                    got, held = await self._hold(send, size)
+                except Unavailable:
+                    if not committed:
+                        raise
+                    got, held = False, False  # the change stands: told as not delivered
             if index == outcome.relayed:
                 delivered = got
         return delivered, held

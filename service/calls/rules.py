@@ -355,7 +355,14 @@ class CallRules:
             return outcome
         if party.away_until is None:
             party.away_until = now + self.grace
-        outcome.held = party.hold(message, size)
+        if call.state == ENDED and party.held and party.held[-1][0] == HANGUP:
+            # a signal sent before the hangup that reached the party's node after it: it
+            # goes before the hangup, which stays the last thing the party hears
+            hangup = party.held.pop()
+            outcome.held = party.hold(message, size)
+            party.held.append(hangup)
+        else:
+            outcome.held = party.hold(message, size)
         ledger.save(call)
         return outcome
 

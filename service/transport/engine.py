@@ -367,9 +367,13 @@ class EngineWebSocket(SanicWebSocket):  # type: ignore[misc]
         request = environ["sanic.request"]
         server = self.server
         session = self.handler.__self__
-        if session.connected and (session.upgrading or session.closing or session.closed
-                                  or not server.allow_packets(session, 1)):
-            return server._bad_request()  # one upgrade at a time, and each one counts
+        if session.connected:
+            if session.upgrading or session.closing or session.closed:
+                return server._bad_request()  # one upgrade at a time
+            if not server.allow_packets(session, 1):  # each one counts
+                if server.drop is not None:
+                    await server.drop(session.sid, "rate_limited")
+                return server._bad_request()
         try:
             wire = accept(request, send_timeout=self.send_timeout)
         except ValueError:

@@ -120,3 +120,48 @@ test("a URL with a path (an unknown namespace) is refused with a reason", async 
   assert.match(err.message, /^unknown namespace/);
   assert.deepEqual(err.data, { reason: "unknown_namespace" });
 });
+
+test("a client cut off reconnects by itself and, joining on every connect, is called again", async () => {
+  // the README's example, behind a TCP proxy this test cuts (a network switch, a node gone)
+  const net = await import("node:net");
+  const target = new globalThis.URL(URL);
+  const pipes = new Set();
+  const proxy = net.createServer((client) => {
+    const upstream = net.connect(Number(target.port), target.hostname);
+    client.pipe(upstream).pipe(client);
+    for (const s of [client, upstream]) {
+      pipes.add(s);
+      s.on("error", () => {});
+      s.on("close", () => pipes.delete(s));
+    }
+  });
+  await new Promise((resolve) => proxy.listen(0, "127.0.0.1", resolve));
+  const bob = io(`http://127.0.0.1:${proxy.address().port}`, {
+    auth: { token: TOKENS.bob }, transports: ["websocket"], forceNew: true,
+    reconnectionDelay: 100, reconnectionDelayMax: 500,
+  });
+  let joins = 0;
+  bob.on("connect", () => {                 // the example: join on every connect
+    bob.emitWithAck("JoinSocket", "bob").then(() => { joins += 1; });
+  });
+  const until = async (check, ms) => {
+    for (const end = Date.now() + ms; !check(); await new Promise((r) => setTimeout(r, 20))) {
+      if (Date.now() > end) throw new Error("not in time");
+    }
+  };
+  const alice = await connect(TOKENS.alice, { transport: "websocket", mode: "auth" });
+  try {
+    await until(() => joins === 1, 5000);
+    for (const s of pipes) s.destroy();       // the connection is cut
+    await until(() => joins === 2, 10000);    // socket.io-client came back by itself
+    const offered = next(bob, "offer");
+    const ack = await alice.timeout(3000).emitWithAck("offer", { to: "bob", offer: { type: "offer", sdp: SDP } });
+    assert.equal(ack.delivered, true);
+    assert.equal((await offered).from, "alice");
+    await alice.timeout(3000).emitWithAck("hangup", { to: "bob" });
+  } finally {
+    alice.close();
+    bob.close();
+    proxy.close();
+  }
+});

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ASYNCAPI = json.loads((ROOT / "service" / "http" / "specs" / "asyncapi.json").read_text())
 OPENAPI = json.loads((ROOT / "service" / "http" / "specs" / "openapi.json").read_text())
 #: events the service emits itself (besides the relays)
-SERVICE_EVENTS = {"token_expiring", "server_disconnect"}
+SERVICE_EVENTS = {"token_expiring", "server_disconnect", "ice_servers"}
 
 
 def message_validator(message: str) -> Draft202012Validator:

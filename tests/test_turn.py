@@ -117,9 +117,9 @@ def test_turn_settings_are_checked() -> None:
     with pytest.raises(ConfigError, match="turn: or turns: URLs"):
         Settings(jwt_secret=Secret(SECRET), turn_urls=("stun:x.example.com",),
                  turn_secret=Secret(TURN_SECRET))
-    with pytest.raises(ConfigError, match="TURN_TTL"):
+    with pytest.raises(ConfigError, match="TURN_TTL"):  # (10 s is the least since issue 20)
         Settings(jwt_secret=Secret(SECRET), turn_urls=("turn:x.example.com",),
-                 turn_secret=Secret(TURN_SECRET), turn_ttl=10)
+                 turn_secret=Secret(TURN_SECRET), turn_ttl=5)
     with pytest.raises(ConfigError, match="TURN_SECRET is too short"):
         Settings(jwt_secret=Secret(SECRET), turn_urls=("turn:x.example.com",),
                  turn_secret=Secret("short"))
@@ -152,3 +152,34 @@ async def test_chromium_call_forced_through_coturn() -> None:
                     break
                 await asyncio.sleep(0.2)
             assert frames >= 5
+
+
+async def test_a_long_call_keeps_its_relay() -> None:
+    """Before a connection's TURN credentials expire it gets fresh ones: pushed
+    (``ice_servers``) when their TTL runs out first, in the RefreshToken ack when the token
+    does. After the old ones have expired, coturn refuses them and allocates with the fresh
+    ones (before: nothing fresh was ever handed out on the socket)."""
+    async with coturn() as turn, serving(turn_settings(turn.url, turn_ttl=10)) as service:
+        ttl_bound, token_bound = Peer(service.url, "websocket"), Peer(service.url, "websocket")
+        await ttl_bound.connect(service.token("alice"))
+        await token_bound.connect(service.token("bob", ttl=6))
+        try:
+            old_a = (await ttl_bound.call("GetIceServers"))["iceServers"][1]
+            old_b = (await token_bound.call("GetIceServers"))["iceServers"][1]
+            pushed = (await ttl_bound.next("ice_servers", within=15))["iceServers"][1]
+            assert int(pushed["username"].split(":")[0]) > int(
+                old_a["username"].split(":")[0])
+            refreshed = await token_bound.call("RefreshToken", service.token("bob"))
+            fresh_b = refreshed["iceServers"][1]
+            assert int(fresh_b["username"].split(":")[0]) > int(
+                old_b["username"].split(":")[0])
+            expiry = max(int(old_a["username"].split(":")[0]),
+                         int(old_b["username"].split(":")[0]))
+            await asyncio.sleep(max(0.0, expiry + 1.5 - time.time()))  # past both
+            for old, fresh in ((old_a, pushed), (old_b, fresh_b)):
+                with pytest.raises(TransactionFailed, match="401"):
+                    await allocate(turn, old["username"], old["credential"])
+                await allocate(turn, fresh["username"], fresh["credential"])
+        finally:
+            await ttl_bound.close()
+            await token_bound.close()

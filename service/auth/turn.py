@@ -30,11 +30,27 @@ class IceServers:
     turn_secret: str | None = None
     turn_ttl: int = 3600
 
+    def expiry(self, token_expires_at: int, now: float) -> int | None:
+        """When TURN credentials handed out now expire (None: no TURN): their TTL ahead,
+        or the token's ``exp``, whichever is first."""
+        if not self.turn_urls or self.turn_secret is None:
+            return None
+        return min(int(now) + self.turn_ttl, int(token_expires_at))
+
+    def refresh_at(self, token_expires_at: int, now: float) -> float | None:
+        """When a connection given credentials now should get fresh ones, before they expire
+        (a minute ahead, a third of the TTL at most); None when there is no TURN, or when the
+        token expires first (a ``RefreshToken`` then brings fresh ones in its ack)."""
+        expiry = self.expiry(token_expires_at, now)
+        if expiry is None or expiry >= int(token_expires_at):
+            return None
+        return expiry - min(60.0, self.turn_ttl / 3)
+
     def for_user(self, user: str, token_expires_at: int, now: float) -> list[dict[str, Any]]:
         """The RTCIceServer list for ``user``, whose token expires at ``token_expires_at``."""
         servers = [dict(s) for s in self.static]
-        if self.turn_urls and self.turn_secret is not None:
-            expiry = min(int(now) + self.turn_ttl, int(token_expires_at))
+        expiry = self.expiry(token_expires_at, now)
+        if expiry is not None and self.turn_secret is not None:
             username = f"{expiry}:{user}"
             servers.append({"urls": list(self.turn_urls), "username": username,
                             "credential": turn_credential(self.turn_secret, username)})

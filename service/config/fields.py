@@ -38,7 +38,7 @@ BOUNDS: Final[dict[str, tuple[float, float]]] = {
     "shutdown_timeout": (1, 600),
     "ring_timeout": (1, 600),
     "reconnect_grace": (1, 600),
-    "turn_ttl": (60, 86400),
+    "turn_ttl": (10, 86400),
 }
 #: of those, the ones that must be whole numbers (the rest are seconds, fractions allowed)
 WHOLE: Final = frozenset({"jwt_leeway", "jwt_max_lifetime", "jwt_max_token_bytes",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -17,7 +18,7 @@ from typing import Any, Final
 
 import socketio
 
-from service.auth import ExpiryTimers, IceServers, TokenVerifier, extract_token
+from service.auth import ExpiryTimers, IceServers, Identity, TokenVerifier, extract_token
 from service.calls import Calls
 from service.delivery import Delivery, Presence, PresenceUnavailable, user_room
 from service.errors import (
@@ -54,6 +55,8 @@ __all__ = ["Signaling", "user_room"]
 
 #: how long a connect or JoinSocket waits for this node to be reachable through the cluster
 REACHABLE_WAIT_SECONDS: Final = 2.0
+#: timers hold no request context (a cancelled timer keeps its context until its deadline)
+_EMPTY: Final = contextvars.Context()
 #: how often the connection gauge is brought up to date
 CONNECTION_COUNT_SECONDS: Final = 1.0
 TRANSPORTS: Final = ("websocket", "polling")
@@ -85,6 +88,8 @@ class Signaling:
         self.calls = calls
         #: STUN/TURN servers handed to clients, TURN credentials minted per user
         self.ice = ice or IceServers()
+        #: per connection given TURN credentials: when fresh ones are pushed
+        self._ice_timers: dict[str, asyncio.TimerHandle] = {}
         self.metrics = metrics or Metrics()
         self.metrics.on_scrape = self.count_connections
         self._sweep: asyncio.Task[None] | None = None
@@ -303,6 +308,9 @@ class Signaling:
 
     async def disconnect(self, sid: str, reason: str | None = None) -> None:
         """Forget the socket; python-socketio removes it from its rooms."""
+        timer = self._ice_timers.pop(sid, None)
+        if timer is not None:
+            timer.cancel()
         known = self.sessions.get(sid)
         if known is not None:
             # before the session is forgotten: a node shutting down waits for that, and the
@@ -374,15 +382,39 @@ class Signaling:
         self.timers.arm(sid, identity)
         log_event(self.log, "token_refreshed", sid=sid, user=identity.user_id,
                   exp=identity.expires_at)
-        return {"ok": True, "exp": identity.expires_at}
+        ack: Ack = {"ok": True, "exp": identity.expires_at}
+        if self.ice.expiry(identity.expires_at, time.time()) is not None:
+            # the credentials the client has expire no later than its old token
+            ack["iceServers"] = self._ice_for(sid, identity)
+        return ack
 
     async def ice_servers(self, sid: str, *args: object) -> Ack:
         """``GetIceServers()``: the RTCIceServer list for this user, TURN credentials
         expiring no later than the connection's token."""
         parse_ice_request(args)
-        identity = self._session(sid).identity
-        return {"ok": True, "iceServers": self.ice.for_user(identity.user_id,
-                                                            identity.expires_at, time.time())}
+        return {"ok": True, "iceServers": self._ice_for(sid, self._session(sid).identity)}
+
+    def _ice_for(self, sid: str, identity: Identity) -> list[dict[str, Any]]:
+        """The ICE servers for connection ``sid`` now; fresh ones are pushed
+        (``ice_servers``) before these TURN credentials expire, while its token lives on."""
+        now = time.time()
+        servers = self.ice.for_user(identity.user_id, identity.expires_at, now)
+        previous = self._ice_timers.pop(sid, None)
+        if previous is not None:
+            previous.cancel()
+        at = self.ice.refresh_at(identity.expires_at, now)
+        if at is not None:
+            self._ice_timers[sid] = asyncio.get_running_loop().call_later(
+                max(0.0, at - now), self._push_ice, sid, context=_EMPTY)
+        return servers
+
+    def _push_ice(self, sid: str) -> None:
+        self._ice_timers.pop(sid, None)
+        session = self.sessions.get(sid)
+        if session is None or session.closing is not None:
+            return
+        servers = self._ice_for(sid, session.identity)
+        self.life.spawn(self.sio.emit("ice_servers", {"iceServers": servers}, to=sid))
 
     async def unknown(self, sid: str, *args: object) -> Ack:
         """Any event outside the protocol (the catch-all's event name comes first in

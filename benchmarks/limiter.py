@@ -31,7 +31,8 @@ from service.policy import RELAY, Guard  # noqa: E402
 
 HIGH = "1000000:1000000"
 LIMITS_ON_NEVER_REFUSING = {f"SIGNAL_LIMIT_{name}": HIGH for name in (
-    "RELAYS", "USER_RELAYS", "ROOMS", "REFRESHES", "OTHER", "IP_CONNECTS", "IP_AUTH_FAILURES")}
+    "RELAYS", "USER_RELAYS", "ROOMS", "REFRESHES", "OTHER", "IP_CONNECTS", "USER_CONNECTS",
+    "IP_AUTH_FAILURES")}
 
 
 def per_call_ns(fn: Callable[[], object], n: int = 1_000_000) -> float:

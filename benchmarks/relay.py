@@ -58,8 +58,8 @@ def cpu_seconds(pid: int) -> float:
 
 #: a benchmark sends far more than a client may: rate limits are lifted (0 = no limit)
 NO_LIMITS = {f"SIGNAL_LIMIT_{name}": "0" for name in (
-    "RELAYS", "USER_RELAYS", "ROOMS", "REFRESHES", "OTHER", "IP_CONNECTS", "IP_AUTH_FAILURES",
-    "PACKETS", "IP_PACKETS")}
+    "RELAYS", "USER_RELAYS", "ROOMS", "REFRESHES", "OTHER", "IP_CONNECTS", "USER_CONNECTS",
+    "IP_AUTH_FAILURES", "PACKETS", "IP_PACKETS")}
 
 
 async def start_service(extra_env: dict[str, str] | None = None,

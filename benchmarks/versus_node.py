@@ -64,7 +64,7 @@ NODE_DIR = ROOT / "benchmarks" / "node_reference"
 HIGH = "1000000:1000000"
 LIMITS = {f"SIGNAL_LIMIT_{name}": HIGH for name in (
     "RELAYS", "USER_RELAYS", "ROOMS", "REFRESHES", "OTHER", "STRIKES", "IP_CONNECTS",
-    "IP_AUTH_FAILURES", "PACKETS", "IP_PACKETS")}
+    "USER_CONNECTS", "IP_AUTH_FAILURES", "PACKETS", "IP_PACKETS")}
 TOKENS = Settings(jwt_secret=Secret(SECRET))
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 #: a 3 KB relay: the candidate plus an app field (a candidate line itself is at most 2 KB)

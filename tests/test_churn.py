@@ -52,6 +52,7 @@ async def test_reconnect_churn_memory_is_given_back() -> None:
     grew to 286 MB, and stayed)."""
     settings = Settings(jwt_secret=Secret(SECRET))
     env = {"SIGNAL_JWT_SECRET": SECRET, "SIGNAL_LIMIT_IP_CONNECTS": "0",
+           "SIGNAL_LIMIT_USER_CONNECTS": "0",
            "SIGNAL_LIMIT_ROOMS": "0", "SIGNAL_MAX_CONNECTIONS_PER_USER": "0"}
     async with nodes(env, ready="/healthz") as (node,):
         url = node.url.replace("http", "ws") + "/socket.io/?EIO=4&transport=websocket"

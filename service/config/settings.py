@@ -97,6 +97,8 @@ class Settings:
     limit_other: Rate = Rate(2, 10)
     limit_strikes: Rate = Rate(1, 50)
     limit_ip_connects: Rate = Rate(5, 30)
+    #: new connections per user (a valid token's sessions spend these, not their address's)
+    limit_user_connects: Rate = Rate(5, 30)
     limit_ip_auth_failures: Rate = Rate(0.2, 10)
     #: Engine.IO packets of any kind (messages, pings, upgrades, noops) per session ...
     limit_packets: Rate = Rate(50, 500)

@@ -2,6 +2,9 @@
 
 Per address: new sessions (``limit_ip_connects``) and failed authentications
 (``limit_ip_auth_failures``; an address out of failures may not try again until it refills).
+A session that authenticates gives its address's token back and spends its user's instead
+(``limit_user_connects``): thousands of phones behind one carrier-grade NAT reconnect at the
+pace of their users' budgets, while sessions without a valid token stay at the address's.
 Per Engine.IO session and per address: packets of any kind, below Socket.IO (``limit_packets``,
 ``limit_ip_packets``): pings, upgrades and noops cost the server too.
 Per user: relays across all of the user's connections on this node (``limit_user_relays``).
@@ -64,6 +67,7 @@ class Guard:
         self._strikes = settings.limit_strikes
         self._user_relays = KeyedBuckets(settings.limit_user_relays, clock=clock)
         self._ip_connects = KeyedBuckets(settings.limit_ip_connects, clock=clock)
+        self._user_connects = KeyedBuckets(settings.limit_user_connects, clock=clock)
         self._ip_failures = KeyedBuckets(settings.limit_ip_auth_failures, clock=clock)
         self._packets = settings.limit_packets
         self._ip_packets = KeyedBuckets(settings.limit_ip_packets, clock=clock)
@@ -80,6 +84,15 @@ class Guard:
         authentication failures. (IPv6 addresses count per /64: :func:`address_key`.)"""
         key = address_key(ip)
         return self._ip_failures.has(key) and self._ip_connects.take(key)
+
+    def authenticated(self, ip: str, user: str) -> bool:
+        """A session from ``ip`` presented a valid token of ``user``: the session counts
+        against the user's connect budget, not the address's (the address's token is given
+        back); False when the user is over its own."""
+        if not self._user_connects.take(user):
+            return False
+        self._ip_connects.give(address_key(ip))
+        return True
 
     def may_authenticate(self, ip: str) -> bool:
         return self._ip_failures.has(address_key(ip))

@@ -42,6 +42,11 @@ class TokenBucket:
             return True
         return False
 
+    def give(self, now: float, cost: float = 1.0) -> None:
+        """Give ``cost`` tokens back (never more than the burst)."""
+        self._refill(now)
+        self.tokens = min(self._burst, self.tokens + cost)
+
     def has(self, now: float, cost: float = 1.0) -> bool:
         """Whether ``cost`` tokens are there, without spending them."""
         if self._rate == 0:
@@ -75,6 +80,12 @@ class KeyedBuckets:
         if self.rate.unlimited:
             return True
         return self._bucket(key).take(self._clock(), cost)
+
+    def give(self, key: str, cost: float = 1.0) -> None:
+        """Give ``key`` ``cost`` tokens back (a key already forgotten is full)."""
+        bucket = self._buckets.get(key)
+        if bucket is not None:
+            bucket.give(self._clock(), cost)
 
     def has(self, key: str, cost: float = 1.0) -> bool:
         if self.rate.unlimited:

@@ -263,6 +263,8 @@ class Signaling:
                 self.guard.authentication_failed(ip)
                 self.metrics.auth_failures.labels(exc.reason).inc()
                 raise
+            if not self.guard.authenticated(ip, identity.user_id):
+                raise Throttled("too many new connections of this user")
             if self.shutting_down:
                 raise ServiceUnavailable("this node is shutting down")
             if not await self.presence.wait_reachable(REACHABLE_WAIT_SECONDS):

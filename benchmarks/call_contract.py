@@ -63,6 +63,8 @@ class Client:
         self.url, self.user = url, user
         self.sio = socketio.AsyncClient(reconnection=False)
         self.inbox: defaultdict[str, asyncio.Queue[Any]] = defaultdict(asyncio.Queue)
+        #: the seqs seen per call
+        self.seqs: dict[str, set[int]] = {}
 
         async def keep(event: str, data: Any) -> None:
             self.inbox[event].put_nowait(data)
@@ -80,7 +82,15 @@ class Client:
         return await self.sio.call(event, data, timeout=10)
 
     async def next(self, event: str, within: float = 10) -> Any:
-        return await asyncio.wait_for(self.inbox[event].get(), within)
+        """The next ``event``; a call message's ``seq`` is checked (a whole number from 1, not
+        seen before in the call) and taken out, the rest compared as sent."""
+        data = await asyncio.wait_for(self.inbox[event].get(), within)
+        if isinstance(data, dict) and "callId" in data:
+            seq = data.pop("seq", None)
+            seen = self.seqs.setdefault(data["callId"], set())
+            assert isinstance(seq, int) and seq >= 1 and seq not in seen, f"seq {seq!r}"
+            seen.add(seq)
+        return data
 
     async def quiet(self, event: str, wait: float = 0.5) -> bool:
         await asyncio.sleep(wait)

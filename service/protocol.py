@@ -48,6 +48,7 @@ HANGUP: Final = "hangup"
 RELAY_EVENTS: Final = (OFFER, ANSWER, CANDIDATE, HANGUP)
 REFRESH: Final = "RefreshToken"
 ICE_SERVERS: Final = "GetIceServers"
+CLAIM: Final = "ClaimCall"
 #: a refresh token argument longer than this is refused before the verifier sees it
 MAX_REFRESH_TOKEN_LENGTH: Final = 65536
 
@@ -55,6 +56,8 @@ MAX_REFRESH_TOKEN_LENGTH: Final = 65536
 _CONTROL: Final = re.compile("[\x00-\x1f\x7f]")
 #: which RTCSessionDescription ``type`` each description-carrying event may hold
 _DESCRIPTION_TYPES: Final = {OFFER: ("offer",), ANSWER: ("answer", "pranswer")}
+#: the keys of a relayed message the server sets (``callId`` too, but a sender may name it)
+_STAMPED: Final = frozenset({"from", "seq"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +124,32 @@ def parse_ice_request(args: Sequence[object]) -> None:
         raise InvalidPayload("GetIceServers takes no argument")
 
 
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """``ClaimCall({callId, lastSeq?})``: this socket takes the call over; what its user's
+    earlier socket may not have received after ``lastSeq`` is sent again."""
+
+    call_id: str
+    last_seq: int | None
+
+
+def parse_claim(args: Sequence[object]) -> Claim:
+    value = _single(args)
+    if not isinstance(value, dict):
+        raise InvalidPayload("ClaimCall takes {callId, lastSeq?}")
+    call_id = value.get("callId")
+    if (not isinstance(call_id, str) or not 0 < len(call_id) <= MAX_CALL_ID_LENGTH
+            or _CONTROL.search(call_id) is not None):
+        raise InvalidPayload("callId must be a call id")
+    last_seq = value.get("lastSeq")
+    if last_seq is not None and (not isinstance(last_seq, int) or isinstance(last_seq, bool)
+                                 or not 0 <= last_seq < 2**53):
+        raise InvalidPayload("lastSeq must be a whole number from 0")
+    if set(value) - {"callId", "lastSeq"}:
+        raise InvalidPayload("ClaimCall takes callId and lastSeq only")
+    return Claim(call_id, last_seq)
+
+
 def parse_refresh(args: Sequence[object]) -> str:
     """``RefreshToken(token)``: the token as a string, or ``{"token": ...}`` like the
     connection's ``auth`` payload."""
@@ -147,8 +176,9 @@ def parse_relay(event: str, args: Sequence[object]) -> Relay:
     elif event != HANGUP:
         raise InvalidPayload(f"{event} is not a relay event")
     # exactly what the sender sent, validated: strict decoders (kotlinx.serialization,
-    # Swift's Codable) choke on keys they did not send, or on a changed type
-    body: dict[str, Any] = {k: v for k, v in payload.items() if k != "from"}
+    # Swift's Codable) choke on keys they did not send, or on a changed type; but for what
+    # the server stamps (``from``, ``seq``: a sender cannot forge them)
+    body: dict[str, Any] = {k: v for k, v in payload.items() if k not in _STAMPED}
     call_id = payload.get("callId")
     if call_id is not None and not (isinstance(call_id, str)
                                     and 0 < len(call_id) <= MAX_CALL_ID_LENGTH

@@ -15,6 +15,7 @@ import pytest
 from service.config import Secret, Settings
 from tests.support import (
     SECRET,
+    Blackhole,
     Peer,
     RawPeer,
     RunningService,
@@ -22,6 +23,7 @@ from tests.support import (
     answered_call,
     candidate_to,
     closed,
+    eventually,
     offer_to,
     open_call,
     serving,
@@ -378,3 +380,105 @@ async def test_held_signals_are_bounded(peers: Peers, service: RunningService) -
     acks = [await alice.call("candidate", candidate_to("bob", n)) for n in range(101)]
     assert all(a == {"ok": True, "delivered": False, "held": True} for a in acks[:100])
     assert acks[100] == {"ok": True, "delivered": False}
+
+
+async def test_every_call_message_carries_its_seq(peers: Peers) -> None:
+    """What the service writes to a party in a call carries ``seq``, increasing from 1 per
+    party and call (a message to the party's other devices takes a number too), the
+    service's own hangups too; a sender's own ``seq`` is replaced (a sender cannot make the
+    peer drop its next messages)."""
+    alice, bob = await peers("alice"), await peers("bob")
+    call_id = (await alice.call("offer", offer_to("bob", seq=999)))["callId"]
+    offer = await bob.next_raw("offer")
+    assert (offer["seq"], offer["callId"]) == (1, call_id)
+    await bob.call("answer", answer_to("alice"))
+    assert (await alice.next_raw("answer"))["seq"] == 1
+    for n in range(3):
+        await alice.call("candidate", candidate_to("bob", n))
+    seqs = [offer["seq"]] + [(await bob.next_raw("candidate"))["seq"] for _ in range(3)]
+    assert seqs == sorted(set(seqs))
+    await bob.call("hangup", {"to": "alice"})
+    assert (await alice.next_raw("hangup"))["seq"] == 2
+
+
+async def test_a_half_dead_socket_loses_nothing(service: RunningService) -> None:
+    """Bob's connection goes silent both ways without closing (a proxy of the test's stops
+    forwarding: a phone switching networks). Alice's candidates and renegotiation offer are
+    acked delivered (written to bob's socket). Bob's app connects again and claims the call
+    with the last seq it saw: the new socket takes the call over at once (the old one is
+    closed, not left to its ping timeout) and gets, in order, every signal after that seq;
+    the call goes on (before: they were lost)."""
+    blackhole = await Blackhole(int(service.url.rsplit(":", 1)[1])).start()
+    alice = Peer(service.url, "websocket")
+    old = Peer(blackhole.url, "websocket")
+    again = Peer(service.url, "websocket")
+    try:
+        await alice.connect(service.token("alice"))
+        await old.connect(service.token("bob"))
+        await alice.call("JoinSocket", "alice")
+        await old.call("JoinSocket", "bob")
+        call_id = await answered_call(alice, old, "alice", "bob")
+        assert (await alice.call("candidate", candidate_to("bob", 0)))["delivered"] is True
+        last_seq = (await old.next_raw("candidate"))["seq"]
+        old_sid = old.client.get_sid()
+        blackhole.freeze()
+        acks = [await alice.call("candidate", candidate_to("bob", n)) for n in range(1, 6)]
+        acks.append(await alice.call("offer", offer_to("bob", iceRestart=True)))
+        assert all(a["ok"] and a["delivered"] for a in acks)
+        await again.connect(service.token("bob"))
+        assert await again.call("JoinSocket", "bob") == {"ok": True}
+        ack = await again.call("ClaimCall", {"callId": call_id, "lastSeq": last_seq})
+        assert ack == {"ok": True, "replayed": 6}
+        seqs = []
+        for n in range(1, 6):
+            candidate = await again.next_raw("candidate")
+            assert candidate["candidate"]["candidate"].startswith(f"candidate:{n} ")
+            seqs.append(candidate["seq"])
+        offer = await again.next_raw("offer")
+        assert offer["iceRestart"] is True and offer["callId"] == call_id
+        assert [*seqs, offer["seq"]] == list(range(last_seq + 1, last_seq + 7))
+        await eventually(lambda: old_sid not in service.app.ctx.signaling.sessions)
+        assert (await again.call("answer", answer_to("alice")))["delivered"] is True
+        assert (await alice.next("answer"))["callId"] == call_id
+        assert (await alice.call("candidate", candidate_to("bob", 9)))["delivered"] is True
+        assert (await again.next("candidate"))["candidate"]["candidate"].startswith(
+            "candidate:9 ")
+    finally:
+        await close_all(alice, again)
+        await blackhole.stop()
+        await old.close()
+
+
+async def test_a_claim_without_last_seq_replays_what_the_outbox_keeps(peers: Peers) -> None:
+    """Without ``lastSeq`` the claiming socket gets everything the party's outbox keeps
+    (what was written to the call's device), the messages the old socket did get included:
+    the client drops those by seq."""
+    alice, bob = await peers("alice"), await peers("bob")
+    call_id = await answered_call(alice, bob, "alice", "bob")
+    for n in range(2):
+        await alice.call("candidate", candidate_to("bob", n))
+    seen = [(await bob.next_raw("candidate"))["seq"] for _ in range(2)]
+    again = await peers("bob")
+    assert (await again.call("ClaimCall", {"callId": call_id}))["replayed"] == 2
+    assert [(await again.next_raw("candidate"))["seq"] for _ in range(2)] == seen
+
+
+@pytest.mark.parametrize("claim", [{"callId": "nope"}, {"callId": "x", "lastSeq": -1},
+                                   {"lastSeq": 1}, "call", {"callId": "x", "extra": 1}],
+                         ids=["unknown-call", "negative-seq", "no-call-id", "string", "extra"])
+async def test_a_bad_claim_is_refused_and_changes_nothing(peers: Peers, claim: Any) -> None:
+    alice, bob = await peers("alice"), await peers("bob")
+    call_id = await answered_call(alice, bob, "alice", "bob")
+    ack = await bob.call("ClaimCall", claim)
+    assert ack["ok"] is False
+    assert ack["error"] == ("not_in_call" if claim == {"callId": "nope"} else "invalid_payload")
+    assert (await alice.call("candidate", candidate_to("bob")))["delivered"] is True
+    assert (await bob.next("candidate"))["callId"] == call_id
+
+
+async def test_a_stranger_cannot_claim_a_call(peers: Peers) -> None:
+    alice, bob, mallory = await peers("alice"), await peers("bob"), await peers("mallory")
+    call_id = await answered_call(alice, bob, "alice", "bob")
+    assert await mallory.call("ClaimCall", {"callId": call_id}) == {
+        "ok": False, "error": "not_in_call"}
+    assert (await alice.call("candidate", candidate_to("bob")))["delivered"] is True

@@ -23,7 +23,8 @@ UNLIMITED = Rate(0, 0)
 
 
 def flood_settings(**fields: Any) -> Settings:
-    return Settings(**{"jwt_secret": Secret(SECRET), "limit_ip_connects": UNLIMITED, **fields})
+    return Settings(**{"jwt_secret": Secret(SECRET), "limit_ip_connects": UNLIMITED,
+                       "limit_user_connects": UNLIMITED, **fields})
 
 
 async def _polling_session(http: aiohttp.ClientSession, service: RunningService,

@@ -96,12 +96,12 @@ async def test_relays_from_one_sender_arrive_in_order(peers: Peers) -> None:
     alice, bob = await peers("alice"), await peers("bob")
     await answered_call(alice, bob, "alice", "bob")
     for i in range(110):
-        await alice.client.emit("candidate", {**VALID["candidate"], "seq": i})
+        await alice.client.emit("candidate", {**VALID["candidate"], "n": i})
         if i % 50 == 0:
-            await alice.client.emit("offer", {**VALID["offer"], "seq": i})
-    received = [(await bob.next("candidate"))["seq"] for _ in range(110)]
+            await alice.client.emit("offer", {**VALID["offer"], "n": i})
+    received = [(await bob.next("candidate"))["n"] for _ in range(110)]
     assert received == list(range(110))
-    assert [(await bob.next("offer"))["seq"] for _ in range(3)] == [0, 50, 100]
+    assert [(await bob.next("offer"))["n"] for _ in range(3)] == [0, 50, 100]
 
 
 def _malformed() -> list[Any]:

@@ -38,6 +38,7 @@ ISSUER = "https://idp.example.com/"
 
 def lenient(**fields: Any) -> Settings:
     return Settings(**{"jwt_secret": Secret(SECRET), "limit_ip_connects": UNLIMITED,
+                       "limit_user_connects": UNLIMITED,
                        "auth_timeout": 1.0, **fields})
 
 

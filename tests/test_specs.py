@@ -160,21 +160,21 @@ async def test_real_payloads_validate(transport: str) -> None:
             check("connectError", await refusal(service.url, transport, token="nope"))
             alice, bob, carol = await peer("alice"), await peer("bob"), await peer("carol")
             ack = await send(alice, "offer", "offer", offer_to("bob"), "relayAck")
-            check("relayedOffer", await bob.next("offer"))
+            check("relayedOffer", await bob.next_raw("offer"))
             check("errorAck", await bob.call("offer", offer_to("alice")))  # glare
             check("errorAck", await carol.call("offer", offer_to("bob")))  # busy
-            check("relayedHangup", await carol.next("hangup"))  # busy, for ack-less clients
+            check("relayedHangup", await carol.next_raw("hangup"))  # busy, for ack-less clients
             check("errorAck", await carol.call("candidate", candidate_to("bob")))
             await send(alice, "candidate", "candidate", candidate_to("bob"), "relayAck")
-            check("relayedCandidate", await bob.next("candidate"))
+            check("relayedCandidate", await bob.next_raw("candidate"))
             await send(bob, "answer", "answer", answer_to("alice", callId=ack["callId"]),
                        "relayAck")
-            check("relayedAnswer", await alice.next("answer"))
+            check("relayedAnswer", await alice.next_raw("answer"))
             await bob.close()
             await send(alice, "candidate", "candidate", candidate_to("bob"), "relayAck")
             await send(alice, "hangup", "hangup", {"to": "bob", "reason": "bye"}, "relayAck")
             await send(carol, "offer", "offer", offer_to("dave"), "relayAck")  # offline
-            check("relayedHangup", await carol.next("hangup", within=10))  # timeout
+            check("relayedHangup", await carol.next_raw("hangup", within=10))  # timeout
             await send(carol, "GetIceServers", "getIceServers", None, "iceServersAck")
             check("errorAck", await carol.call("GetIceServers", [1]))
             await send(carol, "RefreshToken", "refreshToken", service.token("carol"),
@@ -183,8 +183,8 @@ async def test_real_payloads_validate(transport: str) -> None:
             check("errorAck", await carol.call("JoinSocket", "bob"))
             check("errorAck", await carol.call("Nope", {}))
             short = await peer("erin", ttl=3)
-            check("tokenExpiring", await short.next("token_expiring", within=10))
-            check("serverDisconnect", await short.next("server_disconnect", within=15))
+            check("tokenExpiring", await short.next_raw("token_expiring", within=10))
+            check("serverDisconnect", await short.next_raw("server_disconnect", within=15))
             async with aiohttp.ClientSession() as http:
                 for path, headers, status in (
                         ("/healthz", {}, 200), ("/readyz", {}, 200),

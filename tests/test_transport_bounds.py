@@ -31,6 +31,7 @@ UNLIMITED = Rate(0, 0)
 
 def settings(**fields: Any) -> Settings:
     return Settings(**{"jwt_secret": Secret(SECRET), "limit_ip_connects": UNLIMITED,
+                       "limit_user_connects": UNLIMITED,
                        **fields})
 
 

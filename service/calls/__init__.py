@@ -27,9 +27,33 @@ from service.calls.rules import (
     CallRules,
     Ledger,
 )
-from service.calls.store import CallStore, CallStoreUnavailable, LocalCallStore
+from service.calls.store import (
+    OUTBOX_MESSAGES,
+    CallStore,
+    CallStoreUnavailable,
+    LocalCallStore,
+    Recorded,
+)
 from service.calls.webhook import Webhook
 
-__all__ = ["ACTIVE", "ANSWERED_ELSEWHERE", "BUSY", "DECLINED_ELSEWHERE", "ENDED",
-           "MAX_HELD_MESSAGES", "PEER_GONE", "RINGING", "TIMEOUT", "Call", "CallRules",
-           "CallStore", "CallStoreUnavailable", "Calls", "Ledger", "LocalCallStore", "Webhook"]
+__all__ = [
+    "ACTIVE",
+    "ANSWERED_ELSEWHERE",
+    "BUSY",
+    "DECLINED_ELSEWHERE",
+    "ENDED",
+    "MAX_HELD_MESSAGES",
+    "OUTBOX_MESSAGES",
+    "PEER_GONE",
+    "RINGING",
+    "TIMEOUT",
+    "Call",
+    "CallRules",
+    "CallStore",
+    "CallStoreUnavailable",
+    "Calls",
+    "Ledger",
+    "LocalCallStore",
+    "Recorded",
+    "Webhook",
+]

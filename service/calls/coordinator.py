@@ -1,12 +1,20 @@
 """Calls on the relay path: the rules (:mod:`service.calls.rules`) decide, the store
 (:mod:`service.calls.store`) keeps the decision, this module delivers what was decided and
 answers the sender. Also the per-node sweep that ends calls past their ring timeout or grace.
+
+Every message written to a party in a call carries ``seq``, that party's sequence number in
+the call, stamped when it is first written (a held message when it is flushed); what goes to
+the call's device is kept in the party's outbox before it is sent, so a device that claims
+the call (``ClaimCall``) gets again what the earlier socket may have lost, in order, and the
+client drops what it already had by ``seq``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from dataclasses import replace
 from typing import Any, Final
 
 import orjson
@@ -26,7 +34,7 @@ from service.calls.store import CallStore, CallStoreUnavailable
 from service.calls.webhook import Webhook
 from service.delivery import Delivery, DeliveryUnavailable, PresenceUnavailable, user_room
 from service.errors import Busy, Unavailable
-from service.protocol import Relay
+from service.protocol import Claim, Relay
 from service.telemetry import Metrics, log_event
 
 #: how often a node looks for calls past their deadline
@@ -62,8 +70,10 @@ class Calls:
         except Busy:
             # for clients that ignore acks too: the attempt ends like a call the callee
             # hung up with "busy"
+            # (a call of its own, whose one message it is: seq 1)
             await self._deliver(Send(HANGUP, {"from": relay.to, "callId": new_call_id(),
-                                              "reason": BUSY}, sender, device))
+                                              "reason": BUSY, "seq": 1}, sender, device),
+                                record=False)
             raise
         delivered, held = await self._carry_out(outcome, relay.size)
         call = outcome.call
@@ -95,6 +105,7 @@ class Calls:
         committed = outcome.changed or outcome.opened
         for index, send in enumerate(outcome.sends):
             try:
+                send = await self._stamp(send)
                 got = await self._deliver(send, strict=index == outcome.relayed)
             except Unavailable:
                 if not committed:
@@ -158,8 +169,31 @@ class Calls:
         device = self.delivery.device(sid)
         sends = await self._update((user,), lambda ledger: self.rules.joined(ledger, user,
                                                                               device))
-        for send in sends:
-            await self._deliver(send)
+        await self._deliver_all(sends)
+
+    async def claim(self, sid: str, user: str, claim: Claim) -> Ack:
+        """``ClaimCall``: ``sid`` of ``user`` takes call ``claim.call_id`` over now (the
+        earlier device is closed): it gets again, in order, what was written to the party's
+        device after ``claim.last_seq`` (all the outbox keeps, without one), then what was
+        held for the party."""
+        device = self.delivery.device(sid)
+        outcome = await self._update((user,), lambda ledger: self.rules.claim(
+            ledger, claim.call_id, user, device))
+        try:
+            written = await self.store.outbox(claim.call_id, user)
+        except CallStoreUnavailable:
+            raise Unavailable("the call store cannot be reached") from None
+        replayed = 0
+        for seq, event, body in written:
+            if claim.last_seq is None or seq > claim.last_seq:
+                replayed += await self._deliver(Send(event, body, user, device), record=False)
+        await self._deliver_all(outcome.sends)
+        if outcome.replaced is not None:
+            with contextlib.suppress(DeliveryUnavailable, PresenceUnavailable):
+                await self.delivery.close(outcome.replaced)
+        log_event(self.log, "call_claimed", call=claim.call_id, user=user,
+                  replaced=outcome.replaced is not None, replayed=replayed)
+        return {"ok": True, "replayed": replayed}
 
     async def gone(self, user: str, sid: str) -> None:
         """``sid`` of ``user`` disconnected: its calls hold their signals from now on."""
@@ -188,8 +222,7 @@ class Calls:
                 reason = sends[0].body["reason"]
                 log_event(self.log, "call_ended", call=call_id, reason=reason)
                 self.metrics.calls_ended.labels(reason).inc()
-            for send in sends:
-                await self._deliver(send)
+            await self._deliver_all(sends)
         return SWEEP_SECONDS
 
     async def _update(self, users: tuple[str, ...], change: Any) -> Any:
@@ -198,17 +231,39 @@ class Calls:
         except CallStoreUnavailable:
             raise Unavailable("the call store cannot be reached; nothing was sent") from None
 
-    async def _deliver(self, send: Send, *, strict: bool = False) -> bool:
-        """Send one message; whether a device got it. When the cluster cannot be reached:
+    async def _deliver_all(self, sends: list[Send]) -> None:
+        """Send each, numbered; one the store cannot number (Redis away) is skipped."""
+        for send in sends:
+            with contextlib.suppress(Unavailable):
+                await self._deliver(await self._stamp(send))
+
+    async def _stamp(self, send: Send) -> Send:
+        """``send`` with its party's next ``seq`` in the call (unless it has one: a held
+        message written again keeps its number). Raises :class:`Unavailable`."""
+        call_id = send.body.get("callId")
+        if not isinstance(call_id, str) or "seq" in send.body:
+            return send
+        try:
+            seq = await self.store.next_seq(call_id, send.user)
+        except CallStoreUnavailable:
+            raise Unavailable("the call store cannot be reached; nothing was sent") from None
+        return replace(send, body={**send.body, "seq": seq})
+
+    async def _deliver(self, send: Send, *, strict: bool = False, record: bool = True) -> bool:
+        """Send one message; whether a device got it. What goes to the call's device is kept
+        in its party's outbox first (``record``). When the cluster cannot be reached:
         False, or (``strict``: the sender's own message) :class:`Unavailable`."""
         try:
             if send.device is not None:
+                seq, call_id = send.body.get("seq"), send.body.get("callId")
+                if record and isinstance(seq, int) and isinstance(call_id, str):
+                    await self.store.record(call_id, send.user, seq, send.event, send.body)
                 return await self.delivery.to_device(send.event, send.body, send.user,
                                                      send.device)
             skip = self.delivery.sid_of(send.skip) if send.skip is not None else ""
             return await self.delivery.relay(send.event, send.body, send.user,
                                              user_room(send.user), skip)
-        except (PresenceUnavailable, DeliveryUnavailable):
+        except (PresenceUnavailable, DeliveryUnavailable, CallStoreUnavailable):
             if strict:
                 raise Unavailable("the cluster cannot be reached; nothing was sent") from None
             return False

@@ -206,6 +206,8 @@ class Outcome:
     opened: bool = False
     #: the call changed (and must be stored again)
     changed: bool = False
+    #: the device a claim took the call from (to be closed)
+    replaced: str | None = None
 
 
 class CallRules:
@@ -391,6 +393,32 @@ class CallRules:
                 else:
                     ledger.save(call)
         return sends
+
+    def claim(self, ledger: Ledger, call_id: str, user: str, device: str) -> Outcome:
+        """``device`` of ``user`` claims call ``call_id`` (the app reconnected, its earlier
+        socket may be half-dead): it becomes the party's device at once, without waiting for
+        the earlier one to be found gone, and gets what was held for the party. A callee
+        whose call rings gets the ring log, as a device that joins does."""
+        call = ledger.calls.get(call_id)
+        if call is None or not call.has(user):
+            raise NotInCall()
+        outcome = Outcome(call=call)
+        party, _ = call.side(user)
+        if call.state == ENDED and party.away_until is None:
+            raise NotInCall()  # the party that hung up: the call is over for it
+        if party is call.callee and call.state == RINGING:
+            outcome.sends.extend(Send(event, body, user, device)
+                                 for event, body in call.ring_log)
+            return outcome
+        if party.device != device or party.away_until is not None:
+            if party.device != device:
+                outcome.replaced = party.device
+            self._bind(outcome, party, device)
+            if call.state == ENDED:  # it has heard its hangup: the call is gone
+                ledger.end(call)
+            else:
+                ledger.save(call)
+        return outcome
 
     def expire(self, ledger: Ledger, call_id: str, now: float) -> list[Send]:
         """End call ``call_id`` if its ring timeout or a party's grace has passed: both

@@ -1,5 +1,12 @@
 """Where open calls live: the :class:`CallStore` interface and the in-memory store.
 
+Beside the calls: each message the service writes to a party's socket in a call gets a
+sequence number, counted per call and party (:meth:`CallStore.next_seq`), and what was
+written to a party's
+socket is kept in its *outbox* (:meth:`CallStore.record`, the last :data:`OUTBOX_MESSAGES`),
+so a device that claims the call after a half-dead socket gets again what that socket may
+not have received (:meth:`CallStore.outbox`); the client drops the repeats by ``seq``.
+
 A store runs a rule of :class:`~service.calls.CallRules` on a :class:`~service.calls.Ledger`
 of the open calls of some users and writes back what the rule changed, as one atomic step:
 two relays, a join and an expiry that touch the same call never interleave. The Redis store
@@ -8,12 +15,19 @@ two relays, a join and an expiry that touch the same call never interleave. The 
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from typing import Protocol, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 from service.calls.rules import Call, Ledger
 
 T = TypeVar("T")
+#: what a party's outbox keeps at most (the newest messages)
+OUTBOX_MESSAGES: Final = 256
+#: ended calls whose last sequence numbers are kept (their hangups come after the end)
+ENDED_SEQS: Final = 4096
+#: a message as it was sent: sequence number, event, body
+Recorded = tuple[int, str, dict[str, Any]]
 
 
 class CallStoreUnavailable(Exception):
@@ -29,6 +43,17 @@ class CallStore(Protocol):
     async def due(self, now: float) -> list[tuple[str, tuple[str, str]]]:
         """Calls with a deadline at or before ``now``: (call id, its two users)."""
 
+    async def next_seq(self, call_id: str, user: str) -> int:
+        """The next sequence number of what ``user`` gets in call ``call_id``: 1, 2, 3 ..."""
+
+    async def record(self, call_id: str, user: str, seq: int, event: str,
+                     body: dict[str, Any]) -> None:
+        """``body`` (``seq``) was written to ``user``'s socket in call ``call_id``: keep it in
+        the outbox (once: a ``seq`` not above the last one kept is not kept again)."""
+
+    async def outbox(self, call_id: str, user: str) -> list[Recorded]:
+        """What was written to ``user``'s sockets in call ``call_id``, oldest first."""
+
 
 class LocalCallStore:
     """One process's calls, in memory. A change runs without awaiting anything, so it is
@@ -38,6 +63,11 @@ class LocalCallStore:
         self._calls: dict[str, Call] = {}
         self._by_user: dict[str, set[str]] = {}
         self._deadlines: dict[str, float] = {}
+        #: (call id, user) -> the last sequence number handed out, for open calls ...
+        self._seqs: dict[tuple[str, str], int] = {}
+        #: ... and for the latest calls that ended (their last messages come after the end)
+        self._ended_seqs: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self._outboxes: dict[tuple[str, str], list[Recorded]] = {}
 
     async def update(self, users: Sequence[str], change: Callable[[Ledger], T]) -> T:
         by_user, calls = self._by_user, self._calls
@@ -56,7 +86,36 @@ class LocalCallStore:
                 self._deadlines[call.id] = deadline
         return result
 
+    async def next_seq(self, call_id: str, user: str) -> int:
+        key = (call_id, user)
+        if call_id in self._calls:
+            seq = self._seqs[key] = self._seqs.get(key, 0) + 1
+        else:
+            seq = self._ended_seqs[key] = self._ended_seqs.get(key, 0) + 1
+            self._ended_seqs.move_to_end(key)
+            while len(self._ended_seqs) > ENDED_SEQS:
+                self._ended_seqs.popitem(last=False)
+        return seq
+
+    async def record(self, call_id: str, user: str, seq: int, event: str,
+                     body: dict[str, Any]) -> None:
+        if call_id not in self._calls:
+            return  # over: nobody will claim it
+        box = self._outboxes.setdefault((call_id, user), [])
+        if not box or seq > box[-1][0]:
+            box.append((seq, event, body))
+            del box[:-OUTBOX_MESSAGES]
+
+    async def outbox(self, call_id: str, user: str) -> list[Recorded]:
+        return list(self._outboxes.get((call_id, user), ()))
+
     def _forget(self, call: Call) -> None:
+        for user in call.users:
+            if (last := self._seqs.pop((call.id, user), None)) is not None:
+                self._ended_seqs[(call.id, user)] = last
+            self._outboxes.pop((call.id, user), None)
+        while len(self._ended_seqs) > ENDED_SEQS:
+            self._ended_seqs.popitem(last=False)
         self._calls.pop(call.id, None)
         self._deadlines.pop(call.id, None)
         for user in call.users:

@@ -17,12 +17,12 @@ does.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 import orjson
 from redis.exceptions import RedisError, WatchError
 
-from service.calls import Call, CallStoreUnavailable, Ledger
+from service.calls import OUTBOX_MESSAGES, Call, CallStoreUnavailable, Ledger, Recorded
 from service.cluster.batch import ScriptBatch
 from service.cluster.link import RedisLink
 from service.telemetry import Metrics
@@ -52,6 +52,28 @@ return out
 """
 
 
+#: KEYS[1]: a call party's sequence counter; ARGV[1]: its lifetime. The next number.
+_NEXT_SEQ = """
+local n = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return n
+"""
+
+#: KEYS[1]: a call party's outbox, a list of "<seq>|<json>"; ARGV: seq, entry, most kept,
+#: lifetime. Appended only past the last seq kept.
+_RECORD = """
+local last = redis.call('LINDEX', KEYS[1], -1)
+if last and tonumber(string.match(last, '^(%d+)|')) >= tonumber(ARGV[1]) then return 0 end
+redis.call('RPUSH', KEYS[1], ARGV[2])
+redis.call('LTRIM', KEYS[1], -tonumber(ARGV[3]), -1)
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return 1
+"""
+#: a call party's counter lives this long after its last message; its outbox this long
+SEQ_TTL_SECONDS: Final = 3600
+OUTBOX_TTL_SECONDS: Final = 600
+
+
 class RedisCallStore:
     """Open calls on Redis (see the module docstring)."""
 
@@ -64,6 +86,10 @@ class RedisCallStore:
         self._ver_prefix = f"{prefix}:callver:"
         self._deadlines = f"{prefix}:deadlines"
         self._read = ScriptBatch(self._redis, self._redis.register_script(_READ_CALLS))
+        self._next_seq = ScriptBatch(self._redis, self._redis.register_script(_NEXT_SEQ))
+        self._record = ScriptBatch(self._redis, self._redis.register_script(_RECORD))
+        self._seq_prefix = f"{prefix}:seq:"
+        self._outbox_prefix = f"{prefix}:outbox:"
 
     async def update(self, users: Sequence[str], change: Callable[[Ledger], T]) -> T:
         try:
@@ -118,6 +144,39 @@ class RedisCallStore:
                 pipe.expire(self._deadlines, KEY_TTL_SECONDS)
             await pipe.execute()
             return result
+
+    async def next_seq(self, call_id: str, user: str) -> int:
+        try:
+            return int(await self._next_seq.call(keys=[f"{self._seq_prefix}{call_id}:{user}"],
+                                                 args=[str(SEQ_TTL_SECONDS)]))
+        except (RedisError, OSError) as exc:
+            self.metrics.redis_errors.labels("calls").inc()
+            raise CallStoreUnavailable(type(exc).__name__) from None
+
+    async def record(self, call_id: str, user: str, seq: int, event: str,
+                     body: dict[str, Any]) -> None:
+        entry = f"{seq}|" + orjson.dumps([event, body]).decode()
+        try:
+            await self._record.call(keys=[f"{self._outbox_prefix}{call_id}:{user}"],
+                                    args=[str(seq), entry, str(OUTBOX_MESSAGES),
+                                          str(OUTBOX_TTL_SECONDS)])
+        except (RedisError, OSError) as exc:
+            self.metrics.redis_errors.labels("calls").inc()
+            raise CallStoreUnavailable(type(exc).__name__) from None
+
+    async def outbox(self, call_id: str, user: str) -> list[Recorded]:
+        try:
+            raws = await self._redis.lrange(f"{self._outbox_prefix}{call_id}:{user}", 0, -1)
+        except (RedisError, OSError) as exc:
+            self.metrics.redis_errors.labels("calls").inc()
+            raise CallStoreUnavailable(type(exc).__name__) from None
+        entries: list[Recorded] = []
+        for raw in raws:
+            text = raw.decode() if isinstance(raw, bytes) else str(raw)
+            seq, _, data = text.partition("|")
+            event, body = orjson.loads(data)
+            entries.append((int(seq), str(event), body))
+        return entries
 
     async def due(self, now: float) -> list[tuple[str, tuple[str, str]]]:
         try:

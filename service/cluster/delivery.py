@@ -43,6 +43,10 @@ class ClusterDelivery:
         return await self._presence.publish_to_member(user, device, self._manager.channel,
                                                       envelope)
 
+    async def close(self, device: str) -> None:
+        # python-socketio's pub/sub manager disconnects a sid of another node by publishing
+        await self._sio.disconnect(self.sid_of(device))
+
     def device(self, sid: str) -> str:
         return self._presence.address(sid)
 

@@ -32,6 +32,9 @@ class Delivery(Protocol):
         """Send ``message`` to one connected socket of ``user`` (``device``: its address,
         see :meth:`device`); whether it is connected."""
 
+    async def close(self, device: str) -> None:
+        """Disconnect the socket at ``device`` (wherever in the cluster it is)."""
+
     def device(self, sid: str) -> str:
         """The cluster-wide address of this node's socket ``sid``."""
 

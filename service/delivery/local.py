@@ -85,6 +85,9 @@ class LocalDelivery:
         await self._sio.emit(event, message, to=device)
         return True
 
+    async def close(self, device: str) -> None:
+        await self._sio.disconnect(device)
+
     def device(self, sid: str) -> str:
         return sid
 

@@ -22,7 +22,7 @@ from typing import Final
 
 from service.config import Network, Rate, Settings, parse_networks
 from service.policy.limits import KeyedBuckets, TokenBucket, address_key, client_address
-from service.protocol import ICE_SERVERS, JOIN, LEAVE, REFRESH, RELAY_EVENTS
+from service.protocol import CLAIM, ICE_SERVERS, JOIN, LEAVE, REFRESH, RELAY_EVENTS
 
 #: a message costs one token per this many bytes, on top of one
 COST_BYTES: Final = 8192
@@ -38,7 +38,7 @@ def event_class(event: str) -> str:
     """The limit class an event counts against."""
     if event in RELAY_EVENTS:
         return RELAY
-    if event in (JOIN, LEAVE, ICE_SERVERS):
+    if event in (JOIN, LEAVE, ICE_SERVERS, CLAIM):
         return ROOM
     if event == REFRESH:
         return REFRESH_CLASS

@@ -38,11 +38,13 @@ from service.errors import (
 )
 from service.policy import OTHER, Guard, address_key, event_class
 from service.protocol import (
+    CLAIM,
     ICE_SERVERS,
     JOIN,
     LEAVE,
     REFRESH,
     RELAY_EVENTS,
+    parse_claim,
     parse_ice_request,
     parse_refresh,
     parse_relay,
@@ -165,13 +167,14 @@ class Signaling:
 
     def register(self) -> None:
         """Install every handler on the server."""
-        self._handlers = frozenset({JOIN, LEAVE, REFRESH, ICE_SERVERS, *RELAY_EVENTS})
+        self._handlers = frozenset({JOIN, LEAVE, REFRESH, ICE_SERVERS, CLAIM, *RELAY_EVENTS})
         self.sio.on("connect", self.connect)
         self.sio.on("disconnect", self.disconnect)
         self.sio.on(JOIN, self._answering(JOIN, self.join))
         self.sio.on(LEAVE, self._answering(LEAVE, self.leave))
         self.sio.on(REFRESH, self._answering(REFRESH, self.refresh))
         self.sio.on(ICE_SERVERS, self._answering(ICE_SERVERS, self.ice_servers))
+        self.sio.on(CLAIM, self._answering(CLAIM, self.claim))
         for event in RELAY_EVENTS:
             self.sio.on(event, self._answering(event, self._relay_handler(event)))
         unknown = self._answering(OTHER, self.unknown)
@@ -417,6 +420,12 @@ class Signaling:
             return
         servers = self._ice_for(sid, session.identity)
         self.life.spawn(self.sio.emit("ice_servers", {"iceServers": servers}, to=sid))
+
+    async def claim(self, sid: str, *args: object) -> Ack:
+        """``ClaimCall({callId, lastSeq?})``: this socket takes its user's call over (see
+        :meth:`service.calls.Calls.claim`)."""
+        claim = parse_claim(args)
+        return await self.calls.claim(sid, self._session(sid).identity.user_id, claim)
 
     async def unknown(self, sid: str, *args: object) -> Ack:
         """Any event outside the protocol (the catch-all's event name comes first in

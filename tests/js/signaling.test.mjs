@@ -58,7 +58,9 @@ for (const transport of ["websocket", "polling"]) {
         const callId = ack.callId;
         assert.equal(typeof callId, "string");
         assert.deepEqual(ack, { ok: true, delivered: true, callId });
-        assert.deepEqual(await offered, {
+        const { seq: offerSeq, ...offer } = await offered;   // seq: stamped by the service
+        assert.equal(offerSeq, 1);
+        assert.deepEqual(offer, {
           to: "bob", from: "alice", offer: { type: "offer", sdp: SDP }, callId,
         });
 
@@ -80,7 +82,9 @@ for (const transport of ["websocket", "polling"]) {
 
         const hungUp = next(bob, "hangup");
         await alice.timeout(3000).emitWithAck("hangup", { to: "bob" });
-        assert.deepEqual(await hungUp, { to: "bob", from: "alice", callId });
+        const { seq: hangupSeq, ...hangup } = await hungUp;
+        assert.ok(hangupSeq > offerSeq);
+        assert.deepEqual(hangup, { to: "bob", from: "alice", callId });
       } finally {
         alice.close();
         bob.close();

@@ -107,13 +107,18 @@ class Sessions:
         await self.presence.stop()
 
     async def shutdown(self, within: float) -> None:
-        """Leave gracefully: take no new sessions or events, tell every client to reconnect
-        (``server_disconnect {reason: shutting_down}``; it lands on another node) after its
-        queued messages, and wait up to ``within`` seconds for them to go."""
+        """Leave gracefully: take no new sessions or events, and end every client's
+        transport after its queued messages, and wait up to ``within`` seconds for them to
+        go. A transport that ends is what socket.io clients reconnect after, by themselves
+        (to another node, through the load balancer); a ``server_disconnect`` would tell
+        them to stay away. Their calls hold what is sent meanwhile."""
         self.shutting_down = True
         log_event(self.log, "shutting_down", connections=len(self.by_sid))
         for sid in list(self.by_sid):
-            self.begin_close(sid, ShuttingDown.code)
+            session = self.by_sid[sid]
+            if session.closing is None:
+                session.closing = ShuttingDown.code
+                self.spawn(self._leave(sid))
         if self.by_sid:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._drained.wait(), within)
@@ -157,6 +162,18 @@ class Sessions:
         except TimeoutError:
             if eio_sid is not None:
                 await self.sio.drop(eio_sid, reason)
+
+    async def _leave(self, sid: str) -> None:
+        """End ``sid``'s Engine.IO session, not its Socket.IO connection: an Engine.IO CLOSE
+        after what is queued, then the end of the transport."""
+        self.timers.disarm(sid)
+        eio_sid = self.sio.manager.eio_sid_from_sid(sid, NAMESPACE)
+        if eio_sid is None:
+            return
+        try:
+            await asyncio.wait_for(self.sio.eio.disconnect(eio_sid), CLOSE_TIMEOUT_SECONDS)
+        except TimeoutError:
+            await self.sio.drop(eio_sid, ShuttingDown.code)
 
     def spawn(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)

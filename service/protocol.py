@@ -25,6 +25,7 @@ from service.errors import InvalidPayload
 
 MAX_USER_ID_LENGTH: Final = 256
 MAX_CALL_ID_LENGTH: Final = 128
+MAX_SIGNAL_ID_LENGTH: Final = 128
 MAX_SDP_LENGTH: Final = 48 * 1024
 MAX_CANDIDATE_LENGTH: Final = 2048
 MAX_MID_LENGTH: Final = 256
@@ -93,6 +94,8 @@ class Relay:
     call_id: str | None = None
     #: the body's length as JSON
     size: int = 0
+    #: the sender's own id of this signal (``signalId``): a repeat is not relayed again
+    signal_id: str | None = None
 
     def stamped(self, sender: str) -> dict[str, Any]:
         """The message the peer receives: ``from`` is always the authenticated sender."""
@@ -185,8 +188,15 @@ def parse_relay(event: str, args: Sequence[object]) -> Relay:
                                     and _CONTROL.search(call_id) is None):
         raise InvalidPayload(f"callId must be a string of 1 to {MAX_CALL_ID_LENGTH} "
                              "characters")
+    signal_id = payload.get("signalId")
+    if signal_id is not None and not (isinstance(signal_id, str)
+                                      and 0 < len(signal_id) <= MAX_SIGNAL_ID_LENGTH
+                                      and _CONTROL.search(signal_id) is None):
+        raise InvalidPayload(f"signalId must be a string of 1 to {MAX_SIGNAL_ID_LENGTH} "
+                             "characters")
     size = _check_size(event, body)
-    return Relay(event=event, to=to, body=body, call_id=call_id, size=size)
+    return Relay(event=event, to=to, body=body, call_id=call_id, size=size,
+                 signal_id=signal_id)
 
 
 def _single(args: Sequence[object]) -> object:

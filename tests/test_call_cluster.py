@@ -246,3 +246,33 @@ async def test_a_change_the_cluster_could_not_carry_is_not_told_unavailable(
     finally:
         await admin.acl_deluser(user)
         await admin.aclose()
+
+
+async def test_a_claim_and_a_repeat_across_nodes(short_timers: list[Node],
+                                                 made: list[Peer]) -> None:
+    """bob's socket on node B; his app comes back on node A and claims the call: the socket
+    on B is closed (through the cluster), A sends again what was written to it after the
+    seq he saw, from the outbox in Redis; a signal alice repeats (same signalId) through
+    node B is not relayed twice."""
+    a, b = short_timers
+    alice, bob = await peer(made, a, "alice"), await peer(made, b, "bob")
+    call_id = (await alice.call("offer", offer_to("bob")))["callId"]
+    await bob.next("offer")
+    await bob.call("answer", answer_to("alice"))
+    await alice.call("candidate", candidate_to("bob", 0))
+    last_seq = (await bob.next_raw("candidate"))["seq"]
+    for n in range(1, 4):
+        assert (await alice.call("candidate", candidate_to("bob", n)))["delivered"] is True
+    again = await peer(made, a, "bob")
+    ack = await again.call("ClaimCall", {"callId": call_id, "lastSeq": last_seq})
+    assert ack == {"ok": True, "replayed": 3}
+    for n in range(1, 4):
+        got = await again.next_raw("candidate")
+        assert got["candidate"]["candidate"].startswith(f"candidate:{n} ")
+        assert got["seq"] == last_seq + n
+    await eventually(lambda: not bob.client.connected, 10)
+    alice_on_b = await peer(made, b, "alice")
+    first = await alice.call("candidate", candidate_to("bob", 7, signalId="x-7"))
+    assert await alice_on_b.call("candidate", candidate_to("bob", 7, signalId="x-7")) == first
+    assert (await again.next("candidate"))["signalId"] == "x-7"
+    assert await again.silent("candidate")

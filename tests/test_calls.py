@@ -482,3 +482,39 @@ async def test_a_stranger_cannot_claim_a_call(peers: Peers) -> None:
     assert await mallory.call("ClaimCall", {"callId": call_id}) == {
         "ok": False, "error": "not_in_call"}
     assert (await alice.call("candidate", candidate_to("bob")))["delivered"] is True
+
+
+async def test_a_retried_signal_is_acked_like_the_first_and_not_relayed_again(
+        peers: Peers) -> None:
+    """A client tags its signals with ids of its own (``signalId``): a repeat (a retry
+    after a lost ack, an offline buffer replayed after a reconnect, from another socket of
+    the same user) gets the first one's ack and reaches the peer once (before: twice)."""
+    alice, bob = await peers("alice"), await peers("bob")
+    first = await alice.call("offer", offer_to("bob", signalId="o-1"))
+    assert await alice.call("offer", offer_to("bob", signalId="o-1")) == first
+    offer = await bob.next("offer")
+    assert offer["signalId"] == "o-1" and offer["callId"] == first["callId"]
+    assert await bob.silent("offer")
+    await bob.call("answer", answer_to("alice"))
+    acks = [await alice.call("candidate", candidate_to("bob", 1, signalId="c-1"))
+            for _ in range(3)]
+    again = await peers("alice")  # the same user, another socket: its replay
+    acks.append(await again.call("candidate", candidate_to("bob", 1, signalId="c-1")))
+    assert acks == [{"ok": True, "delivered": True}] * 4
+    assert (await bob.next("candidate"))["signalId"] == "c-1"
+    assert await bob.silent("candidate")
+    assert (await alice.call("candidate", candidate_to("bob", 2, signalId="c-2")))[
+        "delivered"] is True
+    assert (await bob.next("candidate"))["signalId"] == "c-2"
+
+
+async def test_a_refused_signal_is_not_remembered(peers: Peers) -> None:
+    """A first try that was refused (no call yet) is not what a repeat gets: the repeat,
+    once there is a call, is relayed."""
+    alice, bob = await peers("alice"), await peers("bob")
+    assert (await alice.call("candidate", candidate_to("bob", 1, signalId="c-1")))[
+        "error"] == "not_in_call"
+    await answered_call(alice, bob, "alice", "bob")
+    assert (await alice.call("candidate", candidate_to("bob", 1, signalId="c-1")))[
+        "delivered"] is True
+    assert (await bob.next("candidate"))["signalId"] == "c-1"

@@ -29,6 +29,9 @@ from service.calls.rules import (
 )
 from service.calls.store import (
     OUTBOX_MESSAGES,
+    REPEAT_WAIT_SECONDS,
+    SIGNAL_IDS_SECONDS,
+    Ack,
     CallStore,
     CallStoreUnavailable,
     LocalCallStore,
@@ -45,8 +48,11 @@ __all__ = [
     "MAX_HELD_MESSAGES",
     "OUTBOX_MESSAGES",
     "PEER_GONE",
+    "REPEAT_WAIT_SECONDS",
     "RINGING",
+    "SIGNAL_IDS_SECONDS",
     "TIMEOUT",
+    "Ack",
     "Call",
     "CallRules",
     "CallStore",

@@ -56,7 +56,27 @@ class Calls:
         self.log = logger
 
     async def relay(self, event: str, sid: str, sender: str, relay: Relay) -> Ack:
-        """Relay ``relay`` from ``sid`` (of ``sender``) within its call; the ack."""
+        """Relay ``relay`` from ``sid`` (of ``sender``) within its call; the ack. A signal
+        with a ``signalId`` the sender already sent to ``relay.to`` (a retry, a replay of an
+        offline buffer) is answered with the first one's ack and not relayed again."""
+        if relay.signal_id is None:
+            return await self._relay(event, sid, sender, relay)
+        try:
+            first = await self.store.first_ack(sender, relay.to, relay.signal_id)
+        except CallStoreUnavailable:
+            raise Unavailable("the call store cannot be reached; nothing was sent") from None
+        if first is not None:
+            self.metrics.repeats.inc()
+            return first
+        ack: Ack | None = None
+        try:
+            ack = await self._relay(event, sid, sender, relay)
+            return ack
+        finally:  # a refusal is not remembered: a repeat is handled afresh
+            with contextlib.suppress(CallStoreUnavailable):
+                await self.store.settle(sender, relay.to, relay.signal_id, ack)
+
+    async def _relay(self, event: str, sid: str, sender: str, relay: Relay) -> Ack:
         device = self.delivery.device(sid)
         now = time.time()
         body = relay.body  # parse_relay's own dict: the rules copy it into what they send

@@ -15,6 +15,9 @@ two relays, a join and an expiry that touch the same call never interleave. The 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any, Final, Protocol, TypeVar
@@ -26,6 +29,13 @@ T = TypeVar("T")
 OUTBOX_MESSAGES: Final = 256
 #: ended calls whose last sequence numbers are kept (their hangups come after the end)
 ENDED_SEQS: Final = 4096
+#: how long a signal's id is remembered (a client's retries and replays come sooner)
+SIGNAL_IDS_SECONDS: Final = 600.0
+#: signal ids remembered at most (the oldest are forgotten first)
+SIGNAL_IDS: Final = 100_000
+#: how long a repeat waits for the first to be answered
+REPEAT_WAIT_SECONDS: Final = 5.0
+Ack = dict[str, Any]
 #: a message as it was sent: sequence number, event, body
 Recorded = tuple[int, str, dict[str, Any]]
 
@@ -54,6 +64,14 @@ class CallStore(Protocol):
     async def outbox(self, call_id: str, user: str) -> list[Recorded]:
         """What was written to ``user``'s sockets in call ``call_id``, oldest first."""
 
+    async def first_ack(self, sender: str, to: str, signal_id: str) -> Ack | None:
+        """The ack of the signal ``signal_id`` from ``sender`` to ``to`` if it was handled
+        before (within :data:`SIGNAL_IDS_SECONDS`), else None, and from now on the signal
+        is being handled: a repeat meanwhile waits for its ack."""
+
+    async def settle(self, sender: str, to: str, signal_id: str, ack: Ack | None) -> None:
+        """The signal's ack (None: it was refused, a repeat is handled afresh)."""
+
 
 class LocalCallStore:
     """One process's calls, in memory. A change runs without awaiting anything, so it is
@@ -68,6 +86,8 @@ class LocalCallStore:
         #: ... and for the latest calls that ended (their last messages come after the end)
         self._ended_seqs: OrderedDict[tuple[str, str], int] = OrderedDict()
         self._outboxes: dict[tuple[str, str], list[Recorded]] = {}
+        #: (sender, to, signal id) -> (forgotten at, the ack, or a future while handled)
+        self._acks: OrderedDict[tuple[str, str, str], tuple[float, Any]] = OrderedDict()
 
     async def update(self, users: Sequence[str], change: Callable[[Ledger], T]) -> T:
         by_user, calls = self._by_user, self._calls
@@ -108,6 +128,34 @@ class LocalCallStore:
 
     async def outbox(self, call_id: str, user: str) -> list[Recorded]:
         return list(self._outboxes.get((call_id, user), ()))
+
+    async def first_ack(self, sender: str, to: str, signal_id: str) -> Ack | None:
+        key, now = (sender, to, signal_id), time.monotonic()
+        known = self._acks.get(key)
+        if known is not None and known[0] > now:
+            if isinstance(known[1], asyncio.Future):  # the first is still being handled
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(known[1]), REPEAT_WAIT_SECONDS)
+                known = self._acks.get(key)
+                if known is not None and not isinstance(known[1], asyncio.Future):
+                    settled: Ack = known[1]
+                    return settled
+                return None  # refused, or never answered: handled afresh
+            ack: Ack = known[1]
+            return ack
+        self._acks[key] = (now + SIGNAL_IDS_SECONDS, asyncio.get_running_loop().create_future())
+        self._acks.move_to_end(key)
+        while len(self._acks) > SIGNAL_IDS:
+            self._acks.popitem(last=False)
+        return None
+
+    async def settle(self, sender: str, to: str, signal_id: str, ack: Ack | None) -> None:
+        key = (sender, to, signal_id)
+        known = self._acks.pop(key, None)
+        if ack is not None:
+            self._acks[key] = (time.monotonic() + SIGNAL_IDS_SECONDS, ack)
+        if known is not None and isinstance(known[1], asyncio.Future) and not known[1].done():
+            known[1].set_result(None)
 
     def _forget(self, call: Call) -> None:
         for user in call.users:

@@ -16,13 +16,24 @@ does.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final, TypeVar
 
 import orjson
 from redis.exceptions import RedisError, WatchError
 
-from service.calls import OUTBOX_MESSAGES, Call, CallStoreUnavailable, Ledger, Recorded
+from service.calls import (
+    OUTBOX_MESSAGES,
+    REPEAT_WAIT_SECONDS,
+    SIGNAL_IDS_SECONDS,
+    Ack,
+    Call,
+    CallStoreUnavailable,
+    Ledger,
+    Recorded,
+)
 from service.cluster.batch import ScriptBatch
 from service.cluster.link import RedisLink
 from service.telemetry import Metrics
@@ -69,6 +80,14 @@ redis.call('LTRIM', KEYS[1], -tonumber(ARGV[3]), -1)
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 return 1
 """
+#: KEYS[1]: a signal's ack; ARGV[1]: how long it is kept. The ack, or false (and the signal
+#: is marked as being handled)
+_FIRST_ACK = """
+local ack = redis.call('GET', KEYS[1])
+if ack then return ack end
+redis.call('SET', KEYS[1], 'pending', 'EX', ARGV[1])
+return false
+"""
 #: a call party's counter lives this long after its last message; its outbox this long
 SEQ_TTL_SECONDS: Final = 3600
 OUTBOX_TTL_SECONDS: Final = 600
@@ -88,6 +107,8 @@ class RedisCallStore:
         self._read = ScriptBatch(self._redis, self._redis.register_script(_READ_CALLS))
         self._next_seq = ScriptBatch(self._redis, self._redis.register_script(_NEXT_SEQ))
         self._record = ScriptBatch(self._redis, self._redis.register_script(_RECORD))
+        self._first_ack = ScriptBatch(self._redis, self._redis.register_script(_FIRST_ACK))
+        self._ack_prefix = f"{prefix}:ack:"
         self._seq_prefix = f"{prefix}:seq:"
         self._outbox_prefix = f"{prefix}:outbox:"
 
@@ -177,6 +198,37 @@ class RedisCallStore:
             event, body = orjson.loads(data)
             entries.append((int(seq), str(event), body))
         return entries
+
+    async def first_ack(self, sender: str, to: str, signal_id: str) -> Ack | None:
+        key = f"{self._ack_prefix}{sender}\x1f{to}\x1f{signal_id}"
+        try:
+            deadline = time.monotonic() + REPEAT_WAIT_SECONDS
+            while True:
+                raw = await self._first_ack.call(keys=[key],
+                                                 args=[str(int(SIGNAL_IDS_SECONDS))])
+                if raw is None:
+                    return None
+                text = raw.decode() if isinstance(raw, bytes) else str(raw)
+                if text != "pending":
+                    ack: Ack = orjson.loads(text)
+                    return ack
+                if time.monotonic() > deadline:
+                    return None  # the first was never answered: handled afresh
+                await asyncio.sleep(0.05)
+        except (RedisError, OSError) as exc:
+            self.metrics.redis_errors.labels("calls").inc()
+            raise CallStoreUnavailable(type(exc).__name__) from None
+
+    async def settle(self, sender: str, to: str, signal_id: str, ack: Ack | None) -> None:
+        key = f"{self._ack_prefix}{sender}\x1f{to}\x1f{signal_id}"
+        try:
+            if ack is None:
+                await self._redis.delete(key)
+            else:
+                await self._redis.set(key, orjson.dumps(ack), ex=int(SIGNAL_IDS_SECONDS))
+        except (RedisError, OSError) as exc:
+            self.metrics.redis_errors.labels("calls").inc()
+            raise CallStoreUnavailable(type(exc).__name__) from None
 
     async def due(self, now: float) -> list[tuple[str, tuple[str, str]]]:
         try:

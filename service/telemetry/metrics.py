@@ -94,6 +94,9 @@ class Metrics:
         self.slow_consumer_drops = Counter(
             "signaling_slow_consumer_drops", "Connections closed for not reading what they "
             "were sent, by reason (send_timeout, slow_consumer)", ["reason"], registry=reg)
+        self.repeats = Counter(
+            "signaling_repeated_signals", "Signals whose signalId was sent before (a client's "
+            "retry): acked as the first, not relayed again", registry=reg)
         self.calls_opened = Counter(
             "signaling_calls_opened", "Calls opened", registry=reg)
         self.calls_ended = Counter(

@@ -392,14 +392,14 @@ async def closed(service: RunningService, peer: Peer) -> None:
 
 class Blackhole:
     """A TCP proxy of the test's own between clients and the service, which can stop
-    forwarding in both directions without closing anything (:meth:`freeze`): what a phone's
-    socket looks like while it switches networks."""
+    forwarding the connections it carries, in both directions, without closing them
+    (:meth:`freeze`): what a phone's socket looks like after it switched networks. New
+    connections (the phone on its new network) flow."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.port = 0
-        self._flowing = asyncio.Event()
-        self._flowing.set()
+        self._flows: list[asyncio.Event] = []
         self._server: asyncio.Server | None = None
         self._writers: list[asyncio.StreamWriter] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -414,25 +414,31 @@ class Blackhole:
         return self
 
     def freeze(self) -> None:
-        """Stop forwarding, both ways; every connection stays open."""
-        self._flowing.clear()
+        """Stop forwarding what the connections open now carry, both ways; they stay
+        open."""
+        for flow in self._flows:
+            flow.clear()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         self._writers += [writer, up_writer]
+        flow = asyncio.Event()
+        flow.set()
+        self._flows.append(flow)
         for source, sink in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.ensure_future(self._pump(source, sink))
+            task = asyncio.ensure_future(self._pump(source, sink, flow))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _pump(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    async def _pump(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter,
+                    flow: asyncio.Event) -> None:
         with contextlib.suppress(ConnectionError, asyncio.CancelledError):
             while True:
-                await self._flowing.wait()
+                await flow.wait()
                 data = await source.read(65536)
                 if not data:
                     break
-                await self._flowing.wait()  # (frozen while reading: this chunk is held back)
+                await flow.wait()  # (frozen while reading: this chunk is held back)
                 sink.write(data)
                 await sink.drain()
         with contextlib.suppress(ConnectionError, RuntimeError):

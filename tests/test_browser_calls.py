@@ -278,3 +278,39 @@ async def test_answered_on_another_device_and_busy(demo_service: RunningService,
     await carol.click("#call")
     await carol.wait_for_function("window.demo.state.ended === 'bob is in another call.'")
     assert (await state(phone))["pc"] == "connected"
+
+
+async def test_an_ice_restart_through_a_claimed_call(demo_service: RunningService,
+                                                     browser: Browser) -> None:
+    """A connected call; bob's signaling path goes silent both ways without closing (his
+    page talks to the service through a proxy of the test's, which stops forwarding); alice
+    runs restartIce(), and its offer and candidates are written to bob's dead socket. Bob's
+    page reconnects (as on a network change) and claims the call: it gets them again, in
+    order, answers, and the call is connected again, video frames still being decoded."""
+    from tests.support import Blackhole
+
+    blackhole = await Blackhole(int(demo_service.url.rsplit(":", 1)[1])).start()
+    try:
+        alice = await open_demo(browser, demo_service.url, "alice")
+        bob = await open_demo(browser, blackhole.url, "bob", auto_answer=True)
+        await wait_state(alice, "signaling", "connected")
+        await wait_state(bob, "signaling", "connected")
+        await _call(alice, bob, "bob")
+        before = await _frames(bob, 10)
+        blackhole.freeze()
+        bobs_ufrag = await alice.evaluate(
+            "window.demo.pc.remoteDescription.sdp.match(/a=ice-ufrag:(.*)/)[1]")
+        await alice.evaluate("window.demo.restartIce()")
+        await bob.evaluate("window.demo.reconnectNow()")
+        await bob.wait_for_function(
+            "window.demo.log.some((line) => line.includes('Back in the call'))")
+        # bob answered the restart's offer he got through the claim: new ICE credentials
+        await alice.wait_for_function(
+            f"!window.demo.pc.remoteDescription.sdp.includes('{bobs_ufrag}') &&"
+            " window.demo.pc.signalingState === 'stable'", timeout=15000)
+        await wait_state(alice, "pc", "connected")
+        await wait_state(bob, "pc", "connected")
+        assert await _frames(bob, before + 30) >= before + 30
+        assert alice.errors == [] and bob.errors == []  # type: ignore[attr-defined]
+    finally:
+        await blackhole.stop()

@@ -39,6 +39,9 @@ const demo = {
   socket: null, pc: null, me: null, peer: null, local: null, pending: [], incoming: null,
   // the call this page is in (or being offered), and whether this side has answered
   callId: null, answered: false, outbox: [],
+  // the highest seq handled per call: a message at or below it is a repeat (a claim after a
+  // reconnect sends again what the earlier socket may have lost)
+  lastSeq: {},
   config: { devTokens: false, userClaim: "sub" },
   state: { signaling: "disconnected", call: "idle", ice: null, pc: null, error: null,
            refusal: null, ended: null },
@@ -112,8 +115,9 @@ function connect() {
   socket.on("connect", async () => {
     setState("signaling", "connected");
     const ack = await socket.timeout(5000).emitWithAck("JoinSocket", demo.me);
-    if (ack.ok) status(`Connected as ${demo.me}. Waiting for calls.`);
-    else status(`Could not join your room: ${ERRORS[ack.error] ?? ack.error}`, true);
+    if (!ack.ok) status(`Could not join your room: ${ERRORS[ack.error] ?? ack.error}`, true);
+    else if (demo.callId && (demo.pc || demo.incoming)) await claim(socket);
+    else status(`Connected as ${demo.me}. Waiting for calls.`);
     controls();
   });
   socket.on("connect_error", (err) => {
@@ -141,11 +145,54 @@ function connect() {
     const ack = await socket.timeout(5000).emitWithAck("RefreshToken", token);
     log(ack.ok ? "token refreshed" : `token refresh refused: ${ack.error}`);
   });
-  socket.on("offer", onOffer);
-  socket.on("answer", onAnswer);
-  socket.on("candidate", onCandidate);
-  socket.on("hangup", onHangup);
+  socket.on("offer", once(onOffer));
+  socket.on("answer", once(onAnswer));
+  socket.on("candidate", once(onCandidate));
+  socket.on("hangup", once(onHangup));
+  socket.on("ice_servers", ({ iceServers }) => {
+    // fresh TURN credentials, before ours expire: the next ICE restart uses them
+    if (demo.pc) demo.pc.setConfiguration({ ...demo.pc.getConfiguration(), iceServers });
+  });
 }
+
+function once(handler) {
+  // drop a message of a call whose seq was handled already
+  return (message) => {
+    const { callId, seq } = message;
+    if (callId !== undefined && seq !== undefined) {
+      if (seq <= (demo.lastSeq[callId] ?? 0)) return log(`a repeat (seq ${seq}) dropped`);
+      demo.lastSeq[callId] = seq;
+    }
+    return handler(message);
+  };
+}
+
+async function claim(socket) {
+  // back after a reconnect (a network switch may have left the old socket half-dead): take
+  // the call over on this socket and get again what the old one may not have received
+  const callId = demo.callId;
+  const ack = await socket.timeout(5000).emitWithAck("ClaimCall",
+    { callId, lastSeq: demo.lastSeq[callId] ?? 0 });
+  if (ack.ok) status(`Back in the call (${ack.replayed} signals caught up).`);
+  else if (ack.error === "not_in_call") endCall("The call ended while you were away.");
+}
+
+function reconnectNow() {
+  // the network changed: do not wait for the old connection's ping timeout
+  if (demo.socket?.connected) demo.socket.io.engine.close();
+}
+demo.reconnectNow = reconnectNow;
+window.addEventListener("online", reconnectNow);
+
+async function restartIce() {
+  // a new ICE negotiation inside the call (a changed network on either side)
+  if (!demo.pc || !demo.peer) return;
+  demo.pc.restartIce();
+  await demo.pc.setLocalDescription(await demo.pc.createOffer());
+  demo.socket.emit("offer", { to: demo.peer, callId: demo.callId,
+                              offer: demo.pc.localDescription.toJSON() });
+}
+demo.restartIce = restartIce;
 
 async function media() {
   if (!demo.local) {
@@ -246,7 +293,9 @@ function flushOutbox() {
 }
 
 async function onOffer({ from, offer, callId }) {
-  if (demo.incoming?.callId === callId) return log("the offer again (held for us while away)");
+  if (demo.incoming?.callId === callId && demo.incoming.offer.sdp === offer.sdp) {
+    return log("the offer again (held for us while away)");
+  }
   if (demo.pc && callId === demo.callId) {
     // renegotiation within the call (e.g. an ICE restart)
     await demo.pc.setRemoteDescription(offer);

@@ -1,5 +1,11 @@
 """An aiortc WebRTC peer that signals through the service with a python-socketio client, the
-way a Python app (a bot, a recorder, a test rig) would."""
+way a Python app (a bot, a recorder, a test rig) would: it drops a message of its call whose
+``seq`` it has handled, and after a reconnect claims its call.
+
+aiortc has no ICE restart (aiortc/aiortc#211): :meth:`AiortcPeer.restart` renegotiates the
+call with a fresh peer connection on each end (new ICE credentials, a new DTLS session), which
+is what an aiortc app does after a network change; to the service it is the same renegotiating
+offer and answer inside the call."""
 
 from __future__ import annotations
 
@@ -23,7 +29,8 @@ class AiortcPeer:
 
     def __init__(self, url: str, user: str, token: str, *, video: bool = False) -> None:
         self.url, self.user, self.token, self.video = url, user, token, video
-        self.sio = socketio.AsyncClient(reconnection=False)
+        self.sio = self._client()
+        self.stale: socketio.AsyncClient | None = None  # a socket left behind by reconnect()
         self.pc: RTCPeerConnection | None = None
         self.peer: str | None = None
         self.call_id: str | None = None
@@ -34,20 +41,54 @@ class AiortcPeer:
         self.auto_answer = True
         self.offer_at = 0.0
         self.setup_ms: float | None = None
-        self.sio.on("offer", self._on_offer)
-        self.sio.on("answer", self._on_answer)
-        self.sio.on("candidate", self._on_candidate)
-        self.sio.on("hangup", self._on_hangup)
+        self.last_seq: dict[str, int] = {}
+        self._tasks: set[asyncio.Future[None]] = set()
+        self.repeats = 0
+        self.frames = 0
+
+    def _client(self) -> socketio.AsyncClient:
+        sio = socketio.AsyncClient(reconnection=False)
+        for event, handler in (("offer", self._on_offer), ("answer", self._on_answer),
+                               ("candidate", self._on_candidate), ("hangup", self._on_hangup)):
+            sio.on(event, self._once(handler))
+        return sio
+
+    def _once(self, handler: Any) -> Any:
+        """``handler``, skipping a message of a call whose seq was handled already (a claim
+        sends again what the earlier socket may have missed)."""
+        async def handle(message: dict[str, Any]) -> None:
+            call_id, seq = message.get("callId"), message.get("seq")
+            if isinstance(call_id, str) and isinstance(seq, int):
+                if seq <= self.last_seq.get(call_id, 0):
+                    self.repeats += 1
+                    return
+                self.last_seq[call_id] = seq
+            await handler(message)
+        return handle
 
     async def connect(self) -> None:
         await self.sio.connect(self.url, auth={"token": self.token}, transports=["websocket"])
         assert await self.sio.call("JoinSocket", self.user) == {"ok": True}
 
+    async def reconnect(self, url: str) -> dict[str, Any]:
+        """Connect again on a new connection (the old socket may be half-dead: it is left to
+        the service, which closes it on the claim) and claim the call."""
+        self.stale, self.sio, self.url = self.sio, self._client(), url
+        await self.connect()
+        assert self.call_id is not None
+        ack: dict[str, Any] = await self.sio.call("ClaimCall", {
+            "callId": self.call_id, "lastSeq": self.last_seq.get(self.call_id, 0)})
+        return ack
+
     async def disconnect(self) -> None:
-        if self.sio.connected:
-            await self.sio.disconnect()
-        if self.sio.eio.http is not None:
-            await self.sio.eio.http.close()
+        for sio in (self.sio, self.stale):
+            if sio is None:
+                continue
+            if sio.connected:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(sio.disconnect(), 5)
+            if sio.eio.http is not None:
+                await sio.eio.http.close()
 
     def _new_pc(self, peer: str) -> RTCPeerConnection:
         pc = RTCPeerConnection()
@@ -61,6 +102,11 @@ class AiortcPeer:
             if pc.connectionState == "connected":
                 self.setup_ms = (time.perf_counter() - self.offer_at) * 1000
                 self.connected.set()
+
+        @pc.on("track")
+        def on_track(track: Any) -> None:
+            if track.kind == "video":
+                self._tasks.add(asyncio.ensure_future(self._count_frames(track)))
 
         @pc.on("datachannel")
         def on_channel(channel: RTCDataChannel) -> None:
@@ -83,19 +129,41 @@ class AiortcPeer:
         self.call_id = ack["callId"]
         return channel
 
+    async def _count_frames(self, track: Any) -> None:
+        with contextlib.suppress(Exception):
+            while True:
+                await track.recv()
+                self.frames += 1
+
+    async def restart(self) -> dict[str, Any]:
+        """Renegotiate the call on a fresh peer connection (aiortc's ICE restart): the old
+        one is closed, the offer goes in the same call."""
+        assert self.peer is not None and self.call_id is not None
+        await self.close_call()
+        pc = self._new_pc(self.peer)
+        await pc.setLocalDescription(await pc.createOffer())
+        self.offer_at = time.perf_counter()
+        offer = {"type": pc.localDescription.type, "sdp": pc.localDescription.sdp}
+        ack: dict[str, Any] = await self.sio.call(
+            "offer", {"to": self.peer, "callId": self.call_id, "offer": offer})
+        return ack
+
     async def answer(self, message: dict[str, Any]) -> None:
+        if self.pc is not None:  # a renegotiation in the call: a fresh peer connection
+            await self.close_call()
         self.call_id = message["callId"]
         pc = self._new_pc(message["from"])
         self.offer_at = time.perf_counter()
         await pc.setRemoteDescription(RTCSessionDescription(**message["offer"]))
         await pc.setLocalDescription(await pc.createAnswer())
         answer = {"type": pc.localDescription.type, "sdp": pc.localDescription.sdp}
-        ack = await self.sio.call("answer", {"to": message["from"], "answer": answer})
+        ack = await self.sio.call("answer", {"to": message["from"], "callId": self.call_id,
+                                             "answer": answer})
         assert ack["ok"], ack
 
     async def _on_offer(self, message: dict[str, Any]) -> None:
         self.offers.put_nowait(message)
-        if self.auto_answer:
+        if self.auto_answer or (self.pc is not None and message["callId"] == self.call_id):
             await self.answer(message)
 
     async def _on_answer(self, message: dict[str, Any]) -> None:
@@ -121,6 +189,9 @@ class AiortcPeer:
         await self.close_call()
 
     async def close_call(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        self._tasks.clear()
         if self.pc is not None:
             with contextlib.suppress(Exception):
                 await self.pc.close()

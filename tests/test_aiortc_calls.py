@@ -14,7 +14,7 @@ import pytest
 from service.config import Rate, Secret, Settings
 from tests.aiortc_peer import AiortcPeer
 from tests.browser import ARTIFACTS, chromium, open_demo, wait_state
-from tests.support import SECRET, RunningService, serving
+from tests.support import SECRET, Blackhole, RunningService, eventually, serving
 
 CALLS = 10
 
@@ -161,3 +161,36 @@ async def test_browser_caller_with_callee_signaling_drop(call_service: RunningSe
         finally:
             await bob.close_call()
             await bob.disconnect()
+
+
+async def test_an_aiortc_ice_restart_through_a_claimed_call(call_service: RunningService) -> None:
+    """Two aiortc peers in a call, video flowing to bob; bob's signaling path goes silent
+    both ways (a proxy of the test's stops forwarding); alice restarts ICE (a fresh peer
+    connection: aiortc has no restartIce) and her offer is written to bob's dead socket. Bob
+    connects again on a new connection and claims the call: he gets the offer, answers, and
+    the call connects again, bob receiving frames on the new connection."""
+    blackhole = await Blackhole(int(call_service.url.rsplit(":", 1)[1])).start()
+    alice = AiortcPeer(call_service.url, "alice", call_service.token("alice"), video=True)
+    bob = AiortcPeer(blackhole.url, "bob", call_service.token("bob"))
+    await alice.connect()
+    await bob.connect()
+    try:
+        await alice.call("bob", data_channel=False)
+        await asyncio.wait_for(alice.connected.wait(), 15)
+        await asyncio.wait_for(bob.connected.wait(), 15)
+        await eventually(lambda: bob.frames >= 10, within=10)
+        blackhole.freeze()
+        ack = await alice.restart()
+        assert ack["ok"] is True and ack["delivered"] is True  # written to the dead socket
+        claim = await bob.reconnect(blackhole.url)
+        assert claim["ok"] is True and claim["replayed"] >= 1
+        await asyncio.wait_for(alice.connected.wait(), 15)
+        await asyncio.wait_for(bob.connected.wait(), 15)
+        frames = bob.frames
+        await eventually(lambda: bob.frames >= frames + 30, within=15)
+    finally:
+        for peer in (alice, bob):
+            await peer.close_call()
+        await blackhole.stop()
+        for peer in (alice, bob):
+            await peer.disconnect()

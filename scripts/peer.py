@@ -13,6 +13,10 @@ call's callId) with a placeholder SDP: no media flows, but every message crosses
 and is printed, with what the service says about the call: busy, glare, ringing an offline
 callee (held, maybe notified by webhook), answered or declined on another device, held while
 reconnecting, no answer (timeout), the other side gone.
+
+It does what the protocol asks of a client after a reconnect: it joins its room on every
+connect, claims its call (``ClaimCall`` with the last ``seq`` it handled) and drops a message
+whose ``seq`` it has handled already (a claim may send again what the old socket did get).
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ class CliPeer:
         self.refused: list[Any] = []
         self.call_id: str | None = None
         self.calling = False
+        self.last_seq: dict[str, int] = {}  # per call, the highest seq handled
         self.sio = self._fresh_client()
 
     def say(self, text: str) -> None:
@@ -77,6 +82,10 @@ class CliPeer:
             return False
         ack = await self.sio.call("JoinSocket", self.me)
         self.say(f"connected as {self.me} via {self.sio.transport()}, joined: {ack}")
+        if self.call_id is not None:  # back after a drop: take the call over on this socket
+            claim = await self.sio.call("ClaimCall", {
+                "callId": self.call_id, "lastSeq": self.last_seq.get(self.call_id, 0)})
+            self.say(f"claimed call {self.call_id}: {claim}")
         return True
 
     async def call(self, callee: str) -> None:
@@ -105,8 +114,11 @@ class CliPeer:
 
     async def on_offer(self, msg: dict[str, Any]) -> None:
         caller, call_id = msg["from"], msg["callId"]
-        if self.call_id == call_id:
-            return self.say(f"offer from {caller} again (held for us while away)")
+        if self.call_id == call_id and not self.calling:  # (a repeat was dropped by seq)
+            self.say(f"a new offer from {caller} in the call (an ICE restart); answering")
+            await self.sio.call("answer", {"to": caller, "callId": call_id,
+                                           "answer": {"type": "answer", "sdp": SDP}})
+            return None
         self.call_id = call_id
         if self.decline:
             self.say(f"offer from {caller} (call {call_id}); declining")
@@ -135,10 +147,22 @@ class CliPeer:
         """A new connection's client (after a drop, the old one is not reused)."""
         client = socketio.AsyncClient(reconnection=False)
         for event in ("offer", "answer", "candidate", "hangup"):
-            client.on(event, getattr(self, f"on_{event}"))
+            client.on(event, self._once(event, getattr(self, f"on_{event}")))
         client.on("connect_error", self.refused.append)
         client.on("server_disconnect", self.on_server_disconnect)
         return client
+
+    def _once(self, event: str, handler: Any) -> Any:
+        """``handler``, skipping a message of a call whose seq was handled already."""
+        async def handle(msg: dict[str, Any]) -> None:
+            call_id, seq = msg.get("callId"), msg.get("seq")
+            if isinstance(call_id, str) and isinstance(seq, int):
+                if seq <= self.last_seq.get(call_id, 0):
+                    return self.say(f"{event} from {msg.get('from')} again (seq {seq}): "
+                                    "a repeat, dropped")
+                self.last_seq[call_id] = seq
+            await handler(msg)
+        return handle
 
     async def on_answer(self, msg: dict[str, Any]) -> None:
         self.say(f"answer from {msg['from']} (call {msg['callId']})")

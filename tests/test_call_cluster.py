@@ -276,3 +276,28 @@ async def test_a_claim_and_a_repeat_across_nodes(short_timers: list[Node],
     assert await alice_on_b.call("candidate", candidate_to("bob", 7, signalId="x-7")) == first
     assert (await again.next("candidate"))["signalId"] == "x-7"
     assert await again.silent("candidate")
+
+
+async def test_the_ring_log_keeps_its_numbers_across_nodes(short_timers: list[Node],
+                                                           made: list[Peer], redis_url: str,
+                                                           channel: str) -> None:
+    """bob's phone joins on the other node while alice's call rings: it gets the offer and
+    candidates with the numbers his first device got (the number is counted in Redis
+    before the ring log keeps the message). A call's counters live as long as its record;
+    the counter of an offer refused busy goes within a minute."""
+    a, b = short_timers
+    alice, bob = await peer(made, a, "alice"), await peer(made, b, "bob")
+    call_id = (await alice.call("offer", offer_to("bob")))["callId"]
+    assert (await alice.call("candidate", candidate_to("bob", 0, callId=call_id)))["ok"]
+    first = [(await bob.next_raw(e))["seq"] for e in ("offer", "candidate")]
+    phone = await peer(made, a, "bob")
+    assert [(await phone.next_raw(e))["seq"] for e in ("offer", "candidate")] == first == [1, 2]
+    assert await (await peer(made, b, "carol")).call("offer", offer_to("alice")) == {
+        "ok": False, "error": "busy"}
+    admin = aioredis.Redis.from_url(redis_url)
+    try:
+        ttls = {key.decode().rsplit(":", 1)[1]: await admin.ttl(key)
+                async for key in admin.scan_iter(f"{channel}:seq:*")}
+        assert ttls["bob"] > 3600 and ttls["alice"] <= 60, ttls
+    finally:
+        await admin.aclose()

@@ -401,6 +401,30 @@ async def test_every_call_message_carries_its_seq(peers: Peers) -> None:
     assert (await alice.next_raw("hangup"))["seq"] == 2
 
 
+async def test_a_ringing_callee_gets_the_ring_log_with_its_first_numbers(
+        peers: Peers) -> None:
+    """What rings on a callee's devices keeps the number it was first written with: a device
+    that joins, or claims the ringing call (after a reconnect, it had the offer already),
+    gets the offer and candidates again with the same ``seq``, so it can drop what it had
+    (before: each replay was numbered afresh, and a repeat looked new)."""
+    alice, bob = await peers("alice"), await peers("bob")
+    call_id = (await alice.call("offer", offer_to("bob")))["callId"]
+    for n in range(2):
+        assert (await alice.call("candidate", candidate_to("bob", n, callId=call_id)))["ok"]
+    first = [(await bob.next_raw(event))["seq"] for event in ("offer", "candidate",
+                                                               "candidate")]
+    assert first == [1, 2, 3]
+    phone = await peers("bob")  # joins: the call rings there too, from its start
+    assert [(await phone.next_raw(event))["seq"] for event in ("offer", "candidate",
+                                                                "candidate")] == first
+    ack = await bob.call("ClaimCall", {"callId": call_id, "lastSeq": 3})
+    assert ack == {"ok": True, "replayed": 0}
+    assert [(await bob.next_raw(event))["seq"] for event in ("offer", "candidate",
+                                                              "candidate")] == first
+    assert (await alice.call("candidate", candidate_to("bob", 2, callId=call_id)))["ok"]
+    assert (await bob.next_raw("candidate"))["seq"] == 4
+
+
 async def test_a_half_dead_socket_loses_nothing(service: RunningService) -> None:
     """Bob's connection goes silent both ways without closing (a proxy of the test's stops
     forwarding: a phone switching networks). Alice's candidates and renegotiation offer are

@@ -236,8 +236,8 @@ async def test_peer_reports_an_offline_callee(workdir: Path, sanic_process: Proc
 async def test_peer_declines_or_drops_and_comes_back(workdir: Path, sanic_process: Process,
                                                      bob_does: str) -> None:
     """``peer.py wait --decline``: alice hears the call was declined. ``wait --drop 2``: bob
-    loses his connection after the offer, comes back, gets the offer again (held for him),
-    answers, and the call goes through."""
+    loses his connection after the offer, comes back, gets the offer again (it rings on),
+    drops it as a repeat by its seq, claims the call, answers, and the call goes through."""
     option = [bob_does] if bob_does == "--decline" else [bob_does, "2"]
     alice_text, bob_text = await _peers_call(workdir, sanic_process, *option)
     if bob_does == "--decline":
@@ -245,7 +245,9 @@ async def test_peer_declines_or_drops_and_comes_back(workdir: Path, sanic_proces
         assert "hangup from bob" in alice_text
     else:
         assert "dropping the connection for 2 s" in bob_text
-        assert "offer from alice again (held for us while away)" in bob_text
+        # the offer rang on while he was away: it comes again, and he tells it by its seq
+        assert "offer from alice again (seq 1): a repeat, dropped" in bob_text
+        assert "claimed call " in bob_text
         assert "answer from bob" in alice_text and "hung up" in alice_text
 
 

@@ -80,10 +80,22 @@ class Calls:
         device = self.delivery.device(sid)
         now = time.time()
         body = relay.body  # parse_relay's own dict: the rules copy it into what they send
+        # the message's number for its recipient is counted before the rules run, so the
+        # ring log and a hold keep it: a device given it again (a join, a claim) can tell
+        seq: int | None = None
+        fresh: tuple[str, int] | None = None
+        try:
+            if relay.call_id is not None:
+                seq = await self.store.reserve_seq(relay.call_id, relay.to)
+            elif event == OFFER:
+                fresh_id = new_call_id()
+                fresh = (fresh_id, await self.store.first_seq(fresh_id, relay.to))
+        except CallStoreUnavailable:
+            raise Unavailable("the call store cannot be reached; nothing was sent") from None
 
         def decide(ledger: Ledger) -> Outcome:
             return self.rules.relay(ledger, event, sender, device, relay.to, relay.call_id,
-                                    body, relay.size, now)
+                                    body, relay.size, now, seq=seq, fresh=fresh)
 
         try:
             outcome = await self._update((sender, relay.to), decide)

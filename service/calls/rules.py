@@ -219,9 +219,14 @@ class CallRules:
         self.busy_policy = busy_policy
 
     def relay(self, ledger: Ledger, event: str, sender: str, device: str, to: str,
-              call_id: str | None, body: Mapping[str, Any], size: int, now: float) -> Outcome:
+              call_id: str | None, body: Mapping[str, Any], size: int, now: float, *,
+              seq: int | None = None, fresh: tuple[str, int] | None = None) -> Outcome:
         """``offer``/``answer``/``candidate``/``hangup`` from ``device`` of ``sender`` to
-        ``to`` (``body``: what the client sent, ``size``: its JSON length)."""
+        ``to`` (``body``: what the client sent, ``size``: its JSON length). ``seq``: the
+        number reserved for this message to ``to`` in call ``call_id``; ``fresh``: the id of
+        the call an offer opens, and the offer's number in it. A message given its number
+        here keeps it wherever it goes (a ring log, a hold): a device that gets it again
+        can tell."""
         if to == sender:
             raise Forbidden("a call needs two users: you cannot call yourself")
         call = ledger.between(sender, to)
@@ -230,13 +235,15 @@ class CallRules:
         if call is None:
             if event != OFFER or call_id is not None:
                 raise NotInCall()
-            return self._open(ledger, sender, device, to, body, size, now)
+            return self._open(ledger, sender, device, to, body, size, now, fresh)
         if event == OFFER and call.state == RINGING and call.callee.user == sender:
             raise Glare(call.id)
         outcome = Outcome(call=call)
         me, peer = call.side(sender)
         self._claim(outcome, call, me, device, event)
         message: Message = (event, {**body, "from": sender, "callId": call.id})
+        if seq is not None and call_id is not None:
+            message[1]["seq"] = seq
         if event == HANGUP:
             outcome.changed = True
             if peer.away_until is not None:  # the last thing it needs to hear: held
@@ -254,14 +261,18 @@ class CallRules:
         return outcome
 
     def _open(self, ledger: Ledger, sender: str, device: str, to: str,
-              body: Mapping[str, Any], size: int, now: float) -> Outcome:
+              body: Mapping[str, Any], size: int, now: float,
+              fresh: tuple[str, int] | None) -> Outcome:
         if self.busy_policy == REJECT and ledger.of(to):
             raise Busy()
-        call = Call(new_call_id(), Party(sender, device), Party(to), RINGING, now,
+        call_id, seq = fresh or (new_call_id(), None)
+        call = Call(call_id, Party(sender, device), Party(to), RINGING, now,
                     now + self.ring_timeout)
         outcome = Outcome(call=call, opened=True)
-        self._send(outcome, call, call.callee,
-                   (OFFER, {**body, "from": sender, "callId": call.id}), size, hold=True)
+        offer = {**body, "from": sender, "callId": call.id}
+        if seq is not None:
+            offer["seq"] = seq
+        self._send(outcome, call, call.callee, (OFFER, offer), size, hold=True)
         ledger.save(call)
         return outcome
 

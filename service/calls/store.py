@@ -56,6 +56,14 @@ class CallStore(Protocol):
     async def next_seq(self, call_id: str, user: str) -> int:
         """The next sequence number of what ``user`` gets in call ``call_id``: 1, 2, 3 ..."""
 
+    async def first_seq(self, call_id: str, user: str) -> int:
+        """:meth:`next_seq` for an offer's recipient in call ``call_id``, which the offer is
+        about to open: forgotten soon unless the call is stored."""
+
+    async def reserve_seq(self, call_id: str, user: str) -> int | None:
+        """:meth:`next_seq` if call ``call_id`` is open (or ended, a party still away), else
+        None (nothing is counted for a call id nobody has)."""
+
     async def record(self, call_id: str, user: str, seq: int, event: str,
                      body: dict[str, Any]) -> None:
         """``body`` (``seq``) was written to ``user``'s socket in call ``call_id``: keep it in
@@ -109,13 +117,23 @@ class LocalCallStore:
     async def next_seq(self, call_id: str, user: str) -> int:
         key = (call_id, user)
         if call_id in self._calls:
-            seq = self._seqs[key] = self._seqs.get(key, 0) + 1
+            # (a call's first number may be counted before the call is stored: an offer's)
+            last = self._seqs.get(key)
+            if last is None:
+                last = self._ended_seqs.pop(key, 0)
+            seq = self._seqs[key] = last + 1
         else:
             seq = self._ended_seqs[key] = self._ended_seqs.get(key, 0) + 1
             self._ended_seqs.move_to_end(key)
             while len(self._ended_seqs) > ENDED_SEQS:
                 self._ended_seqs.popitem(last=False)
         return seq
+
+    async def first_seq(self, call_id: str, user: str) -> int:
+        return await self.next_seq(call_id, user)  # (an LRU of ended calls' numbers keeps it)
+
+    async def reserve_seq(self, call_id: str, user: str) -> int | None:
+        return await self.next_seq(call_id, user) if call_id in self._calls else None
 
     async def record(self, call_id: str, user: str, seq: int, event: str,
                      body: dict[str, Any]) -> None:

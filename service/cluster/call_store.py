@@ -70,6 +70,17 @@ redis.call('EXPIRE', KEYS[1], ARGV[1])
 return n
 """
 
+#: KEYS[1]: a call party's sequence counter, KEYS[2]: the call; ARGV[1]: the counter's
+#: lifetime. The next number, or nil (no counter is made) when the call is not there.
+_RESERVE_SEQ = """
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  return nil
+end
+local n = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return n
+"""
+
 #: KEYS[1]: a call party's outbox, a list of "<seq>|<json>"; ARGV: seq, entry, most kept,
 #: lifetime. Appended only past the last seq kept.
 _RECORD = """
@@ -88,8 +99,12 @@ if ack then return ack end
 redis.call('SET', KEYS[1], 'pending', 'EX', ARGV[1])
 return false
 """
-#: a call party's counter lives this long after its last message; its outbox this long
-SEQ_TTL_SECONDS: Final = 3600
+#: a call party's counter lives as long as its call's record (a long call may go an hour
+#: without a message to a party, and then its hangup must not be numbered 1 again) ...
+SEQ_TTL_SECONDS: Final = KEY_TTL_SECONDS
+#: ... once the call is stored; counted for an offer that opens no call, it goes soon
+FRESH_SEQ_TTL_SECONDS: Final = 60
+#: a party's outbox lives this long after its last message
 OUTBOX_TTL_SECONDS: Final = 600
 
 
@@ -106,6 +121,8 @@ class RedisCallStore:
         self._deadlines = f"{prefix}:deadlines"
         self._read = ScriptBatch(self._redis, self._redis.register_script(_READ_CALLS))
         self._next_seq = ScriptBatch(self._redis, self._redis.register_script(_NEXT_SEQ))
+        self._reserve_seq = ScriptBatch(self._redis,
+                                        self._redis.register_script(_RESERVE_SEQ))
         self._record = ScriptBatch(self._redis, self._redis.register_script(_RECORD))
         self._first_ack = ScriptBatch(self._redis, self._redis.register_script(_FIRST_ACK))
         self._ack_prefix = f"{prefix}:ack:"
@@ -146,6 +163,8 @@ class RedisCallStore:
                 for user in call.users:
                     pipe.sadd(self._calls_prefix + user, call.id)
                     pipe.expire(self._calls_prefix + user, KEY_TTL_SECONDS)
+                    # (an offer's number was counted before its call was stored)
+                    pipe.expire(f"{self._seq_prefix}{call.id}:{user}", SEQ_TTL_SECONDS)
                 deadline = call.deadline
                 if deadline is None:
                     pipe.zrem(self._deadlines, call.id)
@@ -173,6 +192,24 @@ class RedisCallStore:
         except (RedisError, OSError) as exc:
             self.metrics.redis_errors.labels("calls").inc()
             raise CallStoreUnavailable(type(exc).__name__) from None
+
+    async def first_seq(self, call_id: str, user: str) -> int:
+        try:
+            return int(await self._next_seq.call(keys=[f"{self._seq_prefix}{call_id}:{user}"],
+                                                 args=[str(FRESH_SEQ_TTL_SECONDS)]))
+        except (RedisError, OSError) as exc:
+            self.metrics.redis_errors.labels("calls").inc()
+            raise CallStoreUnavailable(type(exc).__name__) from None
+
+    async def reserve_seq(self, call_id: str, user: str) -> int | None:
+        try:
+            seq = await self._reserve_seq.call(
+                keys=[f"{self._seq_prefix}{call_id}:{user}", self._call_prefix + call_id],
+                args=[str(SEQ_TTL_SECONDS)])
+        except (RedisError, OSError) as exc:
+            self.metrics.redis_errors.labels("calls").inc()
+            raise CallStoreUnavailable(type(exc).__name__) from None
+        return None if seq is None else int(seq)
 
     async def record(self, call_id: str, user: str, seq: int, event: str,
                      body: dict[str, Any]) -> None:

@@ -156,6 +156,10 @@ def test_redis_manager_internals_we_use() -> None:
     assert "await self._handle_emit(data)" in thread
     handle = source(socketio.async_pubsub_manager.AsyncPubSubManager._handle_emit)
     assert "message['event']" in handle and "message.get('room')" in handle
+    # ... and reach the local emit (InlineManager.emit, where a gated socket's packets
+    # wait), as every local emit does; the gate finds a socket's eio sid by its sid
+    assert "await super().emit(" in handle
+    assert params(socketio.AsyncManager.eio_sid_from_sid) == ["self", "sid", "namespace"]
 
 
 def test_fast_json_keeps_the_integer_guard_when_python_has_none() -> None:

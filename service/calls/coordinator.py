@@ -199,9 +199,10 @@ class Calls:
     async def joined(self, user: str, sid: str) -> None:
         """``sid`` joined ``user``'s room: it gets what was held or is ringing for it."""
         device = self.delivery.device(sid)
-        sends = await self._update((user,), lambda ledger: self.rules.joined(ledger, user,
-                                                                              device))
-        await self._deliver_all(sends)
+        async with self.delivery.gated(device):  # what was held goes before anything newer
+            sends = await self._update((user,), lambda ledger: self.rules.joined(
+                ledger, user, device))
+            await self._deliver_all(sends)
 
     async def claim(self, sid: str, user: str, claim: Claim) -> Ack:
         """``ClaimCall``: ``sid`` of ``user`` takes call ``claim.call_id`` over now (the
@@ -209,17 +210,19 @@ class Calls:
         device after ``claim.last_seq`` (all the outbox keeps, without one), then what was
         held for the party."""
         device = self.delivery.device(sid)
-        outcome = await self._update((user,), lambda ledger: self.rules.claim(
-            ledger, claim.call_id, user, device))
-        try:
-            written = await self.store.outbox(claim.call_id, user)
-        except CallStoreUnavailable:
-            raise Unavailable("the call store cannot be reached") from None
-        replayed = 0
-        for seq, event, body in written:
-            if claim.last_seq is None or seq > claim.last_seq:
-                replayed += await self._deliver(Send(event, body, user, device), record=False)
-        await self._deliver_all(outcome.sends)
+        async with self.delivery.gated(device):  # nothing newer overtakes what goes again
+            outcome = await self._update((user,), lambda ledger: self.rules.claim(
+                ledger, claim.call_id, user, device))
+            try:
+                written = await self.store.outbox(claim.call_id, user)
+            except CallStoreUnavailable:
+                raise Unavailable("the call store cannot be reached") from None
+            replayed = 0
+            for seq, event, body in written:
+                if claim.last_seq is None or seq > claim.last_seq:
+                    replayed += await self._deliver(Send(event, body, user, device),
+                                                    record=False)
+            await self._deliver_all(outcome.sends)
         if outcome.replaced is not None:
             with contextlib.suppress(DeliveryUnavailable, PresenceUnavailable):
                 await self.delivery.close(outcome.replaced)
@@ -287,11 +290,15 @@ class Calls:
         False, or (``strict``: the sender's own message) :class:`Unavailable`."""
         try:
             if send.device is not None:
+                device = send.device
                 seq, call_id = send.body.get("seq"), send.body.get("callId")
                 if record and isinstance(seq, int) and isinstance(call_id, str):
-                    await self.store.record(call_id, send.user, seq, send.event, send.body)
+                    # (a claim since this was decided: it goes to the claiming device,
+                    # behind what the claim sends again)
+                    device = await self.store.record(call_id, send.user, seq, send.event,
+                                                     send.body, device) or device
                 return await self.delivery.to_device(send.event, send.body, send.user,
-                                                     send.device)
+                                                     device)
             skip = self.delivery.sid_of(send.skip) if send.skip is not None else ""
             return await self.delivery.relay(send.event, send.body, send.user,
                                              user_room(send.user), skip)

@@ -65,9 +65,11 @@ class CallStore(Protocol):
         None (nothing is counted for a call id nobody has)."""
 
     async def record(self, call_id: str, user: str, seq: int, event: str,
-                     body: dict[str, Any]) -> None:
-        """``body`` (``seq``) was written to ``user``'s socket in call ``call_id``: keep it in
-        the outbox (once: a ``seq`` not above the last one kept is not kept again)."""
+                     body: dict[str, Any], device: str) -> str | None:
+        """``body`` (``seq``) is being written to ``user``'s ``device`` in call ``call_id``:
+        keep it in the outbox (once: a ``seq`` not above the last one kept is not kept
+        again). The party's device now when another one took the call over since the
+        message was decided (a claim that read the outbox before this), else None."""
 
     async def outbox(self, call_id: str, user: str) -> list[Recorded]:
         """What was written to ``user``'s sockets in call ``call_id``, oldest first."""
@@ -136,13 +138,16 @@ class LocalCallStore:
         return await self.next_seq(call_id, user) if call_id in self._calls else None
 
     async def record(self, call_id: str, user: str, seq: int, event: str,
-                     body: dict[str, Any]) -> None:
-        if call_id not in self._calls:
-            return  # over: nobody will claim it
+                     body: dict[str, Any], device: str) -> str | None:
+        call = self._calls.get(call_id)
+        if call is None:
+            return None  # over: nobody will claim it
         box = self._outboxes.setdefault((call_id, user), [])
         if not box or seq > box[-1][0]:
             box.append((seq, event, body))
             del box[:-OUTBOX_MESSAGES]
+        now = call.side(user)[0].device
+        return now if now is not None and now != device else None
 
     async def outbox(self, call_id: str, user: str) -> list[Recorded]:
         return list(self._outboxes.get((call_id, user), ()))

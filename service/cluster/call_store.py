@@ -81,15 +81,23 @@ redis.call('EXPIRE', KEYS[1], ARGV[1])
 return n
 """
 
-#: KEYS[1]: a call party's outbox, a list of "<seq>|<json>"; ARGV: seq, entry, most kept,
-#: lifetime. Appended only past the last seq kept.
+#: KEYS[1]: a call party's outbox, a list of "<seq>|<json>", KEYS[2]: the call; ARGV: seq,
+#: entry, most kept, lifetime, the party's user, the device written to. Appended only past
+#: the last seq kept. The party's device when it is another one now, else false.
 _RECORD = """
 local last = redis.call('LINDEX', KEYS[1], -1)
-if last and tonumber(string.match(last, '^(%d+)|')) >= tonumber(ARGV[1]) then return 0 end
-redis.call('RPUSH', KEYS[1], ARGV[2])
-redis.call('LTRIM', KEYS[1], -tonumber(ARGV[3]), -1)
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-return 1
+if not (last and tonumber(string.match(last, '^(%d+)|')) >= tonumber(ARGV[1])) then
+  redis.call('RPUSH', KEYS[1], ARGV[2])
+  redis.call('LTRIM', KEYS[1], -tonumber(ARGV[3]), -1)
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+end
+local raw = redis.call('GET', KEYS[2])
+if not raw then return false end
+local call = cjson.decode(raw)
+local party = call.callee
+if call.caller.user == ARGV[5] then party = call.caller end
+if type(party.device) == 'string' and party.device ~= ARGV[6] then return party.device end
+return false
 """
 #: KEYS[1]: a signal's ack; ARGV[1]: how long it is kept. The ack, or false (and the signal
 #: is marked as being handled)
@@ -212,15 +220,17 @@ class RedisCallStore:
         return None if seq is None else int(seq)
 
     async def record(self, call_id: str, user: str, seq: int, event: str,
-                     body: dict[str, Any]) -> None:
+                     body: dict[str, Any], device: str) -> str | None:
         entry = f"{seq}|" + orjson.dumps([event, body]).decode()
         try:
-            await self._record.call(keys=[f"{self._outbox_prefix}{call_id}:{user}"],
-                                    args=[str(seq), entry, str(OUTBOX_MESSAGES),
-                                          str(OUTBOX_TTL_SECONDS)])
+            now = await self._record.call(
+                keys=[f"{self._outbox_prefix}{call_id}:{user}", self._call_prefix + call_id],
+                args=[str(seq), entry, str(OUTBOX_MESSAGES), str(OUTBOX_TTL_SECONDS), user,
+                      device])
         except (RedisError, OSError) as exc:
             self.metrics.redis_errors.labels("calls").inc()
             raise CallStoreUnavailable(type(exc).__name__) from None
+        return _text(now) if now else None
 
     async def outbox(self, call_id: str, user: str) -> list[Recorded]:
         try:

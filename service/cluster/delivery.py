@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import Any
 
 import socketio
@@ -46,6 +47,13 @@ class ClusterDelivery:
     async def close(self, device: str) -> None:
         # python-socketio's pub/sub manager disconnects a sid of another node by publishing
         await self._sio.disconnect(self.sid_of(device))
+
+    def gated(self, device: str) -> AbstractAsyncContextManager[None]:
+        sid = self._presence.local_sid(device)
+        if sid is None:
+            return nullcontext()
+        # (what other nodes send to it comes through this node's manager too)
+        return self._manager.gated(sid)
 
     def device(self, sid: str) -> str:
         return self._presence.address(sid)

@@ -12,6 +12,7 @@ guessed.
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 
@@ -34,6 +35,11 @@ class Delivery(Protocol):
 
     async def close(self, device: str) -> None:
         """Disconnect the socket at ``device`` (wherever in the cluster it is)."""
+
+    def gated(self, device: str) -> AbstractAsyncContextManager[None]:
+        """While the block runs, what the rest of the node sends to this node's ``device``
+        waits, and then follows what the block sent, in order (a claim or a join sends
+        again what the device may have missed: nothing newer may overtake it)."""
 
     def device(self, sid: str) -> str:
         """The cluster-wide address of this node's socket ``sid``."""

@@ -3,6 +3,7 @@ through python-socketio's in-memory rooms. With one process this is the whole tr
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 
@@ -87,6 +88,10 @@ class LocalDelivery:
 
     async def close(self, device: str) -> None:
         await self._sio.disconnect(device)
+
+    def gated(self, device: str) -> AbstractAsyncContextManager[None]:
+        gate: AbstractAsyncContextManager[None] = self._sio.manager.gated(device)
+        return gate
 
     def device(self, sid: str) -> str:
         return sid

@@ -6,15 +6,26 @@ message. A send only queues the packet (or writes it to the recipient's websocke
 :mod:`service.transport.engine`) and never waits for the peer, so here each recipient's packet
 is sent inline, in order. Emits that ask for a callback (a distinct ack id per recipient) keep
 the library's path.
+
+A socket can be *gated* (:meth:`InlineManager.gated`): while a device takes a call over (a
+claim or a join sends it again, in order, what it may have missed), what the rest of the node
+sends to that socket waits and follows in the order it came, so a live message never
+overtakes the older ones sent again before it.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+from contextvars import ContextVar
 from typing import Any
 
 import socketio
 from engineio import packet as eio_packet
 from socketio import packet
+
+#: the sockets whose gate the running task holds (what it sends to them is not held back)
+_holding: ContextVar[frozenset[str]] = ContextVar("gates_held", default=frozenset())
 
 
 class InlineManager(socketio.AsyncManager):  # type: ignore[misc]
@@ -49,6 +60,40 @@ class InlineManager(socketio.AsyncManager):  # type: ignore[misc]
         packets = [eio_packet.Packet(eio_packet.MESSAGE, p)
                    for p in (encoded if isinstance(encoded, list) else [encoded])]
         send = self.server._send_eio_packet
+        gates = self._gates()
         for eio_sid in targets:
+            waiting = gates.get(eio_sid)
+            if waiting is not None and eio_sid not in _holding.get():
+                waiting.extend(packets)
+                continue
             for pkt in packets:
                 await send(eio_sid, pkt)
+
+    def _gates(self) -> dict[str, list[eio_packet.Packet]]:
+        """eio sid -> what waits for it (made on first use: the Redis manager's
+        ``__init__`` chain does not reach this class's)."""
+        gates: dict[str, list[eio_packet.Packet]] = self.__dict__.setdefault("_gated", {})
+        return gates
+
+    @contextlib.asynccontextmanager
+    async def gated(self, sid: str, namespace: str = "/") -> AsyncIterator[None]:
+        """While the block runs, what others send to socket ``sid`` waits; the block's own
+        sends go at once. Then what waited is sent, in order (what is sent meanwhile still
+        queues behind it). A gate held already (by this task or another) is shared."""
+        eio_sid = self.eio_sid_from_sid(sid, namespace)
+        gates = self._gates()
+        if eio_sid is None or eio_sid in gates:
+            yield
+            return
+        gates[eio_sid] = []
+        token = _holding.set(_holding.get() | {eio_sid})
+        try:
+            yield
+        finally:
+            _holding.reset(token)
+            waiting = gates[eio_sid]
+            try:
+                while waiting:
+                    await self.server._send_eio_packet(eio_sid, waiting.pop(0))
+            finally:
+                del gates[eio_sid]

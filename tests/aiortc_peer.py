@@ -44,16 +44,18 @@ class AiortcPeer:
         self.last_seq: dict[str, int] = {}
         self._tasks: set[asyncio.Future[None]] = set()
         self.repeats = 0
+        # what was dropped as a repeat, by event: ("offer", message), ...
+        self.repeated: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
         self.frames = 0
 
     def _client(self) -> socketio.AsyncClient:
         sio = socketio.AsyncClient(reconnection=False)
         for event, handler in (("offer", self._on_offer), ("answer", self._on_answer),
                                ("candidate", self._on_candidate), ("hangup", self._on_hangup)):
-            sio.on(event, self._once(handler))
+            sio.on(event, self._once(event, handler))
         return sio
 
-    def _once(self, handler: Any) -> Any:
+    def _once(self, event: str, handler: Any) -> Any:
         """``handler``, skipping a message of a call whose seq was handled already (a claim
         sends again what the earlier socket may have missed)."""
         async def handle(message: dict[str, Any]) -> None:
@@ -61,6 +63,7 @@ class AiortcPeer:
             if isinstance(call_id, str) and isinstance(seq, int):
                 if seq <= self.last_seq.get(call_id, 0):
                     self.repeats += 1
+                    self.repeated.put_nowait((event, message))
                     return
                 self.last_seq[call_id] = seq
             await handler(message)

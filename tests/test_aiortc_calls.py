@@ -119,8 +119,11 @@ async def test_callee_signaling_drops_between_offer_and_answer(
         assert probe == {"ok": True, "delivered": False, "held": True}  # bob is really gone
         await asyncio.sleep(3)  # the drop
         await bob.connect()
-        replayed = await asyncio.wait_for(bob.offers.get(), 5)
+        # the offer comes again with its first seq: bob, who handled it, drops it
+        event, replayed = await asyncio.wait_for(bob.repeated.get(), 5)
+        assert event == "offer" and replayed["seq"] == offer["seq"]
         assert replayed["callId"] == offer["callId"] == alice.call_id
+        assert bob.offers.empty()
         await bob.answer(offer)
         await asyncio.wait_for(alice.connected.wait(), 15)
         await asyncio.wait_for(bob.connected.wait(), 15)
@@ -154,7 +157,10 @@ async def test_browser_caller_with_callee_signaling_drop(call_service: RunningSe
             await bob.sio.disconnect()
             await asyncio.sleep(3)  # the drop
             await bob.connect()
-            assert (await asyncio.wait_for(bob.offers.get(), 5))["callId"] == offer["callId"]
+            # the offer again, with its first seq: dropped as a repeat
+            event, replayed = await asyncio.wait_for(bob.repeated.get(), 5)
+            assert event == "offer" and replayed["seq"] == offer["seq"]
+            assert replayed["callId"] == offer["callId"]
             await bob.answer(offer)
             await asyncio.wait_for(bob.connected.wait(), 15)
             await wait_state(alice, "pc", "connected")

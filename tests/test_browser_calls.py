@@ -247,7 +247,8 @@ async def test_callee_socket_drops_for_3_s_before_answering(demo_service: Runnin
                       candidate: {candidate: "", sdpMid: "0", sdpMLineIndex: 0}})""")
     assert ack == {"ok": True, "delivered": False, "held": True}
     await wait_state(bob, "signaling", "connected")
-    await bob.wait_for_function("window.demo.log.some(l => l.includes('the offer again'))")
+    # the offer comes again with its first seq: the page drops it as a repeat
+    await bob.wait_for_function("window.demo.log.some(l => l.includes('a repeat (seq 1) dropped'))")
     await bob.click("#accept")
     await wait_state(alice, "pc", "connected")
     await wait_state(bob, "pc", "connected")

@@ -38,4 +38,4 @@ async def _run_node(service: RunningService) -> None:
     out, _ = await asyncio.wait_for(proc.communicate(), 60)
     report = out.decode()
     assert proc.returncode == 0, report
-    assert "pass 11" in report and "fail 0" in report, report
+    assert "pass 12" in report and "fail 0" in report, report

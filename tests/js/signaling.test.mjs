@@ -169,3 +169,80 @@ test("a client cut off reconnects by itself and, joining on every connect, is ca
     proxy.close();
   }
 });
+
+test("a half-dead socket: the app claims its call on a new socket, drops repeats by seq, and a retried signalId is relayed once", async () => {
+  // bob's first socket goes through a proxy this test freezes (reads stop both ways, nothing
+  // is closed: a phone switching networks); his app connects again and claims the call
+  const net = await import("node:net");
+  const target = new globalThis.URL(URL);
+  const held = [];
+  const proxy = net.createServer((client) => {
+    const upstream = net.connect(Number(target.port), target.hostname);
+    client.pipe(upstream).pipe(client);
+    for (const s of [client, upstream]) {
+      held.push(s);
+      s.on("error", () => {});
+    }
+  });
+  await new Promise((resolve) => proxy.listen(0, "127.0.0.1", resolve));
+  const alice = await connect(TOKENS.alice, { transport: "websocket", mode: "auth" });
+  const oldBob = io(`http://127.0.0.1:${proxy.address().port}`, {
+    auth: { token: TOKENS.bob }, transports: ["websocket"], forceNew: true, reconnection: false,
+  });
+  let newBob;
+  try {
+    await next(oldBob, "connect");
+    await alice.timeout(3000).emitWithAck("JoinSocket", "alice");
+    await oldBob.timeout(3000).emitWithAck("JoinSocket", "bob");
+    // the app's bookkeeping: the highest seq handled per call, repeats dropped
+    const handled = new Map();
+    const got = [];
+    const handle = (event) => (message) => {
+      if (message.seq <= (handled.get(message.callId) ?? 0)) return;   // a repeat
+      handled.set(message.callId, message.seq);
+      got.push([event, message.candidate?.candidate ?? message[event]?.type]);
+    };
+    for (const event of ["offer", "candidate"]) oldBob.on(event, handle(event));
+    const offered = next(oldBob, "offer");
+    const { callId } = await alice.timeout(3000).emitWithAck("offer", { to: "bob", offer: { type: "offer", sdp: SDP } });
+    await offered;
+    await oldBob.timeout(3000).emitWithAck("answer", { to: "alice", callId, answer: { type: "answer", sdp: SDP } });
+    const first = next(oldBob, "candidate");
+    await alice.timeout(3000).emitWithAck("candidate", { to: "bob", candidate: { ...CANDIDATE, candidate: "candidate:0 x" } });
+    await first;
+
+    for (const s of held) s.pause();         // silent both ways, not closed
+    const sent = [];
+    for (let n = 1; n <= 3; n++) {
+      const signal = { to: "bob", signalId: `c${n}`, candidate: { ...CANDIDATE, candidate: `candidate:${n} x` } };
+      const ack = await alice.timeout(3000).emitWithAck("candidate", signal);
+      assert.deepEqual(ack, { ok: true, delivered: true });
+      sent.push(`candidate:${n} x`);
+      // a retry (a lost ack, an offline buffer replayed): acked like the first, not relayed
+      assert.deepEqual(await alice.timeout(3000).emitWithAck("candidate", signal), ack);
+    }
+
+    newBob = await connect(TOKENS.bob, { transport: "websocket", mode: "auth" });
+    for (const event of ["offer", "candidate"]) newBob.on(event, handle(event));
+    await newBob.timeout(3000).emitWithAck("JoinSocket", "bob");
+    // lastSeq 0 asks for everything the outbox keeps (what was written to the call's device
+    // since the answer): candidate 0, which the old socket got, comes again, then 1-3
+    const claim = await newBob.timeout(3000).emitWithAck("ClaimCall", { callId, lastSeq: 0 });
+    assert.deepEqual(claim, { ok: true, replayed: 4 });
+    const until = async (check, ms) => {
+      for (const end = Date.now() + ms; !check(); await new Promise((r) => setTimeout(r, 20))) {
+        if (Date.now() > end) throw new Error(`not in time: ${JSON.stringify(got)}`);
+      }
+    };
+    await until(() => got.length === 5, 5000);
+    assert.deepEqual(got, [["offer", "offer"], ["candidate", "candidate:0 x"],
+      ...sent.map((c) => ["candidate", c])]);                 // each once, in order
+    assert.equal((await alice.timeout(3000).emitWithAck("hangup", { to: "bob", callId })).delivered, true);
+  } finally {
+    alice.close();
+    oldBob.close();
+    newBob?.close();
+    for (const s of held) s.destroy();
+    proxy.close();
+  }
+});

@@ -55,8 +55,11 @@ def process_cpu(pid: int) -> float:
 
 
 class Node:
-    def __init__(self, env: dict[str, str], workers: int) -> None:
-        self.env, self.workers = env, workers
+    """``sanic service.app`` in a process group of its own; rate limits lifted unless
+    ``limits`` (the service's defaults then hold)."""
+
+    def __init__(self, env: dict[str, str], workers: int, *, limits: bool = False) -> None:
+        self.env, self.workers, self.limits = env, workers, limits
         self.lines: list[str] = []
 
     async def start(self) -> None:
@@ -65,7 +68,7 @@ class Node:
             port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"
         env = {**os.environ, "SIGNAL_JWT_SECRET": SECRET, "SIGNAL_ENV_FILE": "/dev/null",
-               "SIGNAL_LOG_LEVEL": "INFO", **NO_LIMITS, **self.env}
+               "SIGNAL_LOG_LEVEL": "INFO", **({} if self.limits else NO_LIMITS), **self.env}
         self.proc = await asyncio.create_subprocess_exec(
             str(Path(sys.executable).with_name("sanic")), "service.app", "--host", "127.0.0.1",
             "--port", str(port), "--workers", str(self.workers), cwd=ROOT, env=env,

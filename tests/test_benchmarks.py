@@ -71,3 +71,43 @@ async def test_operations_harness(workers: int) -> None:
     output = text.decode()
     assert proc.returncode == 0, output[-3000:]
     assert "6 of 6 checks hold" in output
+
+
+@pytest.mark.timeout(240)
+async def test_resilience_harness(tmp_path: Path) -> None:
+    """``benchmarks/resilience.py`` at a small size (one run of each scenario, a storm of 200
+    clients within 3 s): every scenario recovers, nothing acked is lost or duplicated, and
+    handshakes without a token stay within the address's budget after the storm."""
+    out = tmp_path / "resilience.json"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "benchmarks/resilience.py", "--runs", "1", "--storm-clients", "200",
+        "--storm-spread", "3", "--json", str(out), cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    text, _ = await asyncio.wait_for(proc.communicate(), 220)
+    assert proc.returncode == 0, text.decode()[-3000:]
+    report = json.loads(out.read_text())
+    assert set(report) == {"half_dead", "retries", "ice_restart", "deploy_sigterm",
+                           "deploy_sigkill", "storm"}
+    for name, tally in report.items():
+        assert tally["runs"] == tally["recovered"] == 1, (name, tally)
+        assert tally["sent"] > 0 and tally["acked"] == tally["delivered"], (name, tally)
+        assert tally["lost"] == tally["duplicated"] == 0, (name, tally)
+    assert report["retries"]["notes"]["emits"] > report["retries"]["sent"]
+    storm = report["storm"]["notes"]
+    assert storm["tokenless_accepted_of_40"][0] <= storm["tokenless_budget"][0]
+
+
+@pytest.mark.timeout(60)
+async def test_resilience_harness_sees_what_is_lost_without_a_claim() -> None:
+    """The harness counts what it should: when bob's app does not claim its call after his
+    socket went half-dead, what alice sent meanwhile is acked and lost, and it says so."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "benchmarks/resilience.py", "--runs", "1", "--only", "half_dead",
+        "--no-claim", cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    text, _ = await asyncio.wait_for(proc.communicate(), 50)
+    output = text.decode()
+    assert proc.returncode == 1, output[-3000:]
+    row = next(line for line in output.splitlines() if line.startswith("half_dead"))
+    runs, recovered, sent, acked, *_, lost = map(int, row.split()[1:9])
+    assert (runs, recovered, lost) == (1, 0, 6) and acked == sent
+    assert "FAILED: half_dead" in output

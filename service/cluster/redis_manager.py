@@ -134,7 +134,7 @@ class SignedRedisManager(socketio.AsyncRedisManager, InlineManager):  # type: ig
                               channel=self.channel, error_type=type(exc).__name__)
                     failing = True
                 with contextlib.suppress(Exception):
-                    await self.pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await _aclose(self.pubsub)
                 await asyncio.sleep(SUBSCRIBE_RETRY_SECONDS)
 
     async def close(self) -> None:
@@ -245,3 +245,8 @@ class SignedRedisManager(socketio.AsyncRedisManager, InlineManager):  # type: ig
                               channel=self.channel, dropped=self.dropped)
                 continue
             yield body
+
+
+async def _aclose(closable: Any) -> None:
+    """``closable.aclose()``: typed in some redis-py releases and not in others."""
+    await closable.aclose()

@@ -113,12 +113,17 @@ async def stop_node(node: Node) -> None:
 @contextlib.asynccontextmanager
 async def nodes(*envs: dict[str, str], args: tuple[str, ...] = (),
                 ready: str = "/readyz") -> AsyncIterator[list[Node]]:
-    """Nodes started one after the other, each waited for until ``ready`` answers 200 (by
-    default /readyz: subscribed to the cluster and counted as online)."""
+    """Nodes started side by side (a process takes seconds to import and start; two of
+    them overlap), each waited for until ``ready`` answers 200 (by default /readyz:
+    subscribed to the cluster and counted as online)."""
     started: list[Node] = []
     try:
-        for env in envs:
-            started.append(await start_node(env, *args, ready=ready))
+        results = await asyncio.gather(*(start_node(env, *args, ready=ready) for env in envs),
+                                       return_exceptions=True)
+        started = [r for r in results if isinstance(r, Node)]
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
         yield started
     finally:
         await asyncio.gather(*(stop_node(n) for n in started))

@@ -21,7 +21,7 @@ from service.cluster import (
 )
 from service.config import Settings, is_loopback
 from service.delivery import Delivery, LocalDelivery, LocalPresence, Presence
-from service.http import register_routes
+from service.http import register_api, register_routes
 from service.policy import Guard
 from service.signaling import Signaling
 from service.telemetry import Metrics, configure_logging, log_event, sanic_log_config
@@ -148,6 +148,7 @@ def create_app(settings: Settings, *, name: str = "signaling") -> Sanic[Any, Any
         metrics.worker_stopped(os.getpid())
 
     register_routes(app, signaling, settings, metrics)
+    register_api(app, signaling, settings, metrics)
     app.ctx.settings = settings
     app.ctx.sio = sio
     app.ctx.signaling = signaling

@@ -46,6 +46,9 @@ class Identity:
     expires_at: int
     issuer: str | None = None
     jti: str | None = None
+    #: the token's ``iat`` (epoch seconds), if it has one: a revocation of the user (the
+    #: server API's ``revoke``) refuses tokens issued before it
+    issued_at: float | None = None
 
 
 class TokenVerifier:
@@ -192,9 +195,12 @@ class TokenVerifier:
         except InvalidPayload:
             raise TokenInvalid("user claim is not a usable user id") from None
         jti = claims.get("jti") if isinstance(claims.get("jti"), str) else None
+        iat = claims.get("iat")
         identity = Identity(user_id=user_id, expires_at=int(exp),
                             issuer=claims.get("iss") if isinstance(claims.get("iss"), str)
-                            else None, jti=jti)
+                            else None, jti=jti,
+                            issued_at=float(iat) if isinstance(iat, (int, float))
+                            and not isinstance(iat, bool) else None)
         if self.is_revoked(identity):
             raise TokenRevoked("token has been revoked")
         return identity

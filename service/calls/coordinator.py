@@ -21,9 +21,11 @@ import orjson
 
 from service.calls.rules import (
     BUSY,
+    ENDED_BY_SERVER,
     HANGUP,
     OFFER,
     RINGING,
+    Call,
     CallRules,
     Ledger,
     Outcome,
@@ -259,6 +261,23 @@ class Calls:
                 self.metrics.calls_ended.labels(reason).inc()
             await self._deliver_all(sends)
         return SWEEP_SECONDS
+
+    async def open_calls(self, user: str) -> list[Call]:
+        """``user``'s open calls (ringing or answered). Raises :class:`Unavailable`."""
+        calls: list[Call] = await self._update((user,), lambda ledger: ledger.of(user))
+        return calls
+
+    async def end_by_server(self, user: str, call_id: str) -> bool:
+        """End ``user``'s call ``call_id`` for the app's backend; whether there was one.
+        Raises :class:`Unavailable`."""
+        sends = await self._update((user,), lambda ledger: self.rules.end_by_server(
+            ledger, call_id, user))
+        if sends is None:
+            return False
+        log_event(self.log, "call_ended", call=call_id, reason=ENDED_BY_SERVER, by="server")
+        self.metrics.calls_ended.labels(ENDED_BY_SERVER).inc()
+        await self._deliver_all(sends)
+        return True
 
     async def _update(self, users: tuple[str, ...], change: Any) -> Any:
         try:

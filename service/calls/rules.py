@@ -40,6 +40,7 @@ TIMEOUT: Final = "timeout"
 ANSWERED_ELSEWHERE: Final = "answered_elsewhere"
 DECLINED_ELSEWHERE: Final = "declined_elsewhere"
 PEER_GONE: Final = "peer_gone"
+ENDED_BY_SERVER: Final = "ended_by_server"
 BUSY: Final = "busy"
 #: what is held for one party of one call at most (count, and bytes of JSON)
 MAX_HELD_MESSAGES: Final = 100
@@ -448,6 +449,27 @@ class CallRules:
                     return []
                 return [self._service_hangup(call, other.user, PEER_GONE)]
         return []
+
+    def end_by_server(self, ledger: Ledger, call_id: str, user: str) -> list[Send] | None:
+        """End ``user``'s call ``call_id`` for the app's backend (the server API): both
+        parties get ``hangup {reason: "ended_by_server"}``; a party that is away gets it
+        held, like any hangup. None when ``user`` has no such open call."""
+        call = ledger.calls.get(call_id)
+        if call is None or not call.has(user) or call.state == ENDED:
+            return None
+        sends, away = [], None
+        for party, other in ((call.caller, call.callee), (call.callee, call.caller)):
+            if party.device is not None and party.away_until is not None and away is None:
+                away = party, other
+            else:
+                sends.append(self._service_hangup(call, party.user, ENDED_BY_SERVER))
+        if away is None:
+            ledger.end(call)
+        else:
+            party, other = away
+            body = {"from": other.user, "callId": call.id, "reason": ENDED_BY_SERVER}
+            self._end_for_away(ledger, call, party, (HANGUP, body), len(str(body)))
+        return sends
 
     @staticmethod
     def _service_hangup(call: Call, to: str, reason: str, *, skip: str | None = None

@@ -23,13 +23,13 @@ import os
 import secrets
 import socket
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 from redis.exceptions import RedisError
 
 from service.cluster.batch import ScriptBatch
 from service.cluster.link import RedisLink
-from service.delivery import PresenceUnavailable
+from service.delivery import Device, PresenceUnavailable, device_of
 from service.telemetry import Metrics, forever, log_event
 
 #: removals remembered while Redis is away; beyond that the node renames itself
@@ -49,13 +49,43 @@ for _, member in ipairs(redis.call('SMEMBERS', KEYS[1])) do
 end
 """
 
-#: KEYS[1]: a user's connections; ARGV: node key prefix, new member, cap (0: none), ttl
+#: KEYS[1]: a user's connections, KEYS[2]: what is known of each; ARGV: node key prefix,
+#: new member, cap (0: none), ttl, what is known of the new member
 _ADD_UNDER_CAP = _COUNT_LIVE + """
 local cap = tonumber(ARGV[3])
 if cap > 0 and live >= cap then return 0 end
 redis.call('SADD', KEYS[1], ARGV[2])
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[5])
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[4]))
 return 1
+"""
+
+#: KEYS: a user's connections, joined sockets, what is known of each; ARGV[1]: node key
+#: prefix. Each live member: {member, what is known of it, 1 if joined}.
+_DEVICES = """
+local joined, out = {}, {}
+for _, member in ipairs(redis.call('SMEMBERS', KEYS[2])) do joined[member] = true end
+for _, member in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local node = string.match(member, '^(.-)|')
+  if node and redis.call('EXISTS', ARGV[1] .. node) == 1 then
+    local about = redis.call('HGET', KEYS[3], member) or ''
+    table.insert(out, {member, about, joined[member] and 1 or 0})
+  else
+    redis.call('HDEL', KEYS[3], member)
+  end
+end
+return out
+"""
+
+#: KEYS[1]: a user's revocation; ARGV: the second through which tokens are revoked, its
+#: life in ms. A later revocation never moves it back.
+_REVOKE = """
+local through = tonumber(ARGV[1])
+local before = tonumber(redis.call('GET', KEYS[1]) or '0')
+if before > through then through = before end
+redis.call('SET', KEYS[1], through, 'PX', tonumber(ARGV[2]))
+return through
 """
 
 #: KEYS[1]: the recipient's joined sockets; ARGV: node key prefix, the sender's member,
@@ -120,11 +150,14 @@ class RedisPresence:
         self._node_prefix = f"{prefix}:node:"
         self._node_key = self._node_prefix + self.node
         self._add = self._redis.register_script(_ADD_UNDER_CAP)
+        self._devices = self._redis.register_script(_DEVICES)
+        self._revoke = self._redis.register_script(_REVOKE)
         self._publish_if_present = ScriptBatch(
             self._redis, self._redis.register_script(_PUBLISH_IF_PRESENT))
         self._publish_to_member = ScriptBatch(
             self._redis, self._redis.register_script(_PUBLISH_TO_MEMBER))
         self._connections: dict[str, str] = {}  # sid -> user, on this node
+        self._about: dict[str, str] = {}  # sid -> what is known of it, on this node
         self._joined: dict[str, str] = {}
         #: (key, member) to remove when Redis is back, each once
         self._pending: dict[tuple[str, str], None] = {}
@@ -154,6 +187,12 @@ class RedisPresence:
     def _joined_key(self, user: str) -> str:
         return f"{self._prefix}:joined:{user}"
 
+    def _about_key(self, user: str) -> str:
+        return f"{self._prefix}:about:{user}"
+
+    def _revoked_key(self, user: str) -> str:
+        return f"{self._prefix}:revoked:{user}"
+
     async def start(self) -> None:
         self._beat = asyncio.ensure_future(
             forever(self._heartbeat, name="presence_heartbeat", log=self._log))
@@ -167,6 +206,7 @@ class RedisPresence:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for sid, user in self._connections.items():
                     pipe.srem(self._conns(user), self._member(sid))
+                    pipe.hdel(self._about_key(user), self._member(sid))
                 for sid, user in self._joined.items():
                     pipe.srem(self._joined_key(user), self._member(sid))
                 pipe.delete(self._node_key)
@@ -239,10 +279,13 @@ class RedisPresence:
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
                 for key, member in pending:
-                    pipe.srem(key, member)
+                    self._unset(pipe, key, member)
                 for sid, user in self._connections.items():
                     pipe.sadd(self._conns(user), self._member(sid))
                     pipe.expire(self._conns(user), SET_TTL_SECONDS)
+                    pipe.hset(self._about_key(user), self._member(sid),
+                              self._about.get(sid, ""))
+                    pipe.expire(self._about_key(user), SET_TTL_SECONDS)
                 for sid, user in self._joined.items():
                     pipe.sadd(self._joined_key(user), self._member(sid))
                     pipe.expire(self._joined_key(user), SET_TTL_SECONDS)
@@ -251,20 +294,23 @@ class RedisPresence:
             self._defer(list(pending))
             raise
 
-    async def add_connection(self, user: str, sid: str, cap: int) -> bool:
+    async def add_connection(self, user: str, sid: str, cap: int, about: str = "") -> bool:
         try:
-            added = await self._add(keys=[self._conns(user)],
+            added = await self._add(keys=[self._conns(user), self._about_key(user)],
                                     args=[self._node_prefix, self._member(sid), cap,
-                                          SET_TTL_SECONDS])
+                                          SET_TTL_SECONDS, about])
         except (RedisError, OSError) as exc:
             raise PresenceUnavailable(str(type(exc).__name__)) from None
         if added:
             self._connections[sid] = user
+            self._about[sid] = about
         return bool(added)
 
     async def remove_connection(self, user: str, sid: str) -> None:
         self._connections.pop(sid, None)
-        removals = [(self._conns(user), self._member(sid))]
+        self._about.pop(sid, None)
+        removals = [(self._conns(user), self._member(sid)),
+                    (self._about_key(user), self._member(sid))]
         if self._joined.pop(sid, None) is not None:
             removals.append((self._joined_key(user), self._member(sid)))
         await self._remove(removals)
@@ -289,10 +335,17 @@ class RedisPresence:
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for key, member in removals:
-                    pipe.srem(key, member)
+                    self._unset(pipe, key, member)
                 await pipe.execute()
         except (RedisError, OSError):
             self._defer(removals)  # the heartbeat applies them once Redis is back
+
+    def _unset(self, pipe: Any, key: str, member: str) -> None:
+        """Take ``member`` out of ``key`` (a set, or the hash of what is known)."""
+        if key.startswith(f"{self._prefix}:about:"):
+            pipe.hdel(key, member)
+        else:
+            pipe.srem(key, member)
 
     def _defer(self, removals: list[tuple[str, str]]) -> None:
         for removal in removals:
@@ -325,6 +378,30 @@ class RedisPresence:
             raise PresenceUnavailable(str(type(exc).__name__)) from None
         return bool(sent)
 
+    async def devices(self, user: str) -> list[Device]:
+        try:
+            found = await self._devices(
+                keys=[self._conns(user), self._joined_key(user), self._about_key(user)],
+                args=[self._node_prefix])
+        except (RedisError, OSError) as exc:
+            raise PresenceUnavailable(str(type(exc).__name__)) from None
+        return sorted((device_of(_text(member), _text(about), bool(joined))
+                       for member, about, joined in found), key=lambda d: d.device)
+
+    async def revoke(self, user: str, through: int, ttl: float) -> None:
+        try:
+            await self._revoke(keys=[self._revoked_key(user)],
+                               args=[through, max(1, int(ttl * 1000))])
+        except (RedisError, OSError) as exc:
+            raise PresenceUnavailable(str(type(exc).__name__)) from None
+
+    async def revoked_through(self, user: str) -> int | None:
+        try:
+            through = await self._redis.get(self._revoked_key(user))
+        except (RedisError, OSError) as exc:
+            raise PresenceUnavailable(str(type(exc).__name__)) from None
+        return None if through is None else int(_text(through))
+
     async def healthy(self) -> bool:
         """Redis answers, and this node is subscribed and counted as online."""
         if not self.live:
@@ -335,3 +412,5 @@ class RedisPresence:
             return False
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

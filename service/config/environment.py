@@ -105,6 +105,7 @@ def parse(values: Mapping[str, str],
     field("turn_urls", _text_list)
     field("turn_secret", _secret)
     field("metrics_token", _secret)
+    field("api_keys", lambda raw, var: tuple(Secret(k) for k in _text_list(raw, var)))
     field("webhook_url", _secret)
     field("webhook_secret", _secret)
     for name in BOUNDS:

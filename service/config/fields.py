@@ -61,7 +61,8 @@ def bounds_message(field: str, raw: object) -> str:
 #: the settings that are a :class:`~service.config.Rate`
 RATE_FIELDS: Final = ("limit_relays", "limit_user_relays", "limit_rooms", "limit_refreshes",
                       "limit_other", "limit_strikes", "limit_ip_connects", "limit_user_connects",
-                      "limit_ip_auth_failures", "limit_packets", "limit_ip_packets")
+                      "limit_ip_auth_failures", "limit_packets", "limit_ip_packets",
+                      "limit_api")
 
 
 def rate_message(var: str, shown: str) -> str:

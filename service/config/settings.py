@@ -132,6 +132,11 @@ class Settings:
     webhook_secret: Secret | None = None
     #: with it, GET /metrics answers only ``Authorization: Bearer <metrics_token>``
     metrics_token: Secret | None = None
+    # ---- the server API for the app's backend (see docs/backend.md) ----
+    #: credentials of /api/v1/ (several: rotation); none: the API is absent (404)
+    api_keys: tuple[Secret, ...] = ()
+    #: requests per credential
+    limit_api: Rate = Rate(20, 100)
     # ---- demo (see README "A first call") ----
     demo: bool = False
     demo_tokens: bool = False
@@ -191,6 +196,11 @@ def check(s: Settings) -> list[str]:
         secret = getattr(s, field)
         if secret is not None and (msg := _check_secret(secret.reveal(), variable(field))):
             problems.append(msg)
+    for key in s.api_keys:
+        if msg := _check_secret(key.reveal(), variable("api_keys")):
+            problems.append(msg)
+    if len({key.reveal() for key in s.api_keys}) != len(s.api_keys):
+        problems.append(f"{variable('api_keys')} names a key twice.")
     for pem in s.jwt_public_keys:
         if msg := check_public_key(pem, variable("jwt_public_keys")):
             problems.append(msg)

@@ -14,11 +14,14 @@ from __future__ import annotations
 from service.delivery.interfaces import (
     Delivery,
     DeliveryUnavailable,
+    Device,
     Presence,
     PresenceUnavailable,
+    describe,
+    device_of,
     user_room,
 )
 from service.delivery.local import LocalDelivery, LocalPresence
 
-__all__ = ["Delivery", "DeliveryUnavailable", "LocalDelivery", "LocalPresence", "Presence",
-           "PresenceUnavailable", "user_room"]
+__all__ = ["Delivery", "DeliveryUnavailable", "Device", "LocalDelivery", "LocalPresence",
+           "Presence", "PresenceUnavailable", "describe", "device_of", "user_room"]

@@ -13,6 +13,7 @@ guessed.
 from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 
@@ -21,6 +22,35 @@ def user_room(user_id: str) -> str:
     bare id, so a client cannot reach a socket through the room python-socketio names after
     each sid."""
     return f"user:{user_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """One connected socket of a user, as presence knows it cluster-wide."""
+
+    #: its cluster-wide address (:meth:`Delivery.device`)
+    device: str
+    #: the transport it connected with ("websocket" or "polling")
+    transport: str
+    #: when it connected (epoch seconds)
+    connected_at: float
+    #: whether it has joined its user's room (can be called)
+    joined: bool
+
+
+def describe(transport: str, connected_at: float) -> str:
+    """What presence keeps about a connection: ``transport|connected_at``."""
+    return f"{transport}|{connected_at:.3f}"
+
+
+def device_of(device: str, about: str, joined: bool) -> Device:
+    """The :class:`Device` at ``device`` from what :func:`describe` wrote."""
+    transport, _, since = about.partition("|")
+    try:
+        connected_at = float(since)
+    except ValueError:
+        connected_at = 0.0
+    return Device(device, transport or "unknown", connected_at, joined)
 
 
 class Delivery(Protocol):
@@ -61,9 +91,10 @@ class Presence(Protocol):
 
     async def stop(self) -> None: ...
 
-    async def add_connection(self, user: str, sid: str, cap: int) -> bool:
-        """Count a new connection of ``user``; False (and nothing counted) when the user
-        already has ``cap`` connections (``cap == 0``: no limit)."""
+    async def add_connection(self, user: str, sid: str, cap: int, about: str = "") -> bool:
+        """Count a new connection of ``user`` (``about``: what :func:`describe` says of it);
+        False (and nothing counted) when the user already has ``cap`` connections
+        (``cap == 0``: no limit)."""
 
     async def remove_connection(self, user: str, sid: str) -> None: ...
 
@@ -74,6 +105,16 @@ class Presence(Protocol):
 
     async def healthy(self) -> bool:
         """Whether the store answers now (for readiness)."""
+
+    async def devices(self, user: str) -> list[Device]:
+        """``user``'s connected sockets, cluster-wide."""
+
+    async def revoke(self, user: str, through: int, ttl: float) -> None:
+        """Refuse ``user``'s tokens issued at or before ``through`` (epoch seconds) for
+        ``ttl`` seconds (the longest a token lives), cluster-wide."""
+
+    async def revoked_through(self, user: str) -> int | None:
+        """The second through which ``user``'s tokens are revoked, if they are."""
 
     async def wait_reachable(self, within: float) -> bool:
         """Wait up to ``within`` seconds until this node's users can be reached (on a

@@ -3,8 +3,11 @@ through python-socketio's in-memory rooms. With one process this is the whole tr
 
 from __future__ import annotations
 
+import time
 from contextlib import AbstractAsyncContextManager
 from typing import Any
+
+from service.delivery.interfaces import Device, device_of
 
 
 class LocalPresence:
@@ -13,6 +16,9 @@ class LocalPresence:
     def __init__(self) -> None:
         self._connections: dict[str, set[str]] = {}
         self._joined: dict[str, set[str]] = {}
+        self._about: dict[str, str] = {}
+        #: user -> (revoked through this second, until this moment)
+        self._revoked: dict[str, tuple[int, float]] = {}
 
     async def start(self) -> None:
         return None
@@ -20,18 +26,39 @@ class LocalPresence:
     async def stop(self) -> None:
         return None
 
-    async def add_connection(self, user: str, sid: str, cap: int) -> bool:
+    async def add_connection(self, user: str, sid: str, cap: int, about: str = "") -> bool:
         sids = self._connections.setdefault(user, set())
         if 0 < cap <= len(sids):
             if not sids:
                 del self._connections[user]
             return False
         sids.add(sid)
+        self._about[sid] = about
         return True
 
     async def remove_connection(self, user: str, sid: str) -> None:
         _discard(self._connections, user, sid)
         _discard(self._joined, user, sid)
+        self._about.pop(sid, None)
+
+    async def devices(self, user: str) -> list[Device]:
+        joined = self._joined.get(user, set())
+        return [device_of(sid, self._about.get(sid, ""), sid in joined)
+                for sid in sorted(self._connections.get(user, ()))]
+
+    async def revoke(self, user: str, through: int, ttl: float) -> None:
+        now = time.monotonic()
+        for other, (_, until) in list(self._revoked.items()):
+            if until <= now:  # (revocations are rare: forgotten as they are read)
+                del self._revoked[other]
+        previous = self._revoked.get(user, (0, 0.0))[0]
+        self._revoked[user] = (max(previous, through), now + ttl)
+
+    async def revoked_through(self, user: str) -> int | None:
+        entry = self._revoked.get(user)
+        if entry is None or entry[1] <= time.monotonic():
+            return None
+        return entry[0]
 
     async def join(self, user: str, sid: str) -> None:
         self._joined.setdefault(user, set()).add(sid)

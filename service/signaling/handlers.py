@@ -20,7 +20,7 @@ import socketio
 
 from service.auth import ExpiryTimers, IceServers, Identity, TokenVerifier, extract_token
 from service.calls import Calls
-from service.delivery import Delivery, Presence, PresenceUnavailable, user_room
+from service.delivery import Delivery, Presence, PresenceUnavailable, describe, user_room
 from service.errors import (
     AuthError,
     ConnectionRefused,
@@ -32,6 +32,7 @@ from service.errors import (
     ShuttingDown,
     Throttled,
     TokenExpired,
+    TokenRevoked,
     TooManyConnections,
     Unavailable,
     UnknownEvent,
@@ -262,6 +263,7 @@ class Signaling:
             token = extract_token(auth, environ.get("HTTP_AUTHORIZATION"))
             try:
                 identity = await self.verifier.verify(token)
+                await self.check_revoked(identity)
             except AuthError as exc:
                 self.guard.authentication_failed(ip)
                 self.metrics.auth_failures.labels(exc.reason).inc()
@@ -275,7 +277,8 @@ class Signaling:
                 raise ServiceUnavailable("this node is not connected to the cluster")
             try:
                 admitted = await self.presence.add_connection(
-                    identity.user_id, sid, self.guard.max_per_user)
+                    identity.user_id, sid, self.guard.max_per_user,
+                    describe(transport, time.time()))
             except PresenceUnavailable:
                 raise ServiceUnavailable("presence store unreachable") from None
             except asyncio.CancelledError:
@@ -310,6 +313,17 @@ class Signaling:
         self.metrics.connects.labels("ok").inc()
         log_event(self.log, "connect", sid=sid, user=identity.user_id, transport=transport,
                   ip=ip, exp=identity.expires_at)
+
+    async def check_revoked(self, identity: Identity) -> None:
+        """Refuse a token issued at or before its user's revocation (the server API's
+        ``revoke``; a token without ``iat`` counts as issued before)."""
+        try:
+            through = await self.presence.revoked_through(identity.user_id)
+        except PresenceUnavailable:
+            raise ServiceUnavailable("presence store unreachable") from None
+        if through is not None and (identity.issued_at is None
+                                    or identity.issued_at <= through):
+            raise TokenRevoked("the user's tokens issued before a revocation are refused")
 
     async def disconnect(self, sid: str, reason: str | None = None) -> None:
         """Forget the socket; python-socketio removes it from its rooms."""
@@ -383,6 +397,7 @@ class Signaling:
         identity = await self.verifier.verify(token)
         if identity.user_id != session.identity.user_id:
             raise Forbidden("the new token names another user")
+        await self.check_revoked(identity)
         session.identity = identity
         self.timers.arm(sid, identity)
         log_event(self.log, "token_refreshed", sid=sid, user=identity.user_id,

@@ -105,6 +105,9 @@ class Metrics:
         self.webhooks = Counter(
             "signaling_webhooks", "call.incoming webhook deliveries, by result (delivered, "
             "refused, failed, retry, stopped)", ["result"], registry=reg)
+        self.api_requests = Counter(
+            "signaling_api_requests", "Server API requests (/api/v1/), by operation and "
+            "HTTP status", ["operation", "status"], registry=reg)
         self.build_info = Gauge(
             "signaling_build_info", "Version of the service and of Python",
             ["version", "python"], registry=reg, multiprocess_mode="max")

@@ -97,6 +97,7 @@ class Tally:
         for name in ("runs", "recovered", "sent", "acked", "delivered", "repeats",
                      "duplicated", "lost"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
+        merge_notes(self.notes, other.notes)
 
 
 class Party:
@@ -115,17 +116,38 @@ class Party:
         self.sent: dict[str, dict[str, Any]] = {}  # signalId -> the signal
         self.acked: set[str] = set()
         self.unacked: list[str] = []
+        self.last_ack: dict[str, Any] = {}  # signalId -> its last ack (None: no answer)
+        self.refusals: list[str] = []  # why connects were refused, if they were
+        self.dropped: list[tuple[str, int]] = []  # (signalId, seq) dropped as repeats
         self.offers: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.answers: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
 
     async def connect(self, url: str) -> None:
+        """Connect (again), as socket.io-client does: a refused connect is tried again
+        after a short wait (the reasons are kept in :attr:`refusals`), for up to 20 s."""
         if self.sio is not None:
             self.stale.append(self.sio)
-        sio = socketio.AsyncClient(reconnection=False)
-        for event in ("offer", "answer", "candidate", "hangup"):
-            sio.on(event, self._handler(event))
-        await sio.connect(url, auth={"token": token(self.user)}, transports=["websocket"],
-                          wait_timeout=10)
+        deadline = time.monotonic() + 20
+        while True:
+            sio = socketio.AsyncClient(reconnection=False)
+            for event in ("offer", "answer", "candidate", "hangup"):
+                sio.on(event, self._handler(event))
+            refused: list[Any] = []
+            sio.on("connect_error", refused.append)
+            try:
+                await sio.connect(url, auth={"token": token(self.user)},
+                                  transports=["websocket"], wait_timeout=10)
+                break
+            except socketio.exceptions.ConnectionError:
+                reason = refused[0].get("reason") if refused and isinstance(
+                    refused[0], dict) else "no_answer"
+                self.refusals.append(str(reason))
+                with contextlib.suppress(Exception):
+                    if sio.eio.http is not None:
+                        await sio.eio.http.close()
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(random.uniform(0.1, 0.3))
         self.sio = sio
         ack = await sio.call("JoinSocket", self.user, timeout=10)
         assert ack == {"ok": True}, ack
@@ -145,6 +167,7 @@ class Party:
             if message.get("callId") == self.call_id and isinstance(seq, int):
                 if seq in self.seen:
                     self.repeats += 1
+                    self.dropped.append((str(message.get("signalId")), seq))
                     return
                 self.seen.add(seq)
             tag = message.get("signalId")
@@ -167,6 +190,7 @@ class Party:
         with contextlib.suppress(Exception):
             assert self.sio is not None and self.sio.connected
             ack = await self.sio.call(event, message, timeout=within)
+        self.last_ack[signal_id] = ack
         if ack is not None and ack.get("ok") and (ack.get("delivered") or ack.get("held")):
             self.acked.add(signal_id)
         elif signal_id not in self.unacked:
@@ -222,7 +246,20 @@ async def settled(check: Callable[[], bool], within: float = 10) -> bool:
 def account(sender: Party, receiver: Party) -> Tally:
     """What ``sender`` sent to ``receiver``, counted."""
     delivered = [tag for tag in sender.sent if receiver.received.get(tag, 0) >= 1]
+    # how the signals that were not acked delivered or held were answered, last
+    unacked = sorted(json.dumps(sender.last_ack.get(tag), sort_keys=True)
+                     for tag in sender.sent if tag not in sender.acked)
+    notes: dict[str, Any] = {"not_acked": unacked} if unacked else {}
+    lost = [f"{tag} acked {json.dumps(sender.last_ack.get(tag), sort_keys=True)}"
+            + "".join(f" (came with seq {seq}, seen before)"
+                      for dropped, seq in receiver.dropped if dropped == tag)
+            for tag in sender.acked if receiver.received.get(tag, 0) == 0]
+    if lost:
+        notes["lost_signals"] = lost
+    if sender.refusals:
+        notes["connects_refused"] = sender.refusals
     return Tally(sent=len(sender.sent), acked=len(sender.acked), delivered=len(delivered),
+                 notes=notes,
                  repeats=receiver.repeats,
                  duplicated=sum(max(0, receiver.received.get(tag, 0) - 1)
                                 for tag in sender.sent),
@@ -298,7 +335,7 @@ async def retries(node: Node, run: str) -> Tally:
         tally = account(alice, bob)
         tally.add(account(bob, alice))
         tally.runs, tally.recovered = 1, int(recovered)
-        tally.notes = {"emits": emits + 1}
+        tally.notes["emits"] = emits + 1
         return tally
     finally:
         for party in (alice, bob):
@@ -387,6 +424,7 @@ class Deploy:
             await answered(alice, bob)
             talkers = [asyncio.ensure_future(talk(p)) for p in (alice, bob)]
             await asyncio.sleep(0.5)
+            killed_at = f"{alice.user}-{len(alice.sent)}/{bob.user}-{len(bob.sent)}"
             os.killpg(self.a.proc.pid, how)
             assert alice.sio is not None
             gone = alice.sio
@@ -404,7 +442,9 @@ class Deploy:
             tally = account(alice, bob)
             tally.add(account(bob, alice))
             tally.runs, tally.recovered = 1, int(recovered)
-            tally.notes = {"back_ms": [round(back_ms)]}
+            tally.notes["back_ms"] = [round(back_ms)]
+            if tally.lost:  # where the node went, beside what was lost
+                tally.notes["killed_at"] = [killed_at]
             return tally
         finally:
             stop.set()
@@ -564,7 +604,6 @@ async def main_async(args: argparse.Namespace) -> dict[str, Tally]:
         for n in range(args.runs):
             tally = await once(f"{name[:4]}{n}-{uuid.uuid4().hex[:4]}")
             total.add(tally)
-            merge_notes(total.notes, tally.notes)
         results[name] = total
         print(line(name, total), flush=True)
 
@@ -603,7 +642,15 @@ def header() -> str:
 def line(name: str, t: Tally) -> str:
     notes = []
     for key, value in t.notes.items():
-        if isinstance(value, list) and value:
+        if key in ("lost_signals", "killed_at"):
+            notes.append(key.replace("_", " ") + ": " + ", ".join(value))
+        elif key in ("not_acked", "connects_refused"):
+            counts: dict[str, int] = {}
+            for item in value:
+                counts[item] = counts.get(item, 0) + 1
+            notes.append(key.replace("_", " ") + ": "
+                         + ", ".join(f"{n} x {item}" for item, n in counts.items()))
+        elif isinstance(value, list) and value:
             notes.append(f"{key} max {max(value)}")
         elif not isinstance(value, list):
             notes.append(f"{key} {value}")

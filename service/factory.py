@@ -11,7 +11,7 @@ from engineio.payload import Payload
 from sanic import Sanic
 
 from service.auth import IceServers, TokenVerifier
-from service.calls import CallRules, Calls, CallStore, LocalCallStore, Webhook
+from service.calls import CallPolicy, CallRules, Calls, CallStore, LocalCallStore, Webhook
 from service.cluster import (
     ClusterDelivery,
     RedisCallStore,
@@ -88,7 +88,9 @@ def create_app(settings: Settings, *, name: str = "signaling") -> Sanic[Any, Any
     calls = Calls(CallRules(ring_timeout=settings.ring_timeout,
                             grace=settings.reconnect_grace, busy_policy=settings.busy_policy),
                   _call_store(settings, link, metrics), delivery, logger,
-                  _webhook(settings, logger, metrics), metrics)
+                  _webhook(settings, logger, metrics), metrics,
+                  policy=_call_policy(settings, logger, metrics),
+                  policy_fail_open=settings.call_policy_fail_open)
     verifier = TokenVerifier(settings, logger)
     for source in verifier.jwks.values():
         source.on_fetch = lambda ok: metrics.jwks_fetches.labels("ok" if ok else "failed").inc()
@@ -168,6 +170,17 @@ def _webhook(settings: Settings, logger: logging.Logger, metrics: Metrics) -> We
     assert settings.webhook_secret is not None  # Settings checks it
     return Webhook(settings.webhook_url.reveal(), settings.webhook_secret.reveal(), logger,
                    on_result=lambda result: metrics.webhooks.labels(result).inc())
+
+
+def _call_policy(settings: Settings, logger: logging.Logger, metrics: Metrics,
+                 ) -> CallPolicy | None:
+    if settings.call_policy_url is None:
+        return None
+    assert settings.webhook_secret is not None  # Settings checks it
+    return CallPolicy(settings.call_policy_url.reveal(), settings.webhook_secret.reveal(),
+                      logger, cache=settings.call_policy_cache,
+                      timeout=settings.call_policy_timeout,
+                      on_result=lambda result: metrics.call_policy.labels(result).inc())
 
 
 def _cluster(settings: Settings, logger: logging.Logger, metrics: Metrics,

@@ -64,6 +64,25 @@ class Outbound:
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
             raise OutboundError(type(exc).__name__) from None
 
+    async def post_for_json(self, url: str, body: bytes, headers: dict[str, str], *,
+                            within: float, limit: int = 4096) -> tuple[int, Any]:
+        """POST ``body``; the answer's status and its JSON (None when it is not JSON, or
+        longer than ``limit`` bytes). A redirect is returned, not followed."""
+        try:
+            async with asyncio.timeout(within), self._slots, self._session() as http, \
+                    http.post(url, data=body, headers=headers,
+                              allow_redirects=False) as response:
+                data = await response.content.read(limit + 1)
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+            raise OutboundError(type(exc).__name__) from None
+        if len(data) > limit:
+            return status, None
+        try:
+            return status, json.loads(data)
+        except ValueError:
+            return status, None
+
     async def get_json(self, url: str, *, within: float) -> Any:
         """GET a JSON document (through at most :data:`MAX_REDIRECTS` redirects, none from
         https to http); a status other than 200 is an :class:`OutboundError`."""

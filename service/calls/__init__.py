@@ -13,6 +13,7 @@ kept, and the webhook that wakes an offline callee.
 from __future__ import annotations
 
 from service.calls.coordinator import Calls
+from service.calls.policy import CallPolicy
 from service.calls.rules import (
     ACTIVE,
     ANSWERED_ELSEWHERE,
@@ -56,6 +57,7 @@ __all__ = [
     "TIMEOUT",
     "Ack",
     "Call",
+    "CallPolicy",
     "CallRules",
     "CallStore",
     "CallStoreUnavailable",

@@ -19,6 +19,7 @@ from typing import Any, Final
 
 import orjson
 
+from service.calls.policy import CallPolicy
 from service.calls.rules import (
     BUSY,
     ENDED_BY_SERVER,
@@ -35,7 +36,7 @@ from service.calls.rules import (
 from service.calls.store import CallStore, CallStoreUnavailable
 from service.calls.webhook import Webhook
 from service.delivery import Delivery, DeliveryUnavailable, PresenceUnavailable, user_room
-from service.errors import Busy, Unavailable
+from service.errors import Busy, Forbidden, Unavailable
 from service.protocol import Claim, Relay
 from service.telemetry import Metrics, log_event
 
@@ -49,13 +50,17 @@ class Calls:
 
     def __init__(self, rules: CallRules, store: CallStore, delivery: Delivery,
                  logger: logging.Logger, webhook: Webhook | None = None,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, policy: CallPolicy | None = None,
+                 policy_fail_open: bool = False) -> None:
         self.metrics = metrics or Metrics()
         self.rules = rules
         self.store = store
         self.delivery = delivery
         self.webhook = webhook
         self.log = logger
+        #: asked before an offer opens a call (the app's backend), if there is one
+        self.policy = policy
+        self.policy_fail_open = policy_fail_open
 
     async def relay(self, event: str, sid: str, sender: str, relay: Relay) -> Ack:
         """Relay ``relay`` from ``sid`` (of ``sender``) within its call; the ack. A signal
@@ -79,6 +84,8 @@ class Calls:
                 await self.store.settle(sender, relay.to, relay.signal_id, ack)
 
     async def _relay(self, event: str, sid: str, sender: str, relay: Relay) -> Ack:
+        if event == OFFER and relay.call_id is None and self.policy is not None:
+            await self._permitted(sender, relay.to)
         device = self.delivery.device(sid)
         now = time.time()
         body = relay.body  # parse_relay's own dict: the rules copy it into what they send
@@ -261,6 +268,22 @@ class Calls:
                 self.metrics.calls_ended.labels(reason).inc()
             await self._deliver_all(sends)
         return SWEEP_SECONDS
+
+    async def _permitted(self, caller: str, callee: str) -> None:
+        """An offer that would open a call between them: may ``caller`` ring ``callee``?
+        (An offer in an open call is a renegotiation: not asked.) Raises :class:`Forbidden`
+        when the backend says no, :class:`Unavailable` when it gave no answer (unless the
+        hook fails open)."""
+        assert self.policy is not None
+        open_call = await self._update((caller, callee),
+                                       lambda ledger: ledger.between(caller, callee))
+        if open_call is not None:
+            return
+        allowed = await self.policy.allows(caller, callee)
+        if allowed is False:
+            raise Forbidden("this call is not allowed")
+        if allowed is None and not self.policy_fail_open:
+            raise Unavailable("the call could not be checked; try again")
 
     async def open_calls(self, user: str) -> list[Call]:
         """``user``'s open calls (ringing or answered). Raises :class:`Unavailable`."""

@@ -108,6 +108,8 @@ def parse(values: Mapping[str, str],
     field("api_keys", lambda raw, var: tuple(Secret(k) for k in _text_list(raw, var)))
     field("webhook_url", _secret)
     field("webhook_secret", _secret)
+    field("call_policy_url", _secret)
+    field("call_policy_fail_open", _bool)
     for name in BOUNDS:
         field(name, _whole if name in WHOLE else _seconds)
     for name in RATE_FIELDS:

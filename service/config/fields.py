@@ -39,6 +39,8 @@ BOUNDS: Final[dict[str, tuple[float, float]]] = {
     "ring_timeout": (1, 600),
     "reconnect_grace": (1, 600),
     "turn_ttl": (10, 86400),
+    "call_policy_cache": (0, 3600),
+    "call_policy_timeout": (0.1, 30),
 }
 #: of those, the ones that must be whole numbers (the rest are seconds, fractions allowed)
 WHOLE: Final = frozenset({"jwt_leeway", "jwt_max_lifetime", "jwt_max_token_bytes",

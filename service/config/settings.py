@@ -132,6 +132,14 @@ class Settings:
     webhook_secret: Secret | None = None
     #: with it, GET /metrics answers only ``Authorization: Bearer <metrics_token>``
     metrics_token: Secret | None = None
+    #: asked before an offer opens a call whether this caller may ring this callee
+    call_policy_url: Secret | None = None
+    #: seconds an answer of the call policy is kept per (caller, callee); 0: ask every time
+    call_policy_cache: float = 30.0
+    #: seconds the call policy has to answer
+    call_policy_timeout: float = 2.0
+    #: when it does not answer in time (or answers nonsense): allow the call anyway
+    call_policy_fail_open: bool = False
     # ---- the server API for the app's backend (see docs/backend.md) ----
     #: credentials of /api/v1/ (several: rotation); none: the API is absent (404)
     api_keys: tuple[Secret, ...] = ()
@@ -252,6 +260,9 @@ def check(s: Settings) -> list[str]:
                         f"got {s.busy_policy!r}.")
     if s.webhook_url is not None and (msg := check_webhook_url(s.webhook_url.reveal())):
         problems.append(msg)
+    if s.call_policy_url is not None and (
+            msg := check_webhook_url(s.call_policy_url.reveal(), "call_policy_url")):
+        problems.append(msg)
     problems.extend(_across(s))
     return problems
 
@@ -283,18 +294,21 @@ def _across(s: Settings) -> list[str]:
             "its cluster messages with it (the same value on every node, 32+ bytes), so "
             "nothing else that can publish on Redis is believed."
         )
-    if s.webhook_url is not None and s.webhook_secret is None:
+    if (s.webhook_url is not None or s.call_policy_url is not None) and (
+            s.webhook_secret is None):
         problems.append(
-            f"{PREFIX}WEBHOOK_SECRET is missing: with {PREFIX}WEBHOOK_URL set, every webhook "
-            "is signed with it (32+ bytes) so the receiver can tell it came from this service."
+            f"{PREFIX}WEBHOOK_SECRET is missing: with {PREFIX}WEBHOOK_URL or "
+            f"{PREFIX}CALL_POLICY_URL set, every request to your backend is signed with it "
+            "(32+ bytes) so the receiver can tell it came from this service."
         )
     if bool(s.turn_urls) != (s.turn_secret is not None):
         problems.append(
             f"{PREFIX}TURN_URLS and {PREFIX}TURN_SECRET go together: the service mints TURN "
             "credentials with the secret your TURN server shares (coturn: use-auth-secret, "
             "static-auth-secret).")
-    if s.webhook_secret is not None and s.webhook_url is None:
-        problems.append(f"{PREFIX}WEBHOOK_SECRET is set without {PREFIX}WEBHOOK_URL.")
+    if s.webhook_secret is not None and s.webhook_url is None and s.call_policy_url is None:
+        problems.append(f"{PREFIX}WEBHOOK_SECRET is set without {PREFIX}WEBHOOK_URL or "
+                        f"{PREFIX}CALL_POLICY_URL.")
     if s.demo_tokens and (s.jwt_secret is None or not s.demo):
         problems.append(
             f"{PREFIX}DEMO_TOKENS hands out tokens signed with {PREFIX}JWT_SECRET on the demo "
@@ -386,10 +400,10 @@ def check_origin(origin: str, var: str) -> str | None:
     return None
 
 
-def check_webhook_url(url: str) -> str | None:
+def check_webhook_url(url: str, field: str = "webhook_url") -> str | None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.fragment:
-        return f"{PREFIX}WEBHOOK_URL must be an http:// or https:// URL."
+        return f"{variable(field)} must be an http:// or https:// URL."
     return None
 
 

@@ -122,9 +122,10 @@ class Party:
         self.offers: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.answers: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
 
-    async def connect(self, url: str) -> None:
+    async def connect(self, url: str, *, claim: bool = False) -> dict[str, Any]:
         """Connect (again), as socket.io-client does: a refused connect is tried again
-        after a short wait (the reasons are kept in :attr:`refusals`), for up to 20 s."""
+        after a short wait (the reasons are kept in :attr:`refusals`), for up to 20 s;
+        with ``claim``, claim the call first (the claim's ack), then join."""
         if self.sio is not None:
             self.stale.append(self.sio)
         deadline = time.monotonic() + 20
@@ -149,8 +150,10 @@ class Party:
                     raise
                 await asyncio.sleep(random.uniform(0.1, 0.3))
         self.sio = sio
+        claimed = await self.claim() if claim else {}
         ack = await sio.call("JoinSocket", self.user, timeout=10)
         assert ack == {"ok": True}, ack
+        return claimed
 
     async def claim(self) -> dict[str, Any]:
         assert self.sio is not None and self.call_id is not None
@@ -290,8 +293,7 @@ async def half_dead(node: Node, run: str) -> Tally:
             await alice.send("candidate", {"candidate": candidate(n)}, f"c{n}")
         await alice.send("offer", {"offer": {"type": "offer", "sdp": SDP}, "iceRestart": True},
                          "restart")
-        await bob.connect(node.url)
-        await bob.claim()
+        await bob.connect(node.url, claim=True)
         recovered = await all_arrived([(alice, bob)], 10 if CLAIM else 3)
         if recovered:
             offer = await asyncio.wait_for(bob.offers.get(), 10)
@@ -324,8 +326,7 @@ async def retries(node: Node, run: str) -> Tally:
                 emits += 1
         assert alice.sio is not None
         await alice.sio.disconnect()
-        await alice.connect(node.url)
-        await alice.claim()
+        await alice.connect(node.url, claim=True)
         for n in range(7):
             await alice.send("candidate", {"candidate": candidate(n)}, f"c{n}")
             emits += 1
@@ -430,8 +431,8 @@ class Deploy:
             gone = alice.sio
             await settled(lambda: not gone.connected, 20)
             started = time.monotonic()
-            await alice.connect(self.b.url)  # socket.io-client would retry; here: b at once
-            await alice.claim()
+            # (socket.io-client would retry; here: b at once) the claim before the join
+            await alice.connect(self.b.url, claim=True)
             back_ms = (time.monotonic() - started) * 1000
             await asyncio.sleep(0.5)
             stop.set()

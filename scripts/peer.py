@@ -14,9 +14,10 @@ and is printed, with what the service says about the call: busy, glare, ringing 
 callee (held, maybe notified by webhook), answered or declined on another device, held while
 reconnecting, no answer (timeout), the other side gone.
 
-It does what the protocol asks of a client after a reconnect: it joins its room on every
-connect, claims its call (``ClaimCall`` with the last ``seq`` it handled) and drops a message
-whose ``seq`` it has handled already (a claim may send again what the old socket did get).
+It does what the protocol asks of a client after a reconnect: on every connect it claims its
+call, if it is in one (``ClaimCall`` with the last ``seq`` it handled), then joins its room,
+and it drops a message whose ``seq`` it has handled already (a claim may send again what the
+old socket did get).
 """
 
 from __future__ import annotations
@@ -80,12 +81,14 @@ class CliPeer:
             print(f"[{self.me}] connection refused: "
                   f"{self.refused[-1] if self.refused else 'no answer'}", file=sys.stderr)
             return False
-        ack = await self.sio.call("JoinSocket", self.me)
-        self.say(f"connected as {self.me} via {self.sio.transport()}, joined: {ack}")
         if self.call_id is not None:  # back after a drop: take the call over on this socket
+            # (before joining: a join would hand over what was held first, ahead of what
+            # the claim sends again)
             claim = await self.sio.call("ClaimCall", {
                 "callId": self.call_id, "lastSeq": self.last_seq.get(self.call_id, 0)})
             self.say(f"claimed call {self.call_id}: {claim}")
+        ack = await self.sio.call("JoinSocket", self.me)
+        self.say(f"connected as {self.me} via {self.sio.transport()}, joined: {ack}")
         return True
 
     async def call(self, callee: str) -> None:

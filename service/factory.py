@@ -30,6 +30,8 @@ from service.transport import MAX_PACKETS_PER_POST, InlineManager, SignalingServ
 SOCKETIO_PATH: Final = "socket.io"
 #: room for the HTTP framing around one polling POST of ``max_message_bytes``
 HTTP_OVERHEAD_BYTES: Final = 4096
+#: how long a leaving node waits for the cluster messages already sent to it
+FLUSH_SECONDS: Final = 3.0
 
 
 def create_app(settings: Settings, *, name: str = "signaling") -> Sanic[Any, Any]:
@@ -140,8 +142,10 @@ def create_app(settings: Settings, *, name: str = "signaling") -> Sanic[Any, Any
     @app.before_server_stop
     async def stop_background(app: Sanic[Any, Any]) -> None:
         await signaling.shutdown(settings.shutdown_timeout)
-        await signaling.stop()
+        await signaling.stop()  # (no longer counted online: nothing new is sent here)
         if link is not None:
+            # what was sent to this node's sockets before that is held, not lost
+            await manager.flush(FLUSH_SECONDS)
             await manager.close()
             await link.close()
 

@@ -75,12 +75,14 @@ class AiortcPeer:
 
     async def reconnect(self, url: str) -> dict[str, Any]:
         """Connect again on a new connection (the old socket may be half-dead: it is left to
-        the service, which closes it on the claim) and claim the call."""
+        the service, which closes it on the claim), claim the call, then join (claimed
+        first, what was held comes after what the claim sends again)."""
         self.stale, self.sio, self.url = self.sio, self._client(), url
-        await self.connect()
+        await self.sio.connect(self.url, auth={"token": self.token}, transports=["websocket"])
         assert self.call_id is not None
         ack: dict[str, Any] = await self.sio.call("ClaimCall", {
             "callId": self.call_id, "lastSeq": self.last_seq.get(self.call_id, 0)})
+        assert await self.sio.call("JoinSocket", self.user) == {"ok": True}
         return ack
 
     async def disconnect(self) -> None:

@@ -101,6 +101,8 @@ class SignedRedisManager(socketio.AsyncRedisManager, InlineManager):  # type: ig
         self.dropped = 0
         #: whether messages from other nodes reach this one now (Redis confirmed it)
         self.subscribed = False
+        #: (the id of this node's flush marker, set when the listener reaches it)
+        self._flush: tuple[bytes, asyncio.Event] | None = None
 
     # ---- connections ----
 
@@ -136,6 +138,28 @@ class SignedRedisManager(socketio.AsyncRedisManager, InlineManager):  # type: ig
                 with contextlib.suppress(Exception):
                     await _aclose(self.pubsub)
                 await asyncio.sleep(SUBSCRIBE_RETRY_SECONDS)
+
+    async def flush(self, within: float) -> bool:
+        """Wait until this node has handled every message published on the channel before
+        now; whether it did within ``within`` seconds. A node that leaves calls it once it is
+        no longer counted online: what other nodes sent to its sockets until then reaches
+        the handlers (which hold it for the party, its socket being gone) instead of dying
+        with the process. (Messages are handled one at a time, in the order Redis delivers
+        them: when the listener reaches a marker this node published, all before it are
+        done.)"""
+        if not self.subscribed:
+            return False
+        marker = self.seal({"method": "flush"})
+        done = asyncio.Event()
+        self._flush = (json.loads(marker)["id"].encode(), done)
+        try:
+            await self.link.client.publish(self.channel, marker)
+            await asyncio.wait_for(done.wait(), within)
+            return True
+        except (RedisError, OSError, TimeoutError):
+            return False
+        finally:
+            self._flush = None
 
     async def close(self) -> None:
         """Stop listening (python-socketio leaves its listener task running for good)."""
@@ -236,6 +260,10 @@ class SignedRedisManager(socketio.AsyncRedisManager, InlineManager):  # type: ig
         async for raw in super()._listen():
             body = self.open(raw)
             if body is OWN:
+                flush = self._flush
+                if flush is not None and flush[0] in (
+                        raw if isinstance(raw, bytes) else str(raw).encode()):
+                    flush[1].set()  # (everything published before it was handled)
                 continue
             if body is None:
                 self.dropped += 1

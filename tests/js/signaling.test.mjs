@@ -224,11 +224,12 @@ test("a half-dead socket: the app claims its call on a new socket, drops repeats
 
     newBob = await connect(TOKENS.bob, { transport: "websocket", mode: "auth" });
     for (const event of ["offer", "candidate"]) newBob.on(event, handle(event));
-    await newBob.timeout(3000).emitWithAck("JoinSocket", "bob");
-    // lastSeq 0 asks for everything the outbox keeps (what was written to the call's device
-    // since the answer): candidate 0, which the old socket got, comes again, then 1-3
+    // claim, then join. lastSeq 0 asks for everything the outbox keeps (what was written to
+    // the call's device since the answer): candidate 0, which the old socket got, comes
+    // again, then 1-3
     const claim = await newBob.timeout(3000).emitWithAck("ClaimCall", { callId, lastSeq: 0 });
     assert.deepEqual(claim, { ok: true, replayed: 4 });
+    await newBob.timeout(3000).emitWithAck("JoinSocket", "bob");
     const until = async (check, ms) => {
       for (const end = Date.now() + ms; !check(); await new Promise((r) => setTimeout(r, 20))) {
         if (Date.now() > end) throw new Error(`not in time: ${JSON.stringify(got)}`);

@@ -114,10 +114,13 @@ function connect() {
   setState("signaling", "connecting");
   socket.on("connect", async () => {
     setState("signaling", "connected");
+    // back in a call: claim it before joining (a join would hand over what was held for us
+    // first, ahead of what the claim sends again: claimed first, everything comes in order)
+    const inCall = demo.callId && (demo.pc || demo.incoming);
+    if (inCall) await claim(socket);
     const ack = await socket.timeout(5000).emitWithAck("JoinSocket", demo.me);
     if (!ack.ok) status(`Could not join your room: ${ERRORS[ack.error] ?? ack.error}`, true);
-    else if (demo.callId && (demo.pc || demo.incoming)) await claim(socket);
-    else status(`Connected as ${demo.me}. Waiting for calls.`);
+    else if (!inCall) status(`Connected as ${demo.me}. Waiting for calls.`);
     controls();
   });
   socket.on("connect_error", (err) => {

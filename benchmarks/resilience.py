@@ -66,6 +66,8 @@ TOKENS = Settings(jwt_secret=Secret(SECRET))
 SDP = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
 #: False with --no-claim: the apps do not claim their calls (what the counts look like then)
 CLAIM = True
+#: with --logs DIR: the nodes' log lines of a deploy run that lost something go there
+LOGS: Path | None = None
 SCENARIOS = ("half_dead", "retries", "ice_restart", "deploy_sigterm", "deploy_sigkill",
              "storm")
 
@@ -446,6 +448,10 @@ class Deploy:
             tally.notes["back_ms"] = [round(back_ms)]
             if tally.lost:  # where the node went, beside what was lost
                 tally.notes["killed_at"] = [killed_at]
+                if LOGS is not None:  # and what both nodes said
+                    (LOGS / f"{run}.log").write_text("".join(
+                        [f"--- a {self.a.url}\n", *self.a.lines,
+                         f"--- b {self.b.url}\n", *self.b.lines]))
             return tally
         finally:
             stop.set()
@@ -682,9 +688,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--no-claim", action="store_true",
                         help="the apps do not claim their calls after a reconnect")
+    parser.add_argument("--logs", type=Path,
+                        help="a directory for the nodes' logs of a deploy run that lost any")
     args = parser.parse_args(argv)
-    global CLAIM
-    CLAIM = not args.no_claim
+    global CLAIM, LOGS
+    CLAIM, LOGS = not args.no_claim, args.logs
     results = asyncio.run(main_async(args))
     failed = failures(results)
     print("every scenario held" if not failed else "FAILED: " + ", ".join(failed))

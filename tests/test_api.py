@@ -108,6 +108,37 @@ async def test_presence_of_one_user_and_of_many(service: RunningService) -> None
             await peer.close()
 
 
+@pytest.mark.parametrize("user", ["a b", "tenant/alice", "zoë", "50%", "?x#y"])
+async def test_any_user_id_is_addressed_percent_encoded(service: RunningService,
+                                                        user: str) -> None:
+    """A user id is a path segment: percent-encoded it reaches that user, not another (a ban
+    of "tenant/alice" kicks tenant/alice)."""
+    from urllib.parse import quote
+
+    peer = await joined(service, user)
+    try:
+        status, answer = await api(service, "GET", f"/users/{quote(user, safe='')}/presence")
+        assert (status, answer["user"], answer["online"]) == (200, user, True)
+        status, answer = await api(service, "POST",
+                                   f"/users/{quote(user, safe='')}/disconnect", {})
+        assert (status, answer["disconnected"]) == (200, 1)
+        assert await peer.next("server_disconnect") == {"reason": "disconnected_by_server"}
+    finally:
+        await peer.close()
+
+
+async def test_a_presence_query_of_a_thousand_long_ids_fits(service: RunningService) -> None:
+    """1,000 ids of 256 characters (a 260 KB body, above what other routes take) are
+    answered; a body past the API's own bound is 413 too_large, read only after the key."""
+    users = [f"{n:04d}" + "u" * 252 for n in range(1000)]
+    status, answer = await api(service, "POST", "/presence", {"users": users})
+    assert status == 200 and len(answer["users"]) == 1000
+    status, answer = await api(service, "POST", "/presence", {"users": users * 3})
+    assert (status, answer["error"]) == (413, "too_large")
+    status, answer = await api(service, "POST", "/presence", {"users": users}, key="wrong")
+    assert status == 401
+
+
 async def test_disconnect_one_device_then_all_with_revoke(service: RunningService) -> None:
     """One device is closed with the backend's reason; then every device, with revoke:
     the user's tokens issued until then are refused (token_revoked), a newer one is not."""
@@ -216,6 +247,7 @@ async def test_a_party_away_gets_the_end_when_it_is_back() -> None:
 
 @pytest.mark.parametrize(("method", "path", "body"), [
     ("GET", "/users/" + "x" * 257 + "/presence", None),
+    ("GET", "/users/%FF%FE/presence", None),
     ("POST", "/users/alice/disconnect", {"reason": "Not A Code"}),
     ("POST", "/users/alice/disconnect", {"revoke": "yes"}),
     ("POST", "/users/alice/disconnect", {"kick": True}),
@@ -224,7 +256,7 @@ async def test_a_party_away_gets_the_end_when_it_is_back() -> None:
     ("POST", "/presence", {"users": ["ok", None]}),
     ("POST", "/users/alice/calls/not*an*id/end", None),
     ("POST", "/users/alice/notify", b"{not json"),
-], ids=["user-id", "reason", "revoke", "unknown-field", "notify-fields", "users-string",
+], ids=["user-id", "not-utf8", "reason", "revoke", "unknown-field", "notify-fields", "users-string",
         "users-item", "call-id", "json"])
 async def test_bad_requests_are_refused_and_change_nothing(service: RunningService,
                                                           method: str, path: str,
@@ -266,12 +298,25 @@ async def test_the_api_is_in_the_openapi_document(service: RunningService) -> No
         assert path in document["paths"], path
 
 
-def test_keys_are_compared_in_constant_time_over_all_of_them() -> None:
+def test_keys_are_compared_in_constant_time_over_all_of_them(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """Which key matched (or none) is found after comparing every key, each with
-    ``hmac.compare_digest``."""
-    from service.http.api import ApiKeys
+    ``hmac.compare_digest`` (counted: a match on the first key still compares the second)."""
+    import hmac as hmac_module
 
-    keys = ApiKeys((b"a" * 32, b"b" * 32))
+    from service.http import api as api_module
+
+    compared: list[bytes] = []
+    real = hmac_module.compare_digest
+
+    def counting(a: bytes, b: bytes) -> bool:
+        compared.append(b)
+        return real(a, b)
+
+    monkeypatch.setattr(api_module.hmac, "compare_digest", counting)
+    keys = api_module.ApiKeys((b"a" * 32, b"b" * 32))
+    assert keys.match("Bearer " + "a" * 32) == 0
+    assert compared == [b"a" * 32, b"b" * 32]
     assert keys.match("Bearer " + "b" * 32) == 1
     assert keys.match("Bearer " + "a" * 32) == 0
     assert keys.match("bearer " + "a" * 32) == 0

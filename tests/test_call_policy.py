@@ -114,14 +114,29 @@ async def test_a_blocked_caller_is_forbidden_and_rings_nobody(backend: Backend) 
 
 async def test_answers_are_kept_per_pair_and_a_renegotiation_is_not_asked(
         backend: Backend) -> None:
-    async with serving(policy_settings(backend, call_policy_cache=60)) as service:
+    async with serving(policy_settings(backend, call_policy_cache=0)) as service:
         alice, bob = await joined(service, "alice"), await joined(service, "bob")
         try:
-            call_id = await answered_call(alice, bob, "alice", "bob")
+            await answered_call(alice, bob, "alice", "bob")
+            await alice.call("hangup", {"to": "bob"})
             assert len(backend.asked) == 1
+            # nothing kept: asked again for the next call
+            call_id = await answered_call(alice, bob, "alice", "bob")
+            assert len(backend.asked) == 2
             # in the call: a renegotiating offer, with or without callId, asks nothing
             assert (await alice.call("offer", offer_to("bob")))["callId"] == call_id
             assert (await alice.call("offer", offer_to("bob", callId=call_id)))["ok"]
+            assert len(backend.asked) == 2
+            await alice.call("hangup", {"to": "bob"})
+        finally:
+            for peer in (alice, bob):
+                await peer.close()
+    async with serving(policy_settings(backend, call_policy_cache=60)) as service:
+        backend.asked.clear()
+        alice, bob = await joined(service, "alice"), await joined(service, "bob")
+        try:
+            await answered_call(alice, bob, "alice", "bob")
+            assert len(backend.asked) == 1
             await alice.call("hangup", {"to": "bob"})
             # a new call between them: the kept answer
             assert (await alice.call("offer", offer_to("bob")))["ok"] is True

@@ -17,8 +17,10 @@ import json as jsonlib
 import re
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import unquote
 
 from sanic import Request, Sanic
+from sanic.exceptions import PayloadTooLarge
 from sanic.response import HTTPResponse, json
 
 from service.config import Settings
@@ -34,8 +36,9 @@ if TYPE_CHECKING:
 PREFIX: Final = "/api/v1"
 #: users in one presence query
 MAX_USERS: Final = 1000
-#: the largest request body (a presence query of MAX_USERS ids fits)
-MAX_BODY_BYTES: Final = 160 * 1024
+#: the largest request body (a presence query of MAX_USERS ids of 256 characters fits);
+#: read only once the key is checked (the routes stream), above the limit of other routes
+MAX_BODY_BYTES: Final = 512 * 1024
 #: the largest ``notify`` payload, as JSON
 MAX_NOTIFY_BYTES: Final = 4096
 #: what a disconnect reason may look like (the client sees it as a code)
@@ -98,9 +101,15 @@ def register_api(app: Sanic[Any, Any], signaling: Signaling, settings: Settings,
                 if not budgets.take(str(key)):
                     return problem(429, Throttled.code, "too many requests with this key",
                                    **{"Retry-After": "1"})
-                if len(request.body or b"") > MAX_BODY_BYTES:
-                    return problem(413, "too_large", f"at most {MAX_BODY_BYTES} bytes")
+                if request.method == "POST" and request.stream is not None:
+                    request.stream.request_max_size = MAX_BODY_BYTES
+                    try:
+                        receive: Any = request.receive_body  # (untyped in Sanic)
+                        await receive()
+                    except PayloadTooLarge:
+                        return problem(413, "too_large", f"at most {MAX_BODY_BYTES} bytes")
                 try:
+                    params = {name: path_value(value) for name, value in params.items()}
                     return await handler(request, **params)
                 except InvalidPayload as exc:
                     return problem(400, exc.code, str(exc))
@@ -117,7 +126,7 @@ def register_api(app: Sanic[Any, Any], signaling: Signaling, settings: Settings,
         whether it is in a call or ringing."""
         return json(await control.presence(parse_user_id(user, "user")))
 
-    @app.post(f"{PREFIX}/presence", name="api_presence_many")
+    @app.post(f"{PREFIX}/presence", name="api_presence_many", stream=True)
     @operation("presence_many")
     async def presence_many(request: Request) -> HTTPResponse:
         """:func:`presence` of up to 1,000 users: ``{"users": [id, ...]}``."""
@@ -127,7 +136,7 @@ def register_api(app: Sanic[Any, Any], signaling: Signaling, settings: Settings,
         ids = list(dict.fromkeys(parse_user_id(u, "users[]") for u in users))
         return json({"users": await control.presence_of(ids)})
 
-    @app.post(f"{PREFIX}/users/<user:str>/disconnect", name="api_disconnect")
+    @app.post(f"{PREFIX}/users/<user:str>/disconnect", name="api_disconnect", stream=True)
     @operation("disconnect")
     async def disconnect(request: Request, user: str) -> HTTPResponse:
         """Close the user's sockets (or ``device``'s), each told ``reason`` in a
@@ -148,7 +157,7 @@ def register_api(app: Sanic[Any, Any], signaling: Signaling, settings: Settings,
         return json(await control.disconnect(parse_user_id(user, "user"), reason,
                                              device=device, revoke=revoke))
 
-    @app.post(f"{PREFIX}/users/<user:str>/notify", name="api_notify")
+    @app.post(f"{PREFIX}/users/<user:str>/notify", name="api_notify", stream=True)
     @operation("notify")
     async def notify(request: Request, user: str) -> HTTPResponse:
         """``notify {payload}`` to each of the user's sockets; how many got it."""
@@ -167,7 +176,8 @@ def register_api(app: Sanic[Any, Any], signaling: Signaling, settings: Settings,
         """The user's open calls."""
         return json({"calls": await control.calls(parse_user_id(user, "user"))})
 
-    @app.post(f"{PREFIX}/users/<user:str>/calls/<call_id:str>/end", name="api_end_call")
+    @app.post(f"{PREFIX}/users/<user:str>/calls/<call_id:str>/end", name="api_end_call",
+              stream=True)
     @operation("end_call")
     async def end_call(request: Request, user: str, call_id: str) -> HTTPResponse:
         """End the user's call: both parties get ``hangup {reason: "ended_by_server"}``."""
@@ -176,6 +186,16 @@ def register_api(app: Sanic[Any, Any], signaling: Signaling, settings: Settings,
         if not await control.end_call(parse_user_id(user, "user"), call_id):
             return problem(404, "not_found", "the user has no such open call")
         return json({"ended": True})
+
+
+def path_value(raw: str) -> str:
+    """A path segment as sent, percent-decoded (Sanic hands it over raw): a user id with a
+    space, a slash or a letter outside ASCII is addressed as ``a%20b``, ``a%2Fb``, ``%C3%A9``.
+    Raises :class:`InvalidPayload`."""
+    try:
+        return unquote(raw, errors="strict")
+    except UnicodeDecodeError:
+        raise InvalidPayload("a path segment is not percent-encoded UTF-8") from None
 
 
 def body(request: Request, *, empty_ok: bool = False) -> dict[str, Any]:

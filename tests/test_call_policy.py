@@ -205,3 +205,46 @@ def test_the_hook_needs_the_secret_it_signs_with() -> None:
     with pytest.raises(ConfigError, match="CALL_POLICY_URL must be an http"):
         Settings(jwt_secret=Secret(SECRET), call_policy_url=Secret("ftp://x"),
                  webhook_secret=Secret(HOOK_SECRET))
+
+
+async def test_a_call_that_ends_is_no_way_around_the_hook(backend: Backend) -> None:
+    """bob blocks mallory during their call: once it ends, her next offer is asked about
+    and refused (the hook is asked in the same step that would open the call)."""
+    async with serving(policy_settings(backend, call_policy_cache=0)) as service:
+        mallory, bob = await joined(service, "mallory"), await joined(service, "bob")
+        try:
+            await answered_call(mallory, bob, "mallory", "bob")
+            backend.blocked = {("mallory", "bob")}
+            assert (await mallory.call("offer", offer_to("bob")))["ok"] is True  # in the call
+            assert (await bob.call("hangup", {"to": "mallory"}))["ok"] is True
+            ack = await mallory.call("offer", offer_to("bob"))
+            assert ack["ok"] is False and ack["error"] == "forbidden"
+        finally:
+            for peer in (mallory, bob):
+                await peer.close()
+
+
+async def test_one_caller_offering_to_many_does_not_take_every_slot(backend: Backend) -> None:
+    """While the backend is slow, a caller with two asks under way (from two of its sockets:
+    one socket's events are handled one after the other) has a third offer refused
+    rate_limited at once; another caller is still asked (and allowed) meanwhile."""
+    async with serving(policy_settings(backend, call_policy_timeout=5)) as service:
+        sockets = [await joined(service, "spammer") for _ in range(3)]
+        alice, bob = await joined(service, "alice"), await joined(service, "bob")
+        try:
+            backend.hang = True
+            pending = [asyncio.ensure_future(sockets[n].call("offer", offer_to(f"u{n}")))
+                       for n in range(2)]
+            await eventually(lambda: len(backend.asked) == 2)
+            ack = await sockets[2].call("offer", offer_to("u2"))
+            assert ack["ok"] is False and ack["error"] == "rate_limited"
+            offer = asyncio.ensure_future(alice.call("offer", offer_to("bob")))
+            await eventually(lambda: len(backend.asked) == 3)
+            backend.hang = False
+            backend.released.set()
+            assert (await offer)["ok"] is True
+            for answer in pending:
+                assert (await answer)["ok"] is True
+        finally:
+            for peer in (*sockets, alice, bob):
+                await peer.close()

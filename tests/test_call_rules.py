@@ -162,3 +162,21 @@ def test_a_late_signal_for_an_ended_call_goes_before_its_hangup() -> None:
     late = RULES.hold(ledger, call.id, "bob", "b1", ("candidate", {"n": 9}), 10, 105.0)
     assert late.held
     assert [s.event for s in RULES.joined(ledger, "bob", "b2")] == ["candidate", "hangup"]
+
+
+def test_a_device_found_away_that_speaks_is_back() -> None:
+    """A delivery to bob's device failed (its node was briefly unreachable: the hold marks
+    him away), yet that same device then sends: bob is back at once and gets what was held,
+    instead of staying away, with everything for him held, until his grace ends the call
+    (seen once in benchmarks/resilience.py's deploy scenario on a loaded machine)."""
+    ledger = Ledger()
+    call = open_call(ledger, answered=True)
+    RULES.hold(ledger, call.id, "bob", "b1", ("candidate", {"n": 1}), 10, 102.0)
+    assert call.callee.away_until is not None
+    outcome = RULES.relay(ledger, "candidate", "bob", "b1", "alice", None, {"n": 2}, 10,
+                          103.0)
+    assert call.callee.away_until is None and call.callee.device == "b1"
+    assert [(s.event, s.user, s.device, s.body) for s in outcome.sends] == [
+        ("candidate", "bob", "b1", {"n": 1}),
+        ("candidate", "alice", "a1", {"n": 2, "from": "bob", "callId": call.id})]
+    assert outcome.changed

@@ -30,6 +30,7 @@ from service.calls.rules import (
     CallRules,
     Ledger,
     Outcome,
+    PermissionNeeded,
     Send,
     new_call_id,
 )
@@ -84,8 +85,6 @@ class Calls:
                 await self.store.settle(sender, relay.to, relay.signal_id, ack)
 
     async def _relay(self, event: str, sid: str, sender: str, relay: Relay) -> Ack:
-        if event == OFFER and relay.call_id is None and self.policy is not None:
-            await self._permitted(sender, relay.to)
         device = self.delivery.device(sid)
         now = time.time()
         body = relay.body  # parse_relay's own dict: the rules copy it into what they send
@@ -102,12 +101,23 @@ class Calls:
         except CallStoreUnavailable:
             raise Unavailable("the call store cannot be reached; nothing was sent") from None
 
+        # with a call permission hook, an offer opens a call only once the backend allowed
+        # it: decided in the same step as the opening (a call that ends meanwhile is no way
+        # around the hook)
+        may_open = self.policy is None
+
         def decide(ledger: Ledger) -> Outcome:
             return self.rules.relay(ledger, event, sender, device, relay.to, relay.call_id,
-                                    body, relay.size, now, seq=seq, fresh=fresh)
+                                    body, relay.size, now, seq=seq, fresh=fresh,
+                                    may_open=may_open)
 
         try:
-            outcome = await self._update((sender, relay.to), decide)
+            try:
+                outcome = await self._update((sender, relay.to), decide)
+            except PermissionNeeded:
+                await self._permitted(sender, relay.to)
+                may_open = True
+                outcome = await self._update((sender, relay.to), decide)
         except Busy:
             # for clients that ignore acks too: the attempt ends like a call the callee
             # hung up with "busy"
@@ -270,15 +280,11 @@ class Calls:
         return SWEEP_SECONDS
 
     async def _permitted(self, caller: str, callee: str) -> None:
-        """An offer that would open a call between them: may ``caller`` ring ``callee``?
-        (An offer in an open call is a renegotiation: not asked.) Raises :class:`Forbidden`
+        """An offer would open a call between them: may ``caller`` ring ``callee``? (An
+        offer in an open call is a renegotiation: never asked.) Raises :class:`Forbidden`
         when the backend says no, :class:`Unavailable` when it gave no answer (unless the
         hook fails open)."""
         assert self.policy is not None
-        open_call = await self._update((caller, callee),
-                                       lambda ledger: ledger.between(caller, callee))
-        if open_call is not None:
-            return
         allowed = await self.policy.allows(caller, callee)
         if allowed is False:
             raise Forbidden("this call is not allowed")

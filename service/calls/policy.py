@@ -9,8 +9,10 @@ offer (``forbidden``). Both answers are kept per (caller, callee) for
 ``SIGNAL_CALL_POLICY_TIMEOUT``, another status, not that JSON) is no answer: the offer is
 refused ``unavailable`` (the caller may try again), or rings when
 ``SIGNAL_CALL_POLICY_FAIL_OPEN`` says so; no answer is not kept. Requests are bounded apart
-from other outbound requests (:mod:`service.outbound`) and awaited only by the offer that
-asked: the relays of other users never wait for them.
+from other outbound requests (:mod:`service.outbound`), at most :data:`PER_CALLER` of one
+caller at a time (more are refused ``rate_limited``: one caller offering to many cannot take
+the slots of everyone's new calls), and awaited only by the offer that asked: the relays of
+other users never wait for them.
 """
 
 from __future__ import annotations
@@ -24,18 +26,22 @@ from typing import Final
 from urllib.parse import urlsplit
 
 from service.calls.webhook import signature
+from service.errors import RateLimited
 from service.outbound import Outbound, OutboundError
 from service.telemetry import log_event
 
 PERMISSION: Final = "call.permission"
-#: requests under way at once
+#: requests under way at once ...
 CONNECTIONS: Final = 20
+#: ... and for one caller (a caller who offers to many at once does not take every slot)
+PER_CALLER: Final = 2
 #: answers kept at most (the oldest are forgotten first)
 CACHED: Final = 10_000
 #: the outcomes, as counted: allowed, denied (asked now or kept), no_answer
 ALLOWED: Final = "allowed"
 DENIED: Final = "denied"
 NO_ANSWER: Final = "no_answer"
+BUSY: Final = "caller_busy"
 
 
 class CallPolicy:
@@ -52,15 +58,28 @@ class CallPolicy:
         self._host = urlsplit(url).netloc.rpartition("@")[2]
         #: (caller, callee) -> (allowed, kept until)
         self._answers: OrderedDict[tuple[str, str], tuple[bool, float]] = OrderedDict()
+        #: asks under way, per caller
+        self._asking: dict[str, int] = {}
 
     async def allows(self, caller: str, callee: str) -> bool | None:
-        """Whether ``caller`` may ring ``callee``; None when the backend gave no answer."""
+        """Whether ``caller`` may ring ``callee``; None when the backend gave no answer.
+        Raises :class:`RateLimited` when ``caller`` already waits for :data:`PER_CALLER`
+        answers."""
         key, now = (caller, callee), self._clock()
         kept = self._answers.get(key)
         if kept is not None and kept[1] > now:
             self.on_result(ALLOWED if kept[0] else DENIED)
             return kept[0]
-        answer = await self._ask(caller, callee)
+        if self._asking.get(caller, 0) >= PER_CALLER:
+            self.on_result(BUSY)
+            raise RateLimited("wait for your other calls to be allowed")
+        self._asking[caller] = self._asking.get(caller, 0) + 1
+        try:
+            answer = await self._ask(caller, callee)
+        finally:
+            left = self._asking.pop(caller) - 1
+            if left:
+                self._asking[caller] = left
         if answer is None:
             self.on_result(NO_ANSWER)
             return None

@@ -178,6 +178,11 @@ class Ledger:
         return bool(self.saved or self.ended)
 
 
+class PermissionNeeded(Exception):
+    """An offer would open a call that the app's backend has not allowed yet (nothing was
+    changed): ask it, then decide again."""
+
+
 @dataclass(slots=True)
 class Send:
     """A message to deliver: to ``device`` of ``user``, or (``device`` None) to every joined
@@ -221,13 +226,15 @@ class CallRules:
 
     def relay(self, ledger: Ledger, event: str, sender: str, device: str, to: str,
               call_id: str | None, body: Mapping[str, Any], size: int, now: float, *,
-              seq: int | None = None, fresh: tuple[str, int] | None = None) -> Outcome:
+              seq: int | None = None, fresh: tuple[str, int] | None = None,
+              may_open: bool = True) -> Outcome:
         """``offer``/``answer``/``candidate``/``hangup`` from ``device`` of ``sender`` to
         ``to`` (``body``: what the client sent, ``size``: its JSON length). ``seq``: the
         number reserved for this message to ``to`` in call ``call_id``; ``fresh``: the id of
         the call an offer opens, and the offer's number in it. A message given its number
         here keeps it wherever it goes (a ring log, a hold): a device that gets it again
-        can tell."""
+        can tell. Without ``may_open``, an offer that would open a call raises
+        :class:`PermissionNeeded` (the app's backend is to be asked first)."""
         if to == sender:
             raise Forbidden("a call needs two users: you cannot call yourself")
         call = ledger.between(sender, to)
@@ -236,6 +243,8 @@ class CallRules:
         if call is None:
             if event != OFFER or call_id is not None:
                 raise NotInCall()
+            if not may_open:
+                raise PermissionNeeded()
             return self._open(ledger, sender, device, to, body, size, now, fresh)
         if event == OFFER and call.state == RINGING and call.callee.user == sender:
             raise Glare(call.id)
@@ -297,6 +306,10 @@ class CallRules:
         if event == ANSWER and call.state == RINGING:
             raise NotInCall()  # only the callee answers
         if me.device == device:
+            if me.away_until is not None:
+                # found away (a delivery to it failed: its node briefly unreachable), yet it
+                # speaks: it is back, and gets what was held meanwhile
+                self._bind(outcome, me, device)
             return
         if me.away_until is None:
             raise NotInCall()  # the call is on another device

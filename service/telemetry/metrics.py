@@ -107,7 +107,8 @@ class Metrics:
             "refused, failed, retry, stopped)", ["result"], registry=reg)
         self.call_policy = Counter(
             "signaling_call_policy", "Answers of the call permission hook, by result "
-            "(allowed, denied: asked now or kept; no_answer)", ["result"], registry=reg)
+            "(allowed, denied: asked now or kept; no_answer; caller_busy)", ["result"],
+            registry=reg)
         self.api_requests = Counter(
             "signaling_api_requests", "Server API requests (/api/v1/), by operation and "
             "HTTP status", ["operation", "status"], registry=reg)

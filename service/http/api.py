@@ -76,7 +76,9 @@ def register_api(app: Sanic[Any, Any], signaling: Signaling, settings: Settings,
         return
     keys = ApiKeys(tuple(k.reveal().encode() for k in settings.api_keys))
     budgets = KeyedBuckets(settings.limit_api)
-    control = Control(signaling, max_token_lifetime=settings.jwt_max_lifetime,
+    # (a revocation outlives the last token it refuses, clock leeway included)
+    control = Control(signaling,
+                      max_token_lifetime=settings.jwt_max_lifetime + settings.jwt_leeway,
                       logger=signaling.log)
     guard = signaling.guard
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from redis import asyncio as aioredis
 
 from service.auth import mint
 from tests.processes import Node, nodes
@@ -81,17 +82,31 @@ async def test_the_api_on_one_node_sees_and_acts_on_the_other(two: list[Node]) -
             await peer.close()
 
 
-async def test_a_device_on_a_node_that_died_is_not_online(two: list[Node]) -> None:
+async def test_a_device_on_a_node_that_died_is_not_online(
+        two: list[Node], redis_url: str, channel: str) -> None:  # noqa: F811
     a, b = two
     bob = await joined(b.url, "bob")
+    made = [bob]
+    redis = aioredis.Redis.from_url(redis_url)
     try:
         assert (await api(a, "GET", "/users/bob/presence"))[1]["online"] is True
         b.kill()
         await b.proc.wait()
 
-        async def gone() -> bool:
-            return (await api(a, "GET", "/users/bob/presence"))[1]["online"] is False
+        async def one_node_left() -> bool:
+            return len(await redis.keys(f"{channel}:node:*")) == 1
 
-        await eventually_true(gone, within=10)  # past SIGNAL_NODE_TTL (2 s)
+        await eventually_true(one_node_left, within=10)  # past SIGNAL_NODE_TTL (2 s)
+        # bob back on the live node: what was known of his dead socket is pruned as his
+        # connection is counted (not only when someone asks for his presence)
+        again = await joined(a.url, "bob")
+        made.append(again)
+        about = await redis.hkeys(f"{channel}:about:bob")
+        assert [(key.decode() if isinstance(key, bytes) else key).rpartition("|")[2]
+                for key in about] == [again.client.get_sid()]
+        [device] = (await api(a, "GET", "/users/bob/presence"))[1]["devices"]
+        assert device["device"].endswith("|" + again.client.get_sid())
     finally:
-        await bob.close()
+        await redis.aclose()
+        for peer in made:
+            await peer.close()

@@ -36,7 +36,8 @@ from service.telemetry import Metrics, forever, log_event
 MAX_PENDING: Final = 10_000
 
 #: Lua: count the members of set KEYS[1] ("node|sid") whose node key (ARGV[1] .. node) is
-#: alive, leaving out ARGV[2]; prune the members of dead nodes. Shared by the scripts below.
+#: alive, leaving out ARGV[2]; prune the members of dead nodes (and what is known of them,
+#: in hash KEYS[2]).
 _COUNT_LIVE = """
 local live = 0
 for _, member in ipairs(redis.call('SMEMBERS', KEYS[1])) do
@@ -45,6 +46,7 @@ for _, member in ipairs(redis.call('SMEMBERS', KEYS[1])) do
     if member ~= ARGV[2] then live = live + 1 end
   else
     redis.call('SREM', KEYS[1], member)
+    redis.call('HDEL', KEYS[2], member)
   end
 end
 """

@@ -48,8 +48,8 @@ async def churn(url: str, token: str, cycles: int, *, abort_every: int = 2) -> N
 
 @pytest.mark.timeout(300)
 async def test_reconnect_churn_memory_is_given_back() -> None:
-    """RSS after 10,000 cycles is within 10% of RSS after the first 1,000 (before: 67 MB
-    grew to 286 MB, and stayed)."""
+    """RSS after 5,000 cycles is within 10% of RSS after the first 1,000 (before: 67 MB
+    grew to 286 MB at 10,000, about 22 KB a cycle, and stayed: at 5,000 that is +90 MB)."""
     settings = Settings(jwt_secret=Secret(SECRET))
     env = {"SIGNAL_JWT_SECRET": SECRET, "SIGNAL_LIMIT_IP_CONNECTS": "0",
            "SIGNAL_LIMIT_USER_CONNECTS": "0",
@@ -60,8 +60,8 @@ async def test_reconnect_churn_memory_is_given_back() -> None:
         await churn(url, token, 1_000)
         await asyncio.sleep(1)
         after_1k = rss_kib(node.proc.pid)
-        await churn(url, token, 9_000)
+        await churn(url, token, 4_000)
         await asyncio.sleep(1)
-        after_10k = rss_kib(node.proc.pid)
-        print(f"RSS after 1,000 cycles: {after_1k} KiB; after 10,000: {after_10k} KiB")
-        assert after_10k <= after_1k * 1.10, (after_1k, after_10k)
+        after_5k = rss_kib(node.proc.pid)
+        print(f"RSS after 1,000 cycles: {after_1k} KiB; after 5,000: {after_5k} KiB")
+        assert after_5k <= after_1k * 1.10, (after_1k, after_5k)

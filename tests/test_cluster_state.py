@@ -121,10 +121,11 @@ async def test_removals_during_an_outage_are_kept_once_and_bounded() -> None:
     dead = await _presence(f"redis://127.0.0.1:{free_port()}/0")
     for _ in range(5):
         await dead.remove_connection("alice", "sid-1")
-    assert list(dead._pending) == [(dead._conns("alice"), dead._member("sid-1"))]
+    assert list(dead._pending) == [(dead._conns("alice"), dead._member("sid-1")),
+                                   (dead._about_key("alice"), dead._member("sid-1"))]
     for n in range(MAX_PENDING):
         await dead._remove([(dead._conns("u"), f"m{n}")])
-    assert len(dead._pending) == MAX_PENDING + 1 and dead._rename
+    assert len(dead._pending) == MAX_PENDING + 2 and dead._rename
     await dead.link.close()  # type: ignore[attr-defined]
 
     presence = await _presence()

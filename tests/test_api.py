@@ -144,12 +144,19 @@ async def test_disconnect_one_device_then_all_with_revoke(service: RunningServic
     the user's tokens issued until then are refused (token_revoked), a newer one is not."""
     phone, laptop = await joined(service, "alice"), await joined(service, "alice")
     try:
+        sid = phone.client.get_sid()
         status, answer = await api(service, "POST", "/users/alice/disconnect",
-                                   {"device": phone.client.get_sid(), "reason": "banned"})
+                                   {"device": sid, "reason": "banned"})
         assert (status, answer) == (200, {"disconnected": 1, "revoked": False})
         assert await phone.next("server_disconnect") == {"reason": "banned"}
         await eventually(lambda: not phone.client.connected)
         assert laptop.client.connected
+        # a device that is gone (or never was) is not counted as disconnected
+        await eventually(lambda: sid not in service.app.ctx.signaling.sessions)
+        for gone in (sid, "no-such-device"):
+            status, answer = await api(service, "POST", "/users/alice/disconnect",
+                                       {"device": gone})
+            assert (status, answer) == (200, {"disconnected": 0, "revoked": False})
         old_token = service.token("alice")
         status, answer = await api(service, "POST", "/users/alice/disconnect",
                                    {"revoke": True})
@@ -256,8 +263,10 @@ async def test_a_party_away_gets_the_end_when_it_is_back() -> None:
     ("POST", "/presence", {"users": ["ok", None]}),
     ("POST", "/users/alice/calls/not*an*id/end", None),
     ("POST", "/users/alice/notify", b"{not json"),
+    ("POST", "/users/alice/notify", b'{"payload": NaN}'),
+    ("POST", "/users/alice/notify", b'{"payload": ' + b"[" * 5000 + b"]" * 5000 + b"}"),
 ], ids=["user-id", "not-utf8", "reason", "revoke", "unknown-field", "notify-fields", "users-string",
-        "users-item", "call-id", "json"])
+        "users-item", "call-id", "json", "nan", "nested"])
 async def test_bad_requests_are_refused_and_change_nothing(service: RunningService,
                                                           method: str, path: str,
                                                           body: Any) -> None:

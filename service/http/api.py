@@ -205,9 +205,14 @@ def body(request: Request, *, empty_ok: bool = False) -> dict[str, Any]:
     if not request.body and empty_ok:
         return {}
     try:
-        data = jsonlib.loads(request.body)
-    except (ValueError, UnicodeDecodeError):
+        # (NaN and Infinity are not JSON: a client could not parse them back)
+        data = jsonlib.loads(request.body, parse_constant=_not_json)
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise InvalidPayload("the body must be a JSON object") from None
     if not isinstance(data, dict):
         raise InvalidPayload("the body must be a JSON object")
     return data
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")

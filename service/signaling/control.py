@@ -84,24 +84,31 @@ class Control:
         except PresenceUnavailable:
             raise Unavailable("presence cannot be reached") from None
         chosen = [d for d in devices if device is None or d.device == device]
+        closed = 0
         for found in chosen:
-            await self._close(user, found.device, reason)
-        log_event(self.log, "api_disconnect", user=user, devices=len(chosen), reason=reason,
+            closed += await self._close(user, found.device, reason)
+        log_event(self.log, "api_disconnect", user=user, devices=closed, reason=reason,
                   revoked=revoke)
-        return {"disconnected": len(chosen), "revoked": revoke}
+        return {"disconnected": closed, "revoked": revoke}
 
-    async def _close(self, user: str, device: str, reason: str) -> None:
+    async def _close(self, user: str, device: str, reason: str) -> bool:
+        """Tell the socket at ``device`` why, and close it; whether it was still there."""
         signaling = self.signaling
         sid = signaling.delivery.sid_of(device)
-        if signaling.delivery.device(sid) == device and sid in signaling.sessions:
-            await signaling.life.close(sid, reason)  # this node's: the usual way out
-            return
+        if signaling.delivery.device(sid) == device:  # this node's: the usual way out
+            if sid not in signaling.sessions:
+                return False
+            await signaling.life.close(sid, reason)
+            return True
         try:
-            await signaling.delivery.to_device(SERVER_DISCONNECT, {"reason": reason}, user,
-                                               device)
-            await signaling.delivery.close(device)
+            told = await signaling.delivery.to_device(SERVER_DISCONNECT, {"reason": reason},
+                                                      user, device)
+            if told:
+                await signaling.delivery.close(device)
+            return told
         except Exception:  # whatever the cluster says: the next one is closed
             log_event(self.log, "api_disconnect_failed", logging.WARNING, user=user)
+            return False
 
     async def notify(self, user: str, payload: Any) -> int:
         """Send ``notify {payload}`` to each of ``user``'s connected sockets; how many got

@@ -11,10 +11,22 @@ from engineio.payload import Payload
 from sanic import Sanic
 
 from service.auth import IceServers, TokenVerifier
-from service.calls import CallPolicy, CallRules, Calls, CallStore, LocalCallStore, Webhook
+from service.calls import (
+    INCOMING,
+    CallPolicy,
+    CallRules,
+    Calls,
+    CallStore,
+    EventLog,
+    Lifecycle,
+    LocalCallStore,
+    LocalEventLog,
+    Webhook,
+)
 from service.cluster import (
     ClusterDelivery,
     RedisCallStore,
+    RedisEventLog,
     RedisLink,
     RedisPresence,
     SignedRedisManager,
@@ -87,12 +99,14 @@ def create_app(settings: Settings, *, name: str = "signaling") -> Sanic[Any, Any
     else:
         assert isinstance(presence, LocalPresence)
         delivery = LocalDelivery(sio, presence)
+    webhook = _webhook(settings, logger, metrics)
+    lifecycle = _lifecycle(settings, webhook, link, presence, logger, metrics)
     calls = Calls(CallRules(ring_timeout=settings.ring_timeout,
                             grace=settings.reconnect_grace, busy_policy=settings.busy_policy),
-                  _call_store(settings, link, metrics), delivery, logger,
-                  _webhook(settings, logger, metrics), metrics,
+                  _call_store(settings, link, metrics, lifecycle), delivery, logger,
+                  webhook if INCOMING in settings.webhook_events else None, metrics,
                   policy=_call_policy(settings, logger, metrics),
-                  policy_fail_open=settings.call_policy_fail_open)
+                  policy_fail_open=settings.call_policy_fail_open, lifecycle=lifecycle)
     verifier = TokenVerifier(settings, logger)
     for source in verifier.jwks.values():
         source.on_fetch = lambda ok: metrics.jwks_fetches.labels("ok" if ok else "failed").inc()
@@ -161,11 +175,30 @@ def create_app(settings: Settings, *, name: str = "signaling") -> Sanic[Any, Any
     return app
 
 
-def _call_store(settings: Settings, link: RedisLink | None, metrics: Metrics) -> CallStore:
-    """Open calls: in memory, or on Redis (cluster-wide) when SIGNAL_REDIS_URL is set."""
+def _call_store(settings: Settings, link: RedisLink | None, metrics: Metrics,
+                lifecycle: Lifecycle | None) -> CallStore:
+    """Open calls: in memory, or on Redis (cluster-wide) when SIGNAL_REDIS_URL is set; the
+    lifecycle events of their changes go to ``lifecycle``'s log as they are committed."""
+    log = lifecycle.log if lifecycle is not None else None
     if link is None:
-        return LocalCallStore()
-    return RedisCallStore(link, prefix=settings.redis_channel, metrics=metrics)
+        assert log is None or isinstance(log, LocalEventLog)
+        return LocalCallStore(events=log)
+    assert log is None or isinstance(log, RedisEventLog)
+    return RedisCallStore(link, prefix=settings.redis_channel, metrics=metrics, events=log)
+
+
+def _lifecycle(settings: Settings, webhook: Webhook | None, link: RedisLink | None,
+               presence: Presence, logger: logging.Logger, metrics: Metrics,
+               ) -> Lifecycle | None:
+    """The lifecycle webhooks (SIGNAL_WEBHOOK_EVENTS beyond call.incoming), if any."""
+    wanted = [e for e in settings.webhook_events if e != INCOMING]
+    if webhook is None or not wanted:
+        return None
+    log: EventLog = (LocalEventLog(wanted) if link is None else
+                     RedisEventLog(link, prefix=settings.redis_channel, wanted=wanted,
+                                   retry_for=settings.webhook_retry_for, metrics=metrics))
+    return Lifecycle(log, webhook, presence, logger, grace=settings.reconnect_grace,
+                     retry_for=settings.webhook_retry_for, metrics=metrics)
 
 
 def _webhook(settings: Settings, logger: logging.Logger, metrics: Metrics) -> Webhook | None:

@@ -19,6 +19,7 @@ from typing import Any, Final
 
 import orjson
 
+from service.calls.lifecycle import Lifecycle
 from service.calls.policy import CallPolicy
 from service.calls.rules import (
     BUSY,
@@ -52,7 +53,7 @@ class Calls:
     def __init__(self, rules: CallRules, store: CallStore, delivery: Delivery,
                  logger: logging.Logger, webhook: Webhook | None = None,
                  metrics: Metrics | None = None, policy: CallPolicy | None = None,
-                 policy_fail_open: bool = False) -> None:
+                 policy_fail_open: bool = False, lifecycle: Lifecycle | None = None) -> None:
         self.metrics = metrics or Metrics()
         self.rules = rules
         self.store = store
@@ -62,6 +63,8 @@ class Calls:
         #: asked before an offer opens a call (the app's backend), if there is one
         self.policy = policy
         self.policy_fail_open = policy_fail_open
+        #: the lifecycle webhooks (events of calls and users), if the deployment wants them
+        self.lifecycle = lifecycle
 
     async def relay(self, event: str, sid: str, sender: str, relay: Relay) -> Ack:
         """Relay ``relay`` from ``sid`` (of ``sender``) within its call; the ack. A signal
@@ -140,6 +143,10 @@ class Calls:
                 self.webhook.incoming(call.id, sender, relay.to, self.rules.ring_timeout,
                                       ringing=lambda: self.ringing(call.id, relay.to))
                 ack["notified"] = True
+                # its end of ringing is told as call.cancelled too (the backend's push)
+                with contextlib.suppress(Unavailable):
+                    await self._update((relay.to,), lambda ledger: self.rules.pushed(
+                        ledger, call.id))
         elif not delivered and held:
             ack["held"] = True
         if event == HANGUP:
@@ -222,6 +229,8 @@ class Calls:
             sends = await self._update((user,), lambda ledger: self.rules.joined(
                 ledger, user, device))
             await self._deliver_all(sends)
+        if self.lifecycle is not None:
+            await self.lifecycle.joined(user)
 
     async def claim(self, sid: str, user: str, claim: Claim) -> Ack:
         """``ClaimCall``: ``sid`` of ``user`` takes call ``claim.call_id`` over now (the
@@ -252,6 +261,8 @@ class Calls:
     async def gone(self, user: str, sid: str) -> None:
         """``sid`` of ``user`` disconnected: its calls hold their signals from now on."""
         device, now = self.delivery.device(sid), time.time()
+        if self.lifecycle is not None:
+            await self.lifecycle.left(user)
         await self._update((user,), lambda ledger: self.rules.gone(ledger, user, device, now))
 
     async def sweep(self) -> float:
@@ -299,8 +310,9 @@ class Calls:
     async def end_by_server(self, user: str, call_id: str) -> bool:
         """End ``user``'s call ``call_id`` for the app's backend; whether there was one.
         Raises :class:`Unavailable`."""
+        now = time.time()
         sends = await self._update((user,), lambda ledger: self.rules.end_by_server(
-            ledger, call_id, user))
+            ledger, call_id, user, now))
         if sends is None:
             return False
         log_event(self.log, "call_ended", call=call_id, reason=ENDED_BY_SERVER, by="server")

@@ -13,7 +13,9 @@ Every decision is a method of :class:`CallRules` that reads and changes a :class
 open calls of the users involved, as one consistent read); the store that filled it writes
 the changes back atomically (:mod:`service.calls.store`,
 :mod:`service.cluster.call_store`). The method returns what to send (:class:`Send`); the caller
-of the rules does the sending.
+of the rules does the sending. A change a backend hears about (a call rings, is answered,
+ends, is missed) is also recorded in the ledger as a lifecycle event
+(:mod:`service.calls.events`), numbered in the call, and committed with the change.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from service.calls import events as ev
+from service.calls.events import Event
 from service.config import REJECT
 from service.errors import Busy, Forbidden, Glare, NotInCall
 
@@ -105,6 +109,13 @@ class Call:
     #: what the caller sent while ringing, replayed to each callee device that joins
     ring_log: list[Message] = field(default_factory=list)
     ring_log_bytes: int = 0
+    #: when it was answered (epoch seconds)
+    answered_at: float | None = None
+    #: the callee was woken by the incoming-call webhook (a push): its end of ringing is
+    #: told as ``call.cancelled`` too
+    pushed: bool = False
+    #: lifecycle events numbered so far in this call
+    events: int = 0
 
     def side(self, user: str) -> tuple[Party, Party]:
         """(the party ``user`` is, the other one)."""
@@ -130,14 +141,16 @@ class Call:
                 "callee": self.callee.to_json(), "state": self.state,
                 "opened_at": self.opened_at, "ring_until": self.ring_until,
                 "ring_log": [list(m) for m in self.ring_log],
-                "ring_log_bytes": self.ring_log_bytes}
+                "ring_log_bytes": self.ring_log_bytes, "answered_at": self.answered_at,
+                "pushed": self.pushed, "events": self.events}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Call:
         return cls(data["id"], Party.from_json(data["caller"]),
                    Party.from_json(data["callee"]), data["state"], data["opened_at"],
                    data["ring_until"], [(m[0], m[1]) for m in data["ring_log"]],
-                   data["ring_log_bytes"])
+                   data["ring_log_bytes"], data.get("answered_at"),
+                   bool(data.get("pushed")), int(data.get("events") or 0))
 
 
 class Ledger:
@@ -147,6 +160,8 @@ class Ledger:
         self.calls: dict[str, Call] = {c.id: c for c in calls}
         self.saved: dict[str, Call] = {}
         self.ended: dict[str, Call] = {}
+        #: lifecycle events of what changed, in order (committed with the change)
+        self.events: list[Event] = []
 
     def between(self, a: str, b: str) -> Call | None:
         """The open call between ``a`` and ``b``."""
@@ -250,12 +265,17 @@ class CallRules:
             raise Glare(call.id)
         outcome = Outcome(call=call)
         me, peer = call.side(sender)
-        self._claim(outcome, call, me, device, event)
+        self._claim(ledger, outcome, call, me, device, event, now)
         message: Message = (event, {**body, "from": sender, "callId": call.id})
         if seq is not None and call_id is not None:
             message[1]["seq"] = seq
         if event == HANGUP:
             outcome.changed = True
+            if call.state == RINGING:
+                self._over(ledger, call, "cancelled" if me is call.caller else "declined",
+                           sender, now)
+            else:
+                self._over(ledger, call, HANGUP, sender, now)
             if peer.away_until is not None:  # the last thing it needs to hear: held
                 self._end_for_away(ledger, call, peer, message, size)
                 outcome.held = True
@@ -284,17 +304,22 @@ class CallRules:
             offer["seq"] = seq
         self._send(outcome, call, call.callee, (OFFER, offer), size, hold=True)
         ledger.save(call)
+        self._emit(ledger, call, ev.RINGING, now)
         return outcome
 
-    def _claim(self, outcome: Outcome, call: Call, me: Party, device: str,
-               event: str) -> None:
+    def _claim(self, ledger: Ledger, outcome: Outcome, call: Call, me: Party, device: str,
+               event: str, now: float) -> None:
         """Check that ``device`` speaks for ``me`` in ``call``, and what that changes."""
         if me is call.callee and call.state == RINGING:
             outcome.changed = True
             if event == ANSWER:  # the first device to answer wins
                 me.device = device
-                call.state, call.ring_until = ACTIVE, None
+                call.state, call.ring_until, call.answered_at = ACTIVE, None, now
                 call.ring_log, call.ring_log_bytes = [], 0
+                self._emit(ledger, call, ev.ANSWERED, now,
+                           ringSeconds=round(now - call.opened_at, 3))
+                if call.pushed:
+                    self._emit(ledger, call, ev.CANCELLED, now, reason="answered")
                 outcome.sends.append(self._service_hangup(call, me.user, ANSWERED_ELSEWHERE,
                                                           skip=device))
             elif event == HANGUP:  # declined on this device: the others stop ringing
@@ -452,6 +477,7 @@ class CallRules:
         if call is None:
             return []
         if call.ring_until is not None and call.ring_until <= now:
+            self._over(ledger, call, TIMEOUT, None, now)
             ledger.end(call)
             return [self._service_hangup(call, call.caller.user, TIMEOUT),
                     self._service_hangup(call, call.callee.user, TIMEOUT)]
@@ -460,16 +486,19 @@ class CallRules:
                 ledger.end(call)
                 if call.state == ENDED:  # the other hung up: it knows
                     return []
+                self._over(ledger, call, PEER_GONE, party.user, now)
                 return [self._service_hangup(call, other.user, PEER_GONE)]
         return []
 
-    def end_by_server(self, ledger: Ledger, call_id: str, user: str) -> list[Send] | None:
+    def end_by_server(self, ledger: Ledger, call_id: str, user: str, now: float
+                      ) -> list[Send] | None:
         """End ``user``'s call ``call_id`` for the app's backend (the server API): both
         parties get ``hangup {reason: "ended_by_server"}``; a party that is away gets it
         held, like any hangup. None when ``user`` has no such open call."""
         call = ledger.calls.get(call_id)
         if call is None or not call.has(user) or call.state == ENDED:
             return None
+        self._over(ledger, call, ENDED_BY_SERVER, None, now)
         sends, away = [], None
         for party, other in ((call.caller, call.callee), (call.callee, call.caller)):
             if party.device is not None and party.away_until is not None and away is None:
@@ -483,6 +512,35 @@ class CallRules:
             body = {"from": other.user, "callId": call.id, "reason": ENDED_BY_SERVER}
             self._end_for_away(ledger, call, party, (HANGUP, body), len(str(body)))
         return sends
+
+    def pushed(self, ledger: Ledger, call_id: str) -> None:
+        """The callee of call ``call_id`` was woken by the incoming-call webhook: the end of
+        its ringing is told as ``call.cancelled`` too (a backend cancels its push)."""
+        call = ledger.calls.get(call_id)
+        if call is not None and call.state == RINGING and not call.pushed:
+            call.pushed = True
+            ledger.save(call)
+
+    @staticmethod
+    def _emit(ledger: Ledger, call: Call, type_: str, now: float, **data: Any) -> None:
+        """Record lifecycle event ``type_`` of ``call``, the next in the call's order."""
+        call.events += 1
+        ledger.events.append(ev.event(type_, ev.call_key(call.id), call.events, now,
+                                      callId=call.id, caller=call.caller.user,
+                                      callee=call.callee.user, **data))
+
+    def _over(self, ledger: Ledger, call: Call, reason: str, by: str | None,
+              now: float) -> None:
+        """``call`` ends (``by`` a party, or the service: None) for ``reason``: missed
+        before an answer (and cancelled for a pushed callee), ended after one."""
+        if call.state == RINGING:
+            self._emit(ledger, call, ev.MISSED, now, reason=reason, by=by)
+            if call.pushed:
+                self._emit(ledger, call, ev.CANCELLED, now, reason=reason)
+        elif call.state == ACTIVE:
+            answered = call.answered_at if call.answered_at is not None else now
+            self._emit(ledger, call, ev.ENDED, now, reason=reason, by=by,
+                       duration=round(max(0.0, now - answered), 3))
 
     @staticmethod
     def _service_hangup(call: Call, to: str, reason: str, *, skip: str | None = None

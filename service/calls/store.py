@@ -22,6 +22,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any, Final, Protocol, TypeVar
 
+from service.calls.lifecycle import LocalEventLog
 from service.calls.rules import Call, Ledger
 
 T = TypeVar("T")
@@ -87,7 +88,9 @@ class LocalCallStore:
     """One process's calls, in memory. A change runs without awaiting anything, so it is
     atomic on its own."""
 
-    def __init__(self) -> None:
+    def __init__(self, events: LocalEventLog | None = None) -> None:
+        #: where the lifecycle events of a change go as it is made (None: not sent)
+        self.events = events
         self._calls: dict[str, Call] = {}
         self._by_user: dict[str, set[str]] = {}
         self._deadlines: dict[str, float] = {}
@@ -103,6 +106,8 @@ class LocalCallStore:
         by_user, calls = self._by_user, self._calls
         ledger = Ledger([calls[i] for user in users for i in by_user.get(user, ())])
         result = change(ledger)
+        if ledger.events and self.events is not None:
+            self.events.push(ledger.events)
         for call in ledger.ended.values():
             self._forget(call)
         for call in ledger.saved.values():

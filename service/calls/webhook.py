@@ -83,19 +83,9 @@ class Webhook:
         attempt = 0
         while True:
             attempt += 1
-            timestamp = str(int(time.time()))
-            headers = {"Content-Type": "application/json",
-                       "X-Signal-Timestamp": timestamp,
-                       "X-Signal-Signature": signature(self._secret, timestamp, body),
-                       "Idempotency-Key": call_id}
             left = deadline - time.monotonic()
-            try:
-                status = await self.outbound.post(self._url, body, headers,
-                                                  within=max(0.1, min(REQUEST_TIMEOUT, left)))
-            except OutboundError as exc:
-                status, error = 0, str(exc)
-            else:
-                error = ""
+            status, error = await self.post(body, call_id,
+                                            within=max(0.1, min(REQUEST_TIMEOUT, left)))
             if 200 <= status < 300:
                 self.on_result("delivered")
                 log_event(self._log, "webhook_delivered", call=call_id, host=self._host,
@@ -128,6 +118,25 @@ class Webhook:
                 log_event(self._log, "webhook_stopped", call=call_id, host=self._host,
                           attempts=attempt)
                 return
+
+    async def post(self, body: bytes, idempotency_key: str, *,
+                   within: float = REQUEST_TIMEOUT, event: str = INCOMING) -> tuple[int, str]:
+        """One signed attempt: (HTTP status, or 0 with the error when there was none)."""
+        timestamp = str(int(time.time()))
+        headers = {"Content-Type": "application/json",
+                   "X-Signal-Timestamp": timestamp,
+                   "X-Signal-Signature": signature(self._secret, timestamp, body),
+                   "X-Signal-Event": event,
+                   "Idempotency-Key": idempotency_key}
+        try:
+            return await self.outbound.post(self._url, body, headers, within=within), ""
+        except OutboundError as exc:
+            return 0, str(exc)
+
+    @property
+    def host(self) -> str:
+        """Where it goes, for logs (no path or query: they may hold a secret)."""
+        return self._host
 
     async def stop(self) -> None:
         tasks = list(self._tasks)

@@ -4,7 +4,8 @@
 - :mod:`service.cluster.redis_manager`: the signed manager (cross-node delivery of emits);
 - :mod:`service.cluster.presence`: who is connected and reachable, cluster-wide;
 - :mod:`service.cluster.delivery`: a relay in one round trip;
-- :mod:`service.cluster.call_store`: open calls, cluster-wide.
+- :mod:`service.cluster.call_store`: open calls, cluster-wide;
+- :mod:`service.cluster.event_log`: lifecycle events waiting for delivery, and who is online.
 
 The handlers and the call path (:mod:`service.signaling`, :mod:`service.calls`) see none of
 this: they talk to the ``Presence`` and ``Delivery`` interfaces of :mod:`service.delivery` and
@@ -14,6 +15,7 @@ the ``CallStore`` of :mod:`service.calls`, whose errors these raise. Only
 
 from service.cluster.call_store import RedisCallStore
 from service.cluster.delivery import ClusterDelivery
+from service.cluster.event_log import RedisEventLog
 from service.cluster.link import RedisLink
 from service.cluster.presence import RedisPresence
 from service.cluster.redis_manager import ClusterUnavailable, SignedRedisManager
@@ -22,6 +24,7 @@ __all__ = [
            "ClusterDelivery",
            "ClusterUnavailable",
            "RedisCallStore",
+           "RedisEventLog",
            "RedisLink",
            "RedisPresence",
            "SignedRedisManager",

@@ -35,6 +35,7 @@ from service.calls import (
     Recorded,
 )
 from service.cluster.batch import ScriptBatch
+from service.cluster.event_log import RedisEventLog
 from service.cluster.link import RedisLink
 from service.telemetry import Metrics
 
@@ -119,9 +120,11 @@ OUTBOX_TTL_SECONDS: Final = 600
 class RedisCallStore:
     """Open calls on Redis (see the module docstring)."""
 
-    def __init__(self, link: RedisLink, *, prefix: str, metrics: Metrics | None = None
-                 ) -> None:
+    def __init__(self, link: RedisLink, *, prefix: str, metrics: Metrics | None = None,
+                 events: RedisEventLog | None = None) -> None:
         self.metrics = metrics or Metrics()
+        #: where the lifecycle events of a change are queued, in its transaction
+        self.events = events
         self._redis = link.client
         self._call_prefix = f"{prefix}:call:"
         self._calls_prefix = f"{prefix}:calls:"
@@ -190,6 +193,8 @@ class RedisCallStore:
                 pipe.expire(self._ver_prefix + user, KEY_TTL_SECONDS)
             if touched:
                 pipe.expire(self._deadlines, KEY_TTL_SECONDS)
+            if self.events is not None:
+                self.events.add(pipe, ledger.events)
             await pipe.execute()
             return result
 

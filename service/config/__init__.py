@@ -12,6 +12,7 @@ that imports it.
 
 from __future__ import annotations
 
+from service.config.fields import WEBHOOK_EVENTS
 from service.config.settings import BUSY_POLICIES, KNOWN, REJECT, RING, Settings
 from service.config.values import (
     JwksEndpoint,
@@ -22,5 +23,5 @@ from service.config.values import (
     parse_networks,
 )
 
-__all__ = ["BUSY_POLICIES", "KNOWN", "REJECT", "RING", "JwksEndpoint", "Network", "Rate",
-           "Secret", "Settings", "is_loopback", "parse_networks"]
+__all__ = ["BUSY_POLICIES", "KNOWN", "REJECT", "RING", "WEBHOOK_EVENTS", "JwksEndpoint",
+           "Network", "Rate", "Secret", "Settings", "is_loopback", "parse_networks"]

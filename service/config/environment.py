@@ -24,6 +24,7 @@ from service.config.fields import (
     ICE_SERVERS_HELP,
     PREFIX,
     RATE_FIELDS,
+    WEBHOOK_EVENTS,
     WHOLE,
     bounds_message,
     rate_message,
@@ -108,6 +109,7 @@ def parse(values: Mapping[str, str],
     field("api_keys", lambda raw, var: tuple(Secret(k) for k in _text_list(raw, var)))
     field("webhook_url", _secret)
     field("webhook_secret", _secret)
+    field("webhook_events", _webhook_events)
     field("call_policy_url", _secret)
     field("call_policy_fail_open", _bool)
     for name in BOUNDS:
@@ -115,6 +117,11 @@ def parse(values: Mapping[str, str],
     for name in RATE_FIELDS:
         field(name, _rate)
     return kwargs, problems
+
+
+def _webhook_events(raw: str, var: str) -> tuple[str, ...]:
+    names = _text_list(raw.lower(), var)
+    return WEBHOOK_EVENTS if names == ("all",) else names
 
 
 def _secret(raw: str, var: str) -> Secret:

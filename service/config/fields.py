@@ -41,6 +41,7 @@ BOUNDS: Final[dict[str, tuple[float, float]]] = {
     "turn_ttl": (10, 86400),
     "call_policy_cache": (0, 3600),
     "call_policy_timeout": (0.1, 30),
+    "webhook_retry_for": (10, 7 * 86400),
 }
 #: of those, the ones that must be whole numbers (the rest are seconds, fractions allowed)
 WHOLE: Final = frozenset({"jwt_leeway", "jwt_max_lifetime", "jwt_max_token_bytes",
@@ -58,6 +59,11 @@ def bounds_message(field: str, raw: object) -> str:
     low, high = BOUNDS[field]
     kind = "a whole number" if field in WHOLE else "a number of seconds"
     return f"{variable(field)} must be {kind} from {low} to {high}, got {raw!r}."
+
+
+#: the webhook's event types (``SIGNAL_WEBHOOK_EVENTS``; ``all`` is every one)
+WEBHOOK_EVENTS: Final = ("call.incoming", "call.ringing", "call.answered", "call.ended",
+                         "call.missed", "call.cancelled", "user.online", "user.offline")
 
 
 #: the settings that are a :class:`~service.config.Rate`

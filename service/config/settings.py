@@ -26,6 +26,7 @@ from service.config.fields import (
     ICE_SERVERS_HELP,
     PREFIX,
     RATE_FIELDS,
+    WEBHOOK_EVENTS,
     WHOLE,
     bounds_message,
     rate_message,
@@ -130,6 +131,10 @@ class Settings:
     #: POSTed call.incoming when a callee has no joined device (for push notifications)
     webhook_url: Secret | None = None
     webhook_secret: Secret | None = None
+    #: which events go to webhook_url (docs/backend.md "Lifecycle webhooks")
+    webhook_events: tuple[str, ...] = ("call.incoming",)
+    #: seconds a lifecycle event is retried before it is given up (counted and logged)
+    webhook_retry_for: float = 3600.0
     #: with it, GET /metrics answers only ``Authorization: Bearer <metrics_token>``
     metrics_token: Secret | None = None
     #: asked before an offer opens a call whether this caller may ring this callee
@@ -263,6 +268,10 @@ def check(s: Settings) -> list[str]:
     if s.call_policy_url is not None and (
             msg := check_webhook_url(s.call_policy_url.reveal(), "call_policy_url")):
         problems.append(msg)
+    strays = [e for e in s.webhook_events if e not in WEBHOOK_EVENTS]
+    if strays:
+        problems.append(f"{PREFIX}WEBHOOK_EVENTS names unknown events ({', '.join(strays)}): "
+                        f"use all, or some of {', '.join(WEBHOOK_EVENTS)}.")
     problems.extend(_across(s))
     return problems
 

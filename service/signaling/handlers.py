@@ -62,6 +62,8 @@ REACHABLE_WAIT_SECONDS: Final = 2.0
 _EMPTY: Final = contextvars.Context()
 #: how often the connection gauge is brought up to date
 CONNECTION_COUNT_SECONDS: Final = 1.0
+#: how long a stopping single node keeps sending the lifecycle events it holds in memory
+LIFECYCLE_FLUSH_SECONDS: Final = 2.0
 TRANSPORTS: Final = ("websocket", "polling")
 #: what a ``disconnects`` label may be: the service's reasons and python-socketio's
 DISCONNECT_REASONS: Final = LIBRARY_REASONS | {
@@ -125,6 +127,8 @@ class Signaling:
                                                     log=self.log))
         self._counting = asyncio.ensure_future(forever(self._count_connections,
                                                        name="connection_count", log=self.log))
+        if self.calls.lifecycle is not None:
+            await self.calls.lifecycle.start()
 
     async def stop(self) -> None:
         for task in (self._sweep, self._counting):
@@ -134,6 +138,9 @@ class Signaling:
                     await task
         if self.calls.webhook is not None:
             await self.calls.webhook.stop()
+        if self.calls.lifecycle is not None:
+            # (in memory: what is queued has a moment to go; on Redis it waits for the others)
+            await self.calls.lifecycle.stop(flush=LIFECYCLE_FLUSH_SECONDS)
         await self.life.stop()
 
     async def shutdown(self, within: float) -> None:

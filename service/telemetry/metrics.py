@@ -105,6 +105,11 @@ class Metrics:
         self.webhooks = Counter(
             "signaling_webhooks", "call.incoming webhook deliveries, by result (delivered, "
             "refused, failed, retry, stopped)", ["result"], registry=reg)
+        self.webhook_events = Counter(
+            "signaling_webhook_events", "Lifecycle webhook events, by type and result "
+            "(delivered; refused: a 3xx/4xx answer; retry; undeliverable: given up after "
+            "SIGNAL_WEBHOOK_RETRY_FOR; dropped: past the in-memory bound; lost: queued in "
+            "memory at shutdown)", ["type", "result"], registry=reg)
         self.call_policy = Counter(
             "signaling_call_policy", "Answers of the call permission hook, by result "
             "(allowed, denied: asked now or kept; no_answer; caller_busy)", ["result"],

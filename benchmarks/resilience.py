@@ -454,7 +454,8 @@ class Deploy:
                 tally.notes["killed_at"] = [killed_at]
                 if LOGS is not None:  # and what both nodes said
                     (LOGS / f"{run}.log").write_text("".join(
-                        [f"--- a {self.a.url}\n", *self.a.lines,
+                        [f"--- lost {json.dumps(tally.notes, default=str)}\n",
+                         f"--- a {self.a.url}\n", *self.a.lines,
                          f"--- b {self.b.url}\n", *self.b.lines]))
             return tally
         finally:
@@ -694,6 +695,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     global CLAIM, LOGS
     CLAIM, LOGS = not args.no_claim, args.logs
+    if LOGS is not None:
+        LOGS.mkdir(parents=True, exist_ok=True)
     results = asyncio.run(main_async(args))
     failed = failures(results)
     print("every scenario held" if not failed else "FAILED: " + ", ".join(failed))

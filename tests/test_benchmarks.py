@@ -111,3 +111,24 @@ async def test_resilience_harness_sees_what_is_lost_without_a_claim() -> None:
     runs, recovered, sent, acked, *_, lost = map(int, row.split()[1:9])
     assert (runs, recovered, lost) == (1, 0, 6) and acked == sent
     assert "FAILED: half_dead" in output
+
+
+@pytest.mark.timeout(120)
+async def test_lifecycle_harness(tmp_path: Path) -> None:
+    """``benchmarks/lifecycle.py`` at a small size (every kind of call once, two nodes on
+    Redis, the first killed while the backend is down): the backend sees exactly the events
+    the calls imply, in order, each signed; the users online then offline."""
+    out = tmp_path / "lifecycle.json"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "benchmarks/lifecycle.py", "--rounds", "1", "--redis",
+        "redis://127.0.0.1:6379/0", "--kill", "--json", str(out), cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    text, _ = await asyncio.wait_for(proc.communicate(), 110)
+    assert proc.returncode == 0, text.decode()[-3000:]
+    report = json.loads(out.read_text())
+    assert report["unsigned"] == 0
+    assert len(report["rows"]) == 10  # nine kinds of call, and the users
+    for kind, row in report["rows"].items():
+        assert row["expected"] == row["received"] > 0, (kind, row)
+        assert row.get("missing", 0) == row.get("unexpected", 0) == 0, (kind, row)
+        assert row.get("out_of_order", 0) == 0, (kind, row)

@@ -97,9 +97,9 @@ class App:
 
 def expected(kind: str, caller: str, callee: str) -> list[tuple[str, Any, Any]]:
     """The call's events (type, reason, by) that ``kind`` implies."""
-    ringing = ("call.ringing", None, None)
-    answered = ("call.answered", None, None)
-    return {
+    ringing: tuple[str, Any, Any] = ("call.ringing", None, None)
+    answered: tuple[str, Any, Any] = ("call.answered", None, None)
+    kinds: dict[str, list[tuple[str, Any, Any]]] = {
         "answered": [ringing, answered, ("call.ended", "hangup", caller)],
         "callee_hangup": [ringing, answered, ("call.ended", "hangup", callee)],
         "cancelled": [ringing, ("call.missed", "cancelled", caller)],
@@ -111,7 +111,8 @@ def expected(kind: str, caller: str, callee: str) -> list[tuple[str, Any, Any]]:
                             ("call.ended", "hangup", caller)],
         "by_server": [ringing, answered, ("call.ended", "ended_by_server", None)],
         "peer_gone": [ringing, answered, ("call.ended", "peer_gone", callee)],
-    }[kind]
+    }
+    return kinds[kind]
 
 
 async def one_call(kind: str, run: str, a_url: str, b_url: str,

@@ -5,11 +5,14 @@ every signature; on one process, and on two real nodes on Redis, one of them kil
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from jsonschema import Draft202012Validator
 
 from service.config import WEBHOOK_EVENTS, Secret, Settings
 from service.errors import ConfigError
@@ -28,6 +31,15 @@ from tests.support import (
 from tests.test_cluster import channel, cluster_env, joined, redis_url  # noqa: F401
 
 CALL_FIELDS = {"id", "type", "ts", "seq", "callId", "caller", "callee"}
+SPEC = json.loads((Path(__file__).resolve().parent.parent / "service" / "http" / "specs"
+                   / "openapi.json").read_text())["components"]["schemas"]
+
+
+def as_specified(hook: Backend) -> None:
+    """Every body the backend got is what openapi.json's webhooks say."""
+    for body in hook.events:
+        name = "IncomingCall" if body["type"] == "call.incoming" else "LifecycleEvent"
+        Draft202012Validator(SPEC[name]).validate(body)
 
 
 def hooked(url: str, events: tuple[str, ...] = WEBHOOK_EVENTS, **extra: Any) -> Settings:
@@ -74,6 +86,7 @@ async def test_a_whole_call_is_told_in_order() -> None:
                 assert attempt["headers"]["X-Signal-Event"] == attempt["body"]["type"]
             assert hook.unsigned == 0
             assert "sdp" not in str(hook.events) and "candidate:" not in str(hook.events)
+            as_specified(hook)
         finally:
             await alice.close()
             await bob.close()
@@ -101,6 +114,7 @@ async def test_missed_calls_say_why() -> None:
                                                                                "alice")
             assert (missed[declined]["reason"], missed[declined]["by"]) == ("declined", "bob")
             assert (missed[timed_out]["reason"], missed[timed_out]["by"]) == ("timeout", None)
+            as_specified(hook)
         finally:
             await alice.close()
             await bob.close()
@@ -132,6 +146,7 @@ async def test_a_pushed_callee_is_told_cancelled() -> None:
             assert hook.types(f"call:{second}") == ["call.ringing", "call.answered",
                                                     "call.cancelled"]
             assert hook.of(f"call:{second}")[2]["reason"] == "answered"
+            as_specified(hook)
         finally:
             await alice.close()
             if bob is not None:
@@ -157,6 +172,7 @@ async def test_users_go_offline_after_the_grace_only() -> None:
         await bob.close()
         assert [e["seq"] for e in hook.of("user:bob")] == [1, 2, 3]
         assert hook.of("user:bob")[2]["type"] == "user.online"
+        as_specified(hook)
 
 
 async def test_failures_are_retried_in_order_and_refusals_counted() -> None:

@@ -109,6 +109,17 @@ def test_every_error_code_and_reason_is_specified() -> None:
         LIBRARY_REASONS)
 
 
+def test_every_webhook_event_is_specified() -> None:
+    """openapi.json's webhooks name every event SIGNAL_WEBHOOK_EVENTS can choose."""
+    from service.config import WEBHOOK_EVENTS
+
+    schemas = OPENAPI["components"]["schemas"]
+    lifecycle = set(schemas["LifecycleEvent"]["properties"]["type"]["enum"])
+    assert lifecycle | {schemas["IncomingCall"]["properties"]["type"]["const"]} == set(
+        WEBHOOK_EVENTS)
+    assert set(OPENAPI["webhooks"]) == {"callIncoming", "lifecycleEvent"}
+
+
 def test_every_route_is_specified() -> None:
     from service.factory import create_app
 

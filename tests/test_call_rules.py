@@ -180,3 +180,51 @@ def test_a_device_found_away_that_speaks_is_back() -> None:
         ("candidate", "bob", "b1", {"n": 1}),
         ("candidate", "alice", "a1", {"n": 2, "from": "bob", "callId": call.id})]
     assert outcome.changed
+
+
+def events_of(ledger: Ledger) -> list[tuple[str, int, Any, Any]]:
+    return [(e.type, e.seq, e.data.get("reason"), e.data.get("by")) for e in ledger.events]
+
+
+def test_a_call_ends_once_for_the_backend() -> None:
+    """A hangup while the other party is away is the call's end (``call.ended``, once): the
+    record kept for the away party, handed over or expiring later, tells nothing more; a
+    party gone past its grace is ``peer_gone``, by that party; the server API ends it with
+    no one's name."""
+    ledger = Ledger()
+    call = open_call(ledger, answered=True)
+    assert events_of(ledger) == [("call.ringing", 1, None, None),
+                                 ("call.answered", 2, None, None)]
+    assert ledger.events[1].data["ringSeconds"] == 1.0
+    RULES.gone(ledger, "bob", "b1", 110.0)
+    RULES.relay(ledger, "hangup", "alice", "a1", "bob", None, {"to": "bob"}, 20, 111.0)
+    assert events_of(ledger)[2:] == [("call.ended", 3, "hangup", "alice")]
+    assert ledger.events[2].data["duration"] == 10.0
+    assert call.state == ENDED
+    assert RULES.expire(ledger, call.id, 200.0) == [] and len(ledger.events) == 3
+
+    ledger = Ledger()
+    call = open_call(ledger, answered=True)
+    RULES.gone(ledger, "bob", "b1", 110.0)
+    assert RULES.expire(ledger, call.id, 126.0)  # the grace is over: alice is told
+    assert events_of(ledger)[2:] == [("call.ended", 3, "peer_gone", "bob")]
+
+    ledger = Ledger()
+    call = open_call(ledger)
+    RULES.pushed(ledger, call.id)
+    assert RULES.end_by_server(ledger, call.id, "alice", 105.0)
+    assert events_of(ledger)[1:] == [("call.missed", 2, "ended_by_server", None),
+                                     ("call.cancelled", 3, "ended_by_server", None)]
+
+
+def test_events_survive_the_json_round_trip() -> None:
+    """The Redis store keeps the answer time, the push and the count with the call."""
+    ledger = Ledger()
+    call = open_call(ledger, answered=True)
+    call.pushed = True
+    again = Call.from_json(json.loads(json.dumps(call.to_json())))
+    assert (again.answered_at, again.pushed, again.events) == (101.0, True, 2)
+    older = call.to_json()
+    for name in ("answered_at", "pushed", "events"):  # a record written before them
+        del older[name]
+    assert Call.from_json(older).events == 0

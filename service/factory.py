@@ -196,7 +196,8 @@ def _lifecycle(settings: Settings, webhook: Webhook | None, link: RedisLink | No
         return None
     log: EventLog = (LocalEventLog(wanted) if link is None else
                      RedisEventLog(link, prefix=settings.redis_channel, wanted=wanted,
-                                   retry_for=settings.webhook_retry_for, metrics=metrics))
+                                   retry_for=settings.webhook_retry_for,
+                                   node_ttl=settings.node_ttl, metrics=metrics))
     return Lifecycle(log, webhook, presence, logger, grace=settings.reconnect_grace,
                      retry_for=settings.webhook_retry_for, metrics=metrics)
 

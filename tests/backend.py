@@ -11,7 +11,7 @@ import hmac
 import json
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +35,8 @@ class Backend:
     attempts: list[dict[str, Any]] = field(default_factory=list)
     unsigned: int = 0
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    #: events this backend answers 503 whatever else it does
+    failing: Callable[[dict[str, Any]], bool] = lambda body: False
 
     async def handle(self, request: web.Request) -> web.Response:
         raw = await request.read()
@@ -47,7 +49,8 @@ class Backend:
             self.unsigned += 1
             return web.Response(status=401)
         body = json.loads(raw)
-        status = self.statuses.pop(0) if self.statuses else self.status
+        status = 503 if self.failing(body) else (
+            self.statuses.pop(0) if self.statuses else self.status)
         self.attempts.append({"body": body, "status": status, "headers": dict(request.headers)})
         if 200 <= status < 300:
             self.events.append(body)

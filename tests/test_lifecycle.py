@@ -12,8 +12,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 
+from service.calls.lifecycle import WORKERS
 from service.config import WEBHOOK_EVENTS, Secret, Settings
 from service.errors import ConfigError
 from tests.backend import HOOK_SECRET, Backend, backend, in_order
@@ -169,17 +170,21 @@ async def test_users_go_offline_after_the_grace_only() -> None:
         await hook.wait(lambda: hook.types("user:bob") == ["user.online", "user.offline"])
         bob = await peer(service, "bob")
         await hook.wait(lambda: len(hook.of("user:bob")) == 3)
+        # leaving the room is going too (the socket stays: it cannot be called)
+        assert await bob.call("LeaveSocket", "bob") == {"ok": True}
+        await hook.wait(lambda: len(hook.of("user:bob")) == 4)
         await bob.close()
-        assert [e["seq"] for e in hook.of("user:bob")] == [1, 2, 3]
-        assert hook.of("user:bob")[2]["type"] == "user.online"
+        assert [e["seq"] for e in hook.of("user:bob")] == [1, 2, 3, 4]
+        assert hook.types("user:bob")[2:] == ["user.online", "user.offline"]
         as_specified(hook)
 
 
 async def test_failures_are_retried_in_order_and_refusals_counted() -> None:
-    """A 503 is retried with backoff and what follows waits for it (order per call); a 4xx
-    is the backend's final answer: counted and logged as refused, and the next goes on."""
+    """A 503 (or a 429: later, please) is retried with backoff and what follows waits for it
+    (order per call); another 4xx is the backend's final answer: counted and logged as
+    refused, and the next goes on."""
     events = ("call.ringing", "call.answered", "call.ended")
-    async with backend(statuses=[503, 503, 200, 400]) as hook, \
+    async with backend(statuses=[503, 429, 200, 400]) as hook, \
             serving(hooked(hook.url, events)) as service:
         alice, bob = await peer(service, "alice"), await peer(service, "bob")
         try:
@@ -187,7 +192,7 @@ async def test_failures_are_retried_in_order_and_refusals_counted() -> None:
             await alice.call("hangup", {"to": "bob"})
             await hook.wait(lambda: len(hook.events) == 2)
             assert [(a["body"]["type"], a["status"]) for a in hook.attempts] == [
-                ("call.ringing", 503), ("call.ringing", 503), ("call.ringing", 200),
+                ("call.ringing", 503), ("call.ringing", 429), ("call.ringing", 200),
                 ("call.answered", 400), ("call.ended", 200)]
             assert len({a["body"]["id"] for a in hook.attempts[:3]}) == 1  # the same event
             assert hook.types(f"call:{call_id}") == ["call.ringing", "call.ended"]
@@ -201,6 +206,27 @@ async def test_failures_are_retried_in_order_and_refusals_counted() -> None:
         finally:
             await alice.close()
             await bob.close()
+
+
+async def test_a_failing_call_holds_up_no_other() -> None:
+    """Calls whose events the backend keeps failing (more of them than a node sends at
+    once) are retried with backoff, each after its own; another call's events go through
+    meanwhile (a key backs off without holding a sender)."""
+    async with backend(failing=lambda body: str(body.get("callee", "")).startswith("bad")
+                       ) as hook, serving(hooked(hook.url, ("call.ringing",))) as service:
+        alice = await peer(service, "alice")
+        try:
+            bad = WORKERS + 5
+            for n in range(bad):
+                await alice.call("offer", offer_to(f"bad{n}"))
+            await hook.wait(lambda: len(hook.attempts) >= bad)
+            good = (await alice.call("offer", offer_to("good")))["callId"]
+            await hook.wait(lambda: hook.types(f"call:{good}") == ["call.ringing"], within=5)
+            await hook.wait(lambda: len(hook.attempts) >= 2 * bad + 1)  # the bad, again
+            assert {a["body"]["callee"] for a in hook.attempts if a["status"] == 503} == {
+                f"bad{n}" for n in range(bad)}
+        finally:
+            await alice.close()
 
 
 async def test_only_the_chosen_events_are_sent() -> None:

@@ -139,14 +139,11 @@ class Calls:
             log_event(self.log, "call_opened", call=call.id, caller=sender, callee=relay.to,
                       delivered=delivered)
             self.metrics.calls_opened.inc()
-            if not delivered and self.webhook is not None:
+            if not delivered and self.webhook is not None and await self._pushing(call.id,
+                                                                                  relay.to):
                 self.webhook.incoming(call.id, sender, relay.to, self.rules.ring_timeout,
                                       ringing=lambda: self.ringing(call.id, relay.to))
                 ack["notified"] = True
-                # its end of ringing is told as call.cancelled too (the backend's push)
-                with contextlib.suppress(Unavailable):
-                    await self._update((relay.to,), lambda ledger: self.rules.pushed(
-                        ledger, call.id))
         elif not delivered and held:
             ack["held"] = True
         if event == HANGUP:
@@ -208,6 +205,21 @@ class Calls:
                              len(orjson.dumps(body)))
         except Unavailable:
             log_event(self.log, "call_state_unavailable", logging.WARNING, during="hold")
+
+    async def _pushing(self, call_id: str, callee: str) -> bool:
+        """The callee of call ``call_id`` is about to be woken (call.incoming): noted first,
+        so the end of its ringing is told as call.cancelled too. False when the call rings
+        no more (answered or ended meanwhile: nothing to wake it for)."""
+        try:
+            ringing: bool = await self._update((callee,), lambda ledger: self.rules.pushed(
+                ledger, call_id))
+        except Unavailable:  # woken anyway: that matters more than the cancel event
+            if self.lifecycle is not None:
+                self.metrics.webhook_events.labels("call.cancelled", "lost").inc()
+                log_event(self.log, "webhook_event_lost", logging.WARNING,
+                          type="call.cancelled", call=call_id, why="call_store_unavailable")
+            return True
+        return ringing
 
     async def ringing(self, call_id: str, callee: str) -> bool:
         """Whether call ``call_id`` still rings (one read; when the store cannot be read:

@@ -35,19 +35,22 @@ from service.calls import events as ev
 from service.calls.events import Event
 from service.calls.webhook import FIRST_BACKOFF, MAX_BACKOFF, REQUEST_TIMEOUT, Webhook
 from service.delivery import Presence, PresenceUnavailable
+from service.outbound import Outbound
 from service.telemetry import Metrics, forever, log_event
 
 #: a key's sender keeps its lease this long unless renewed (it renews it while it sends: a
 #: node that dies leaves its keys to the others this soon)
 LEASE_SECONDS: Final = 5.0
-#: keys sent at once by one node
-WORKERS: Final = 50
+#: keys sent at once by one node (and requests under way: a key sends one at a time)
+WORKERS: Final = 20
 #: how often a node looks for keys to send and users whose grace ended
 PUMP_SECONDS: Final = 0.25
 #: users checked for going offline per step
 OFFLINE_BATCH: Final = 100
 #: events one process keeps in memory at most (beyond: counted as dropped, and logged)
 LOCAL_EVENTS: Final = 100_000
+#: answers that mean "later" (retried), although they are 4xx
+RETRY_STATUSES: Final = frozenset({408, 425, 429})
 
 
 class EventLogUnavailable(Exception):
@@ -61,10 +64,11 @@ class EventLog(Protocol):
     wanted: frozenset[str]
 
     async def due(self, now: float, limit: int) -> list[str]:
-        """Keys with events to send now."""
+        """Keys whose first event is to be sent now and that no node is sending."""
 
-    async def lease(self, key: str) -> bool:
-        """Take, or keep, the right to send ``key``'s events (for :data:`LEASE_SECONDS`)."""
+    async def lease(self, key: str, *, keep: bool = False) -> bool:
+        """Take (unless ``keep``: only keep) the right to send ``key``'s events, for
+        :data:`LEASE_SECONDS`; whether this node has it."""
 
     async def head(self, key: str) -> Event | None:
         """``key``'s first event."""
@@ -72,6 +76,9 @@ class EventLog(Protocol):
     async def done(self, key: str, event_id: str) -> bool:
         """The first event of ``key`` (``event_id``) was answered: drop it; whether ``key``
         has more (else its lease is given back)."""
+
+    async def later(self, key: str, at: float) -> None:
+        """Sending ``key`` failed: give its lease back; it is due again at ``at``."""
 
     async def release(self, key: str) -> None:
         """Give ``key``'s lease back (this node stops sending it)."""
@@ -89,9 +96,9 @@ class EventLog(Protocol):
         """``user`` was checked: offline (``still`` False: ``user.offline`` if it was
         online), or still online; either way it is not to be checked again."""
 
-    async def reap(self, now: float, grace: float) -> None:
-        """(A cluster) users of nodes that died are checked after ``grace``; this node is
-        alive."""
+    async def beat(self, now: float, grace: float) -> float:
+        """(A cluster) this node is alive; the users of nodes that died are checked after
+        ``grace``. The wait until the next beat."""
 
     async def close(self) -> int:
         """Stop; how many events this log loses (the in-memory one: what was not sent)."""
@@ -104,6 +111,8 @@ class LocalEventLog:
         self.wanted = frozenset(wanted)
         self._queues: dict[str, deque[Event]] = {}
         self._size = 0
+        self._leased: set[str] = set()
+        self._later: dict[str, float] = {}
         #: events dropped (the memory bound), by type, not yet told
         self.dropped: list[str] = []
         self._online: set[str] = set()
@@ -122,11 +131,25 @@ class LocalEventLog:
             self._queues.setdefault(event.key, deque()).append(event)
             self._size += 1
 
-    async def due(self, now: float, limit: int) -> list[str]:
-        return list(self._queues)[:limit]
+    @property
+    def size(self) -> int:
+        """Events waiting."""
+        return self._size
 
-    async def lease(self, key: str) -> bool:
-        return key in self._queues
+    async def due(self, now: float, limit: int) -> list[str]:
+        found: list[str] = []
+        for key in self._queues:
+            if key not in self._leased and self._later.get(key, 0.0) <= now:
+                found.append(key)
+                if len(found) >= limit:
+                    break
+        return found
+
+    async def lease(self, key: str, *, keep: bool = False) -> bool:
+        if key not in self._queues or (keep and key not in self._leased):
+            return False
+        self._leased.add(key)
+        return True
 
     async def head(self, key: str) -> Event | None:
         queue = self._queues.get(key)
@@ -137,13 +160,20 @@ class LocalEventLog:
         if queue and queue[0].id == event_id:
             queue.popleft()
             self._size -= 1
+            self._later.pop(key, None)
         if not queue:
             self._queues.pop(key, None)
+            self._leased.discard(key)
+            self._later.pop(key, None)
             return False
         return True
 
+    async def later(self, key: str, at: float) -> None:
+        self._later[key] = at
+        self._leased.discard(key)
+
     async def release(self, key: str) -> None:
-        return None
+        self._leased.discard(key)
 
     async def online(self, user: str, now: float) -> None:
         self._due.pop(user, None)
@@ -164,11 +194,13 @@ class LocalEventLog:
             self._online.discard(user)
             self._user_event(ev.OFFLINE, user, now)
 
-    async def reap(self, now: float, grace: float) -> None:
-        return None
+    async def beat(self, now: float, grace: float) -> float:
+        return 3600.0  # (one process: no other node to watch)
 
     async def close(self) -> int:
-        lost, self._queues, self._size = self._size, {}, 0
+        # what is lost: the events not sent, and the offline checks not made
+        lost = self._size + (len(self._due) if ev.OFFLINE in self.wanted else 0)
+        self._queues, self._size, self._due = {}, 0, {}
         return lost
 
     def _user_event(self, type_: str, user: str, now: float) -> None:
@@ -194,14 +226,22 @@ class Lifecycle:
         self.grace = grace
         self.retry_for = retry_for
         self.metrics = metrics or Metrics()
+        #: requests of their own: a slow receiver of lifecycle events never delays a push
+        #: wake-up (call.incoming), and no attempt waits for a connection
+        self.outbound = Outbound("lifecycle", concurrency=WORKERS)
         self._logger = logger
         self._workers: dict[str, asyncio.Task[None]] = {}
-        self._pump: asyncio.Task[None] | None = None
+        #: the next backoff of keys whose last attempt failed (forgotten once delivered)
+        self._backoff: dict[str, float] = {}
+        self._loops: list[asyncio.Task[None]] = []
         self.users = bool({ev.ONLINE, ev.OFFLINE} & log.wanted)
 
     async def start(self) -> None:
-        self._pump = asyncio.ensure_future(
-            forever(self._step, name="lifecycle_webhooks", log=self._logger))
+        self._loops = [
+            asyncio.ensure_future(forever(self._step, name="lifecycle_webhooks",
+                                          log=self._logger)),
+            asyncio.ensure_future(forever(self._beat, name="lifecycle_beat",
+                                          log=self._logger))]
 
     async def stop(self, flush: float = 0.0) -> None:
         """Stop sending (after up to ``flush`` seconds for what is queued in memory): the
@@ -209,13 +249,14 @@ class Lifecycle:
         counted and logged."""
         if flush > 0 and isinstance(self.log, LocalEventLog):
             deadline = time.monotonic() + flush
-            while self.log._size and time.monotonic() < deadline:
+            while self.log.size and time.monotonic() < deadline:
                 await self._step()
                 await asyncio.sleep(0.05)
-        if self._pump is not None:
-            self._pump.cancel()
+        for loop in self._loops:
+            loop.cancel()
+        for loop in self._loops:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._pump
+                await loop
         workers = list(self._workers.items())
         for _, task in workers:
             task.cancel()
@@ -233,21 +274,35 @@ class Lifecycle:
     async def joined(self, user: str) -> None:
         """A device of ``user`` joined its room."""
         if self.users:
-            with contextlib.suppress(EventLogUnavailable):
+            try:
                 await self.log.online(user, time.time())
+            except EventLogUnavailable:
+                self._unrecorded(ev.ONLINE, user)
 
     async def left(self, user: str) -> None:
         """A device of ``user`` went: it is offline if no device is back within the grace."""
         if self.users:
-            with contextlib.suppress(EventLogUnavailable):
+            try:
                 await self.log.expect_offline(user, time.time() + self.grace)
+            except EventLogUnavailable:
+                self._unrecorded(ev.OFFLINE, user)
+
+    def _unrecorded(self, type_: str, user: str) -> None:
+        self.metrics.webhook_events.labels(type_, "lost").inc()
+        log_event(self._logger, "webhook_event_lost", logging.WARNING, type=type_,
+                  user=user, why="event_log_unavailable")
+
+    async def _beat(self) -> float:
+        try:
+            return await self.log.beat(time.time(), self.grace)
+        except EventLogUnavailable:
+            return PUMP_SECONDS * 4
 
     async def _step(self) -> float:
         now = time.time()
         self._count_dropped()
         try:
             if self.users:
-                await self.log.reap(now, self.grace)
                 for user in await self.log.offline_due(now, OFFLINE_BATCH):
                     try:
                         devices = await self.presence.devices(user)
@@ -256,9 +311,8 @@ class Lifecycle:
                     await self.log.offline(user, now, any(d.joined for d in devices))
             room = WORKERS - len(self._workers)
             if room > 0:
-                for key in await self.log.due(now, room + len(self._workers)):
-                    if key not in self._workers and len(self._workers) < WORKERS and (
-                            await self.log.lease(key)):
+                for key in await self.log.due(now, room):
+                    if key not in self._workers and await self.log.lease(key):
                         task = asyncio.ensure_future(self._send_key(key))
                         self._workers[key] = task
                         task.add_done_callback(functools.partial(self._forget, key))
@@ -280,7 +334,8 @@ class Lifecycle:
             dropped.clear()
 
     async def _send_key(self, key: str) -> None:
-        """Send ``key``'s events in order while this node holds its lease."""
+        """Send ``key``'s events in order while this node holds its lease; after a failed
+        attempt the key is given back, due again after its backoff (on any node)."""
         sending = asyncio.current_task()
         assert sending is not None
         renewing = asyncio.ensure_future(self._renew(key, sending))
@@ -291,7 +346,8 @@ class Lifecycle:
                     await self.log.done(key, "")
                     return
                 if not await self._send(key, event):
-                    return  # the lease went to another node
+                    return
+                self._backoff.pop(key, None)
                 if not await self.log.done(key, event.id):
                     return
         except EventLogUnavailable:
@@ -306,7 +362,7 @@ class Lifecycle:
         while True:
             await asyncio.sleep(LEASE_SECONDS / 3)
             try:
-                held = await self.log.lease(key)
+                held = await self.log.lease(key, keep=True)
             except EventLogUnavailable:
                 held = False
             if not held:
@@ -314,34 +370,31 @@ class Lifecycle:
                 return
 
     async def _send(self, key: str, event: Event) -> bool:
-        """Send one event until it is answered or given up; False when this node lost the
-        key's lease meanwhile."""
+        """One attempt at ``event``, the first of ``key``: True when it is answered (or
+        given up), False when it is to be tried again later (the key is given back)."""
         body = orjson.dumps(event.body())
-        backoff, attempt = FIRST_BACKOFF, 0
-        while True:
-            if not await self.log.lease(key):
-                return False
-            attempt += 1
-            status, error = await self.webhook.post(body, event.id, event=event.type,
-                                                    within=REQUEST_TIMEOUT)
-            fields = {"event_id": event.id, "type": event.type, "host": self.webhook.host,
-                      "attempts": attempt}
-            if 200 <= status < 300:
-                self.metrics.webhook_events.labels(event.type, "delivered").inc()
-                log_event(self._logger, "webhook_event_delivered", logging.DEBUG, **fields)
-                return True
-            if 300 <= status < 500:
-                self.metrics.webhook_events.labels(event.type, "refused").inc()
-                log_event(self._logger, "webhook_event_refused", logging.WARNING,
-                          status=status, **fields)
-                return True
-            if time.time() + backoff > event.ts + self.retry_for:
-                self.metrics.webhook_events.labels(event.type, "undeliverable").inc()
-                log_event(self._logger, "webhook_event_undeliverable", logging.WARNING,
-                          status=status, error=error, **fields)
-                return True
-            self.metrics.webhook_events.labels(event.type, "retry").inc()
-            log_event(self._logger, "webhook_event_retry", logging.INFO, status=status,
-                      error=error, **fields)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, MAX_BACKOFF)
+        status, error = await self.webhook.post(body, event.id, event=event.type,
+                                                within=REQUEST_TIMEOUT,
+                                                outbound=self.outbound)
+        fields = {"event_id": event.id, "type": event.type, "host": self.webhook.host}
+        if 200 <= status < 300:
+            self.metrics.webhook_events.labels(event.type, "delivered").inc()
+            log_event(self._logger, "webhook_event_delivered", logging.DEBUG, **fields)
+            return True
+        if 300 <= status < 500 and status not in RETRY_STATUSES:
+            self.metrics.webhook_events.labels(event.type, "refused").inc()
+            log_event(self._logger, "webhook_event_refused", logging.WARNING,
+                      status=status, **fields)
+            return True
+        backoff = self._backoff.get(key, FIRST_BACKOFF)
+        if time.time() + backoff > event.ts + self.retry_for:
+            self.metrics.webhook_events.labels(event.type, "undeliverable").inc()
+            log_event(self._logger, "webhook_event_undeliverable", logging.WARNING,
+                      status=status, error=error, **fields)
+            return True
+        self.metrics.webhook_events.labels(event.type, "retry").inc()
+        log_event(self._logger, "webhook_event_retry", logging.INFO, status=status,
+                  error=error, backoff=backoff, **fields)
+        self._backoff[key] = min(backoff * 2, MAX_BACKOFF)
+        await self.log.later(key, time.time() + backoff)
+        return False

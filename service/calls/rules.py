@@ -513,13 +513,17 @@ class CallRules:
             self._end_for_away(ledger, call, party, (HANGUP, body), len(str(body)))
         return sends
 
-    def pushed(self, ledger: Ledger, call_id: str) -> None:
-        """The callee of call ``call_id`` was woken by the incoming-call webhook: the end of
-        its ringing is told as ``call.cancelled`` too (a backend cancels its push)."""
+    def pushed(self, ledger: Ledger, call_id: str) -> bool:
+        """The callee of call ``call_id`` is woken by the incoming-call webhook: the end of
+        its ringing is told as ``call.cancelled`` too (a backend cancels its push). Whether
+        the call still rings."""
         call = ledger.calls.get(call_id)
-        if call is not None and call.state == RINGING and not call.pushed:
+        if call is None or call.state != RINGING:
+            return False
+        if not call.pushed:
             call.pushed = True
             ledger.save(call)
+        return True
 
     @staticmethod
     def _emit(ledger: Ledger, call: Call, type_: str, now: float, **data: Any) -> None:

@@ -120,8 +120,10 @@ class Webhook:
                 return
 
     async def post(self, body: bytes, idempotency_key: str, *,
-                   within: float = REQUEST_TIMEOUT, event: str = INCOMING) -> tuple[int, str]:
-        """One signed attempt: (HTTP status, or 0 with the error when there was none)."""
+                   within: float = REQUEST_TIMEOUT, event: str = INCOMING,
+                   outbound: Outbound | None = None) -> tuple[int, str]:
+        """One signed attempt (through ``outbound``, by default this webhook's own
+        requests): (HTTP status, or 0 with the error when there was none)."""
         timestamp = str(int(time.time()))
         headers = {"Content-Type": "application/json",
                    "X-Signal-Timestamp": timestamp,
@@ -129,7 +131,8 @@ class Webhook:
                    "X-Signal-Event": event,
                    "Idempotency-Key": idempotency_key}
         try:
-            return await self.outbound.post(self._url, body, headers, within=within), ""
+            return await (outbound or self.outbound).post(self._url, body, headers,
+                                                           within=within), ""
         except OutboundError as exc:
             return 0, str(exc)
 

@@ -17,7 +17,6 @@ transaction that commits the change they tell of (:meth:`RedisEventLog.add`).
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Collection
 from typing import Any, Final
 
@@ -39,18 +38,40 @@ from service.telemetry import Metrics
 
 #: a user's state lives this long after its last change
 USER_TTL_SECONDS: Final = 30 * 86400
-#: a node is taken for dead this long after its last beat
-NODE_TTL_SECONDS: Final = 5.0
-#: how often a node beats and looks for dead ones
-BEAT_SECONDS: Final = 1.0
+#: due keys looked at per step, at most (to find the ones no node is sending)
+DUE_SCAN: Final = 1000
+#: a dead node's users moved to the offline checks per script call (Redis is not blocked)
+REAP_CHUNK: Final = 500
 
-#: KEYS[1]: a key's lease; ARGV: this node, lease ms. 1 when this node holds it now.
+#: KEYS[1]: the due set; ARGV: now, most returned, most looked at, lease key prefix. Due keys
+#: whose lease nobody holds, oldest first.
+_DUE = """
+local out = {}
+local keys = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
+for _, key in ipairs(keys) do
+  if redis.call('EXISTS', ARGV[4] .. key) == 0 then
+    table.insert(out, key)
+    if #out >= tonumber(ARGV[2]) then break end
+  end
+end
+return out
+"""
+#: KEYS: the due set, a key's lease; ARGV: the key, when it is due again, this node. Only
+#: while this node holds the lease (which it gives back).
+_LATER = """
+if redis.call('GET', KEYS[2]) ~= ARGV[3] then return 0 end
+redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ARGV[1])
+redis.call('DEL', KEYS[2])
+return 1
+"""
+#: KEYS[1]: a key's lease; ARGV: this node, lease ms, '1' to keep it only (not take it). 1
+#: when this node holds it now.
 _LEASE = """
 local v = redis.call('GET', KEYS[1])
 if v == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return 1
-elseif not v then
+elseif not v and ARGV[3] ~= '1' then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   return 1
 end
@@ -77,11 +98,13 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 0
 """
 #: KEYS: the user's state, the offline-due set, the user's events, the events' due set, this
-#: node's users; ARGV: user, event JSON without seq ('' when not sent), now, ttl, event key
+#: node's users; ARGV: user, event JSON without seq ('' when not sent), now, ttl, event key,
+#: this node
 _ONLINE = """
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('SADD', KEYS[5], ARGV[1])
 redis.call('EXPIRE', KEYS[5], ARGV[4])
+redis.call('HSET', KEYS[1], 'node', ARGV[6])
 if redis.call('HGET', KEYS[1], 'online') == '1' then return 0 end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('HSET', KEYS[1], 'online', '1')
@@ -96,12 +119,15 @@ end
 return 1
 """
 #: KEYS: as _ONLINE but the last; ARGV: user, event JSON or '', now, ttl, event key, '1' when
-#: a device is still there. Only a check still due: a join since took the user off the set.
+#: a device is still there, the node users prefix. Only a check still due: a join since took
+#: the user off the set. An offline user leaves the users of the node it last joined on.
 _OFFLINE = """
 local at = redis.call('ZSCORE', KEYS[2], ARGV[1])
 if not at or tonumber(at) > tonumber(ARGV[3]) then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[1])
 if ARGV[6] == '1' or redis.call('HGET', KEYS[1], 'online') ~= '1' then return 0 end
+local node = redis.call('HGET', KEYS[1], 'node')
+if node then redis.call('SREM', ARGV[7] .. node, ARGV[1]) end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('HSET', KEYS[1], 'online', '0')
 redis.call('EXPIRE', KEYS[1], ARGV[4])
@@ -114,21 +140,17 @@ if ARGV[2] ~= '' then
 end
 return 1
 """
-#: KEYS: the node registry, the offline-due set; ARGV: node key prefix, node users prefix,
-#: this node, when its users are checked. Every dead node's users are to be checked.
+#: KEYS: the node registry, the offline-due set, a dead node's users; ARGV: the node, when
+#: its users are checked, how many at most. Moves them to the checks; the users left (0: the
+#: node is forgotten).
 _REAP = """
-local reaped = 0
-for _, node in ipairs(redis.call('HKEYS', KEYS[1])) do
-  if node ~= ARGV[3] and redis.call('EXISTS', ARGV[1] .. node) == 0 then
-    for _, user in ipairs(redis.call('SMEMBERS', ARGV[2] .. node)) do
-      redis.call('ZADD', KEYS[2], 'NX', ARGV[4], user)
-    end
-    redis.call('DEL', ARGV[2] .. node)
-    redis.call('HDEL', KEYS[1], node)
-    reaped = reaped + 1
-  end
+local users = redis.call('SPOP', KEYS[3], ARGV[3])
+for _, user in ipairs(users) do
+  redis.call('ZADD', KEYS[2], 'NX', ARGV[2], user)
 end
-return reaped
+local left = redis.call('SCARD', KEYS[3])
+if left == 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
+return left
 """
 
 
@@ -136,7 +158,7 @@ class RedisEventLog:
     """Events and users' online state on Redis (see the module docstring)."""
 
     def __init__(self, link: RedisLink, *, prefix: str, wanted: Collection[str],
-                 retry_for: float, metrics: Metrics | None = None) -> None:
+                 retry_for: float, node_ttl: float, metrics: Metrics | None = None) -> None:
         self.wanted = frozenset(wanted)
         self.metrics = metrics or Metrics()
         self.node = node_id()
@@ -153,7 +175,11 @@ class RedisEventLog:
         self._online = self._redis.register_script(_ONLINE)
         self._offline = self._redis.register_script(_OFFLINE)
         self._reap = self._redis.register_script(_REAP)
-        self._beat_at = 0.0
+        self._due_script = self._redis.register_script(_DUE)
+        self._later = self._redis.register_script(_LATER)
+        #: as presence's nodes: a node is dead this long after its last beat (and then its
+        #: presence is too, so its users' devices no longer count)
+        self._node_ttl = node_ttl
 
     def _events(self, key: str) -> str:
         return f"{self._prefix}:events:{key}"
@@ -172,16 +198,23 @@ class RedisEventLog:
 
     async def due(self, now: float, limit: int) -> list[str]:
         try:
-            keys = await self._redis.zrangebyscore(self._due, "-inf", now, start=0,
-                                                   num=limit)
+            keys = await self._due_script(keys=[self._due],
+                                          args=[now, limit, DUE_SCAN, self._lease_key("")])
         except (RedisError, OSError) as exc:
             raise self._unavailable(exc) from None
         return [_text(k) for k in keys]
 
-    async def lease(self, key: str) -> bool:
+    async def later(self, key: str, at: float) -> None:
+        try:
+            await self._later(keys=[self._due, self._lease_key(key)], args=[key, at, self.node])
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from None
+
+    async def lease(self, key: str, *, keep: bool = False) -> bool:
         try:
             return bool(await self._lease(keys=[self._lease_key(key)],
-                                          args=[self.node, int(LEASE_SECONDS * 1000)]))
+                                          args=[self.node, int(LEASE_SECONDS * 1000),
+                                                "1" if keep else "0"]))
         except (RedisError, OSError) as exc:
             raise self._unavailable(exc) from None
 
@@ -211,7 +244,7 @@ class RedisEventLog:
         template = ""
         if type_ in self.wanted:
             template = orjson.dumps(new_event(type_, key, 0, now, user=user).to_json()).decode()
-        return [user, template, now, USER_TTL_SECONDS, key]
+        return [user, template, now, USER_TTL_SECONDS, key, self.node]
 
     def _user_keys(self, user: str) -> list[str]:
         return [f"{self._prefix}:user:{user}", self._offline_due,
@@ -242,26 +275,36 @@ class RedisEventLog:
     async def offline(self, user: str, now: float, still: bool) -> None:
         try:
             await self._offline(keys=self._user_keys(user),
-                                args=[*self._user_args(USER_OFFLINE, user, now),
-                                      "1" if still else "0"])
+                                args=[*self._user_args(USER_OFFLINE, user, now)[:5],
+                                      "1" if still else "0", f"{self._prefix}:nodeusers:"])
         except (RedisError, OSError) as exc:
             raise self._unavailable(exc) from None
 
-    async def reap(self, now: float, grace: float) -> None:
-        if time.monotonic() < self._beat_at:
-            return
-        self._beat_at = time.monotonic() + BEAT_SECONDS
+    async def beat(self, now: float, grace: float) -> float:
+        """This node is alive; a dead node's users are checked once its presence has
+        expired too and the grace has passed."""
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.set(f"{self._prefix}:lifenode:{self.node}", "1",
-                         px=int(NODE_TTL_SECONDS * 1000))
+                         px=int(self._node_ttl * 1000))
                 pipe.hset(self._nodes, self.node, "1")
                 await pipe.execute()
-            await self._reap(keys=[self._nodes, self._offline_due],
-                             args=[f"{self._prefix}:lifenode:",
-                                   f"{self._prefix}:nodeusers:", self.node, now + grace])
+            nodes = [n for n in (_text(n) for n in await self._redis.hkeys(self._nodes))
+                     if n != self.node]
+            if nodes:
+                alive = await self._redis.mget([f"{self._prefix}:lifenode:{n}" for n in nodes])
+                for node, beat in zip(nodes, alive, strict=True):
+                    if beat is None:
+                        await self._reap_node(node, now + self._node_ttl + grace)
         except (RedisError, OSError) as exc:
             raise self._unavailable(exc) from None
+        return self._node_ttl / 5
+
+    async def _reap_node(self, node: str, at: float) -> None:
+        users = f"{self._prefix}:nodeusers:{node}"
+        while int(await self._reap(keys=[self._nodes, self._offline_due, users],
+                                   args=[node, at, REAP_CHUNK])) > 0:
+            pass
 
     async def close(self) -> int:
         with contextlib.suppress(RedisError, OSError):  # the others check its users now

@@ -382,6 +382,8 @@ class Signaling:
         user_id = self._own_id(sid, parse_room_request(args))
         await self.sio.leave_room(sid, user_room(user_id))
         await self.presence.leave(user_id, sid)
+        if self.calls.lifecycle is not None:  # (it may have been the last device joined)
+            await self.calls.lifecycle.left(user_id)
         log_event(self.log, "leave", logging.DEBUG, sid=sid, user=user_id)
         return {"ok": True}
 

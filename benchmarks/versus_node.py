@@ -1,7 +1,12 @@
 #!/usr/bin/env python3
 """The service against a Node socket.io 4.8 server doing the same job, in one run.
 
-    .venv/bin/python benchmarks/versus_node.py [--smoke] [--no-redis] [--json FILE]
+    .venv/bin/python benchmarks/versus_node.py [--smoke] [--no-redis] [--untuned] [--json F]
+
+The Node server (``node_reference/server.mjs``) is tuned the way its users tune it for this
+job: websocket transport only, no per-message deflate, the handshake request dropped once
+connected (``raw.request = null``), HS256 checked with Node's own crypto HMAC; ``--untuned``
+measures it as it comes too (both transports, jsonwebtoken), beside the tuned one.
 
 Each server runs alone, pinned to CPU 0 (``taskset``), with its limits raised far above the load
 but left on (``SIGNAL_LIMIT_*=1000000:1000000``, ``SIGNAL_MAX_CONNECTIONS_PER_USER=0``). The
@@ -146,10 +151,14 @@ def install_node_modules() -> None:
                        check=True)
 
 
-def node_server() -> Server:
+def node_server(*, tuned: bool = True) -> Server:
+    """The Node reference: tuned as its users tune it for this job (``TUNED=1``: websocket
+    only, no deflate, the handshake request dropped, HS256 with Node's crypto), or not."""
     port = free_port()
     return Server("node", ["node", "server.mjs"], {**os.environ, "PORT": str(port),
-                                                    "SECRET": SECRET}, NODE_DIR, port)
+                                                    "SECRET": SECRET,
+                                                    "TUNED": "1" if tuned else "0"},
+                  NODE_DIR, port)
 
 
 class Load:
@@ -384,6 +393,10 @@ async def main_async(sizes: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {"python": await run_server(python_server(), sizes),
                               "node": await run_server(node_server(), sizes)}
     report["ratio_python_to_node"] = ratios(report["python"], report["node"])
+    if sizes.untuned:  # beside it, the Node server as it comes
+        report["node_untuned"] = await run_server(node_server(tuned=False), sizes)
+        report["ratio_python_to_node_untuned"] = ratios(report["python"],
+                                                        report["node_untuned"])
     if sizes.redis:
         report["redis"] = await redis_path(sizes, report["python"])
     return report
@@ -401,6 +414,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--churn-batch", type=int, default=200)
     parser.add_argument("--no-redis", dest="redis", action="store_false",
                         help="skip the Redis path (needs Redis on 127.0.0.1:6379)")
+    parser.add_argument("--untuned", action="store_true",
+                        help="also measure the Node server untuned (both transports, "
+                             "jsonwebtoken, the handshake request kept)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for CI")
     parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args(argv)

@@ -171,6 +171,12 @@ def test_fast_json_keeps_the_integer_guard_when_python_has_none() -> None:
     from service.transport.server import FastJson
 
     assert FastJson.loads("[" + "7" * 200 + "]") == [int("7" * 200)]
+    # the fast decoder (orjson) would read an integer past 64 bits as a float: it is not
+    # used for them, and what it refuses the standard library reads as before
+    assert FastJson.loads('[18446744073709551616, "x"]') == [2 ** 64, "x"]
+    assert FastJson.loads("[9223372036854775807]") == [2 ** 63 - 1]
+    assert FastJson.loads("[NaN]")[0] != FastJson.loads("[NaN]")[0]
+    assert FastJson.loads('["\\ud800"]') == ["\ud800"]
     previous = sys.get_int_max_str_digits()
     sys.set_int_max_str_digits(0)
     try:
@@ -274,3 +280,22 @@ def test_prometheus_histogram_storage() -> None:
                       and "_created" not in line)
 
     assert samples(flushed.expose()) == samples(generate_latest(observed_registry))
+
+
+async def test_handlers_of_the_main_namespace_are_kept_by_name() -> None:
+    """``SignalingServer._answer`` calls an event's own handler straight from
+    ``AsyncServer.handlers["/"][name]`` (what ``sio.on(name, handler)`` registers) and sends
+    the ack as ``_handle_event_internal`` does: ``None`` -> no arguments, a tuple -> its items,
+    anything else -> one argument."""
+    import socketio
+
+    sio = socketio.AsyncServer()
+
+    async def handler(sid: str, *args: object) -> object:
+        return args
+
+    sio.on("offer", handler)
+    assert sio.handlers["/"]["offer"] is handler
+    source = inspect.getsource(socketio.AsyncServer._handle_event_internal)
+    assert "if r is None:" in source and "isinstance(r, tuple)" in source
+    assert "data = [r]" in source

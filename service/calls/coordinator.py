@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from dataclasses import replace
 from typing import Any, Final
 
 import orjson
@@ -354,7 +353,8 @@ class Calls:
             seq = await self.store.next_seq(call_id, send.user)
         except CallStoreUnavailable:
             raise Unavailable("the call store cannot be reached; nothing was sent") from None
-        return replace(send, body={**send.body, "seq": seq})
+        return Send(send.event, {**send.body, "seq": seq}, send.user, send.device, send.skip,
+                    send.hold_in)
 
     async def _deliver(self, send: Send, *, strict: bool = False, record: bool = True) -> bool:
         """Send one message; whether a device got it. What goes to the call's device is kept

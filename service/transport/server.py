@@ -103,7 +103,7 @@ class FastJson:
     def loads(text: str | bytes, **kwargs: Any) -> Any:
         if sys.get_int_max_str_digits() == 0:  # unbounded: keep the library's guard
             return engineio_json.loads(text, **kwargs)
-        if not kwargs and _LONG_DIGITS.search(text) is None:
+        if not kwargs and isinstance(text, str) and _LONG_DIGITS.search(text) is None:
             # orjson (about three times as fast on a relay) unless a run of 19+ digits could
             # be an integer past 64 bits, which it would turn into a float; what it refuses
             # (NaN, infinities, lone surrogates) goes to the standard library, as before

@@ -34,7 +34,7 @@ class ClusterDelivery:
                         device: str) -> bool:
         sid = self._presence.local_sid(device)
         if sid is not None and self._sio.session_open(sid):
-            await self._sio.emit(event, message, to=sid, ignore_queue=True)
+            await self._sio.emit_to(sid, event, message)  # (this node's own: not via Redis)
             return True
         if device.rpartition("|")[0] == self._presence.node:
             return False  # this node's socket, and it is gone (or closing)

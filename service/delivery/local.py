@@ -110,7 +110,7 @@ class LocalDelivery:
         # a socket whose session is closing counts as gone: what is sent to it is held
         if not self._presence.connected(user, device) or not self._sio.session_open(device):
             return False
-        await self._sio.emit(event, message, to=device)
+        await self._sio.emit_to(device, event, message)
         return True
 
     async def close(self, device: str) -> None:

@@ -69,6 +69,15 @@ class InlineManager(socketio.AsyncManager):  # type: ignore[misc]
             for pkt in packets:
                 await send(eio_sid, pkt)
 
+    async def send_to(self, eio_sid: str, text: str) -> None:
+        """Send one encoded Socket.IO packet to one socket, as :meth:`emit` sends each of
+        its packets (after what waits at the socket's gate, unless this task holds it)."""
+        waiting = self._gates().get(eio_sid)
+        if waiting is not None and eio_sid not in _holding.get():
+            waiting.append(eio_packet.Packet(eio_packet.MESSAGE, text))
+            return
+        await self.server.send_message(eio_sid, text)
+
     def _gates(self) -> dict[str, list[eio_packet.Packet]]:
         """eio sid -> what waits for it (made on first use: the Redis manager's
         ``__init__`` chain does not reach this class's)."""

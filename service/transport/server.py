@@ -73,6 +73,7 @@ Precheck = Callable[[str, str, int], dict[str, Any] | None]
 EVENT_TYPE: Final = str(packet.EVENT)
 #: the Engine.IO packet type of a Socket.IO packet
 MESSAGE_TYPE: Final = str(eio_packet.MESSAGE)
+ACK_TYPE: Final = str(packet.ACK)
 #: an EVENT on the main namespace: ack id and a plain event name, before the arguments
 EVENT_HEAD: Final = re.compile(r'2(?P<id>\d{1,18})?(?P<args>\[)"(?P<name>[^"\\]{1,128})"[,\]]')
 
@@ -152,6 +153,8 @@ class SignalingServer(socketio.AsyncServer):  # type: ignore[misc]
         self.precheck: Precheck | None = None
         self._auth_timers: dict[str, asyncio.TimerHandle] = {}
         self._skip_attachments: dict[str, int] = {}
+        #: handler -> whether it is a coroutine function (asked once, not per event)
+        self._coroutines: dict[Any, bool] = {}
         self._dropping: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.eio.log = log
@@ -227,7 +230,7 @@ class SignalingServer(socketio.AsyncServer):  # type: ignore[misc]
             name = args[0] if isinstance(args, list) and args else None
             handler = self.handlers.get("/", {}).get(name) if isinstance(name, str) else None
             if handler is not None and name not in RESERVED and name != INVALID_EVENT and (
-                    inspect.iscoroutinefunction(handler)):
+                    self._coroutine(handler)):
                 await self._answer(eio_sid, sid, handler, args,
                                    int(ident) if ident else None)
             else:
@@ -248,8 +251,34 @@ class SignalingServer(socketio.AsyncServer):  # type: ignore[misc]
         if ident is not None:
             data = [] if result is None else list(result) if isinstance(result, tuple) else [
                 result]
-            await self._send_packet(eio_sid, self.packet_class(
-                packet.ACK, namespace="/", id=ident, data=data))
+            # (python-socketio's encoding of an ACK on the main namespace, without its Packet)
+            await self.send_message(eio_sid, ACK_TYPE + str(ident) + FastJson.dumps(data))
+
+    def _coroutine(self, handler: Any) -> bool:
+        known = self._coroutines.get(handler)
+        if known is None:
+            known = self._coroutines[handler] = inspect.iscoroutinefunction(handler)
+        return known
+
+    async def send_message(self, eio_sid: str, text: str) -> None:
+        """Send a Socket.IO packet already encoded (``text``) as :meth:`_send_packet` does."""
+        sock = self.eio.sockets.get(eio_sid)
+        wire = getattr(sock.queue, "wire", None) if sock is not None else None
+        if wire is not None and not sock.closed:
+            if await self._has_room(eio_sid):
+                wire.send(MESSAGE_TYPE + text)
+            return
+        if await self._has_room(eio_sid):
+            await super()._send_eio_packet(eio_sid, eio_packet.Packet(eio_packet.MESSAGE,
+                                                                      text))
+
+    async def emit_to(self, sid: str, event: str, data: Any) -> None:
+        """``emit(event, data, to=sid)`` on the main namespace for one connected socket:
+        encoded once (as python-socketio would) and sent by the manager, which keeps its
+        gate (:meth:`InlineManager.send_to`)."""
+        eio_sid = self.manager.eio_sid_from_sid(sid, "/")
+        if eio_sid is not None:
+            await self.manager.send_to(eio_sid, EVENT_TYPE + FastJson.dumps([event, data]))
 
     async def _refuse_binary(self, eio_sid: str, data: str) -> None:
         pkt = self.packet_class(encoded_packet=data)

@@ -171,8 +171,7 @@ def test_fast_json_keeps_the_integer_guard_when_python_has_none() -> None:
     from service.transport.server import FastJson
 
     assert FastJson.loads("[" + "7" * 200 + "]") == [int("7" * 200)]
-    # the fast decoder (orjson) would read an integer past 64 bits as a float: it is not
-    # used for them, and what it refuses the standard library reads as before
+    # (orjson, faster, would read an integer past 64 bits as a float: not used to decode)
     assert FastJson.loads('[18446744073709551616, "x"]') == [2 ** 64, "x"]
     assert FastJson.loads("[9223372036854775807]") == [2 ** 63 - 1]
     assert FastJson.loads("[NaN]")[0] != FastJson.loads("[NaN]")[0]

@@ -78,10 +78,6 @@ ACK_TYPE: Final = str(packet.ACK)
 EVENT_HEAD: Final = re.compile(r'2(?P<id>\d{1,18})?(?P<args>\[)"(?P<name>[^"\\]{1,128})"[,\]]')
 
 
-#: a run of digits orjson might read as a float (an integer past 64 bits has 19 or more)
-_LONG_DIGITS: Final = re.compile(r"\d{19}")
-
-
 class MalformedPacket(ValueError):
     """A client packet python-socketio cannot decode, or that no client may send."""
 
@@ -104,14 +100,6 @@ class FastJson:
     def loads(text: str | bytes, **kwargs: Any) -> Any:
         if sys.get_int_max_str_digits() == 0:  # unbounded: keep the library's guard
             return engineio_json.loads(text, **kwargs)
-        if not kwargs and isinstance(text, str) and _LONG_DIGITS.search(text) is None:
-            # orjson (about three times as fast on a relay) unless a run of 19+ digits could
-            # be an integer past 64 bits, which it would turn into a float; what it refuses
-            # (NaN, infinities, lone surrogates) goes to the standard library, as before
-            try:
-                return orjson.loads(text)
-            except orjson.JSONDecodeError:
-                pass
         return json.loads(text, **kwargs)
 
     @staticmethod

@@ -190,8 +190,9 @@ def test_engineio_websocket_protocol_we_run_ourselves() -> None:
     ``AsyncSocket._websocket_handler``: the upgrade exchange (``2probe`` → ``3probe``, a NOOP
     to end the pending poll, then ``5``), then each packet to ``socket.receive``, which hands
     a MESSAGE's data to ``_trigger_event('message', sid, data)``; the session is closed with
-    ``transport close`` when the connection ends. A PING is due ``ping_interval`` after the
-    last PONG: ``_send_ping`` sleeps that long, notes ``last_ping`` and sends PING (what the
+    ``transport close`` when the connection ends; a PONG schedules the next PING
+    (``schedule_ping``), which the wire calls as the PONG arrives. A PING is due
+    ``ping_interval`` after the last PONG: ``_send_ping`` sleeps that long, notes ``last_ping`` and sends PING (what the
     ping timer in ``EngineServer._ping`` does)."""
     handler = source(async_socket.AsyncSocket._websocket_handler)
     for fragment in ("decoded_pkt.data != 'probe'", "packet.Packet(packet.PONG, data='probe')",
@@ -201,6 +202,10 @@ def test_engineio_websocket_protocol_we_run_ourselves() -> None:
         assert fragment in handler, fragment
     receive = source(async_socket.AsyncSocket.receive)
     assert "'message', self.sid, pkt.data," in receive
+    # a PONG only schedules the next PING: the wire does that itself as the PONG arrives
+    assert "if pkt.packet_type == packet.PONG:\n            self.schedule_ping()" in receive
+    assert "self.server.start_background_task(self._send_ping)" in source(
+        async_socket.AsyncSocket.schedule_ping)
     ping = source(async_socket.AsyncSocket._send_ping)
     for fragment in ("await asyncio.sleep(self.server.ping_interval)",
                      "if not self.closing and not self.closed:",

@@ -75,6 +75,8 @@ POLL_FLUSH_SECONDS: Final = 2.0
 #: (0 open … 6 noop) or ``b`` (base64 binary)
 PACKET_STARTS: Final = frozenset("0123456b")
 MESSAGE_START: Final = str(eio_packet.MESSAGE)
+#: an Engine.IO PONG as it arrives on a websocket
+PONG_TEXT: Final = str(eio_packet.PONG).encode()
 #: websocket close code for a frame that is not an Engine.IO packet (RFC 6455: protocol error)
 CLOSE_PROTOCOL_ERROR: Final = 1002
 #: ... and for a client over its packet budget (policy violation)
@@ -406,6 +408,9 @@ class EngineWebSocket(SanicWebSocket):  # type: ignore[misc]
             session.connected = True
             session.upgraded = True
         session.queue.attach(wire)
+        # an Engine.IO PONG (the idle peer's only traffic) is handled as it arrives, as
+        # ``session.receive`` would (the next PING is scheduled): no task wakes for it
+        wire.pong, wire.on_pong = PONG_TEXT, session.schedule_ping
         # The connection is served by a task of its own from here, and Sanic's request
         # handler returns: its coroutines (ten frames), the request's parser state and the
         # handler task itself were ~5 KB of every idle connection.

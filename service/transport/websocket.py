@@ -122,6 +122,10 @@ class Wire:
         #: called for each frame the peer sends, as it arrives; False: the peer is over its
         #: budget, and the hook has closed the connection (nothing more is read)
         self.on_frame: Callable[[], bool] | None = None
+        #: when set, a text message equal to :attr:`pong` is handed to it as it arrives
+        #: instead of to the reader (no task wakes up for the heartbeat of an idle peer)
+        self.on_pong: Callable[[], None] | None = None
+        self.pong = b""
         #: reading is paused until the reader catches up (see :data:`INBOX_LIMIT`)
         self.paused = False
         self._out: list[bytes] = []
@@ -327,6 +331,9 @@ class Wire:
             return  # the reader has gone: the rest is discarded
         if opcode == BINARY:
             self.inbox.append(data)
+        elif data == self.pong and self.on_pong is not None:
+            self.on_pong()
+            return
         else:
             try:
                 self.inbox.append(data.decode())
@@ -386,7 +393,7 @@ class Wire:
         self.closed = True
         if self._stall_timer is not None:
             self._stall_timer.cancel()
-        self.on_stalled = self.on_frame = None  # (they refer to this connection)
+        self.on_stalled = self.on_frame = self.on_pong = None  # (they refer to it)
         self._wake()
 
     def _later(self, delay: float, method: Callable[[], None]) -> asyncio.TimerHandle:

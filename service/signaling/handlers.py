@@ -62,6 +62,8 @@ REACHABLE_WAIT_SECONDS: Final = 2.0
 _EMPTY: Final = contextvars.Context()
 #: how often the connection gauge is brought up to date
 CONNECTION_COUNT_SECONDS: Final = 1.0
+#: ... and recounted at least every this many of those steps (transports change on upgrade)
+RECOUNT_STEPS: Final = 10
 #: how long a stopping single node keeps sending the lifecycle events it holds in memory
 LIFECYCLE_FLUSH_SECONDS: Final = 2.0
 TRANSPORTS: Final = ("websocket", "polling")
@@ -99,6 +101,8 @@ class Signaling:
         self.metrics.on_scrape = self.count_connections
         self._sweep: asyncio.Task[None] | None = None
         self._counting: asyncio.Task[None] | None = None
+        #: connections that came or went, and as of the last count (see _count_connections)
+        self._changes = self._counted = self._count_steps = 0
         self.verifier = verifier
         self.guard = guard
         self.presence = presence
@@ -157,8 +161,13 @@ class Signaling:
     async def _count_connections(self) -> float:
         """Bring the connection gauge up to date and flush the per-event counts into the
         metrics (for the other workers' scrapes; this worker's scrapes do both first); one
-        step of a supervised loop."""
-        self.count_connections()
+        step of a supervised loop. The count goes over every session: it is made again only
+        after connections came or went (or an upgrade may have happened: every tenth step),
+        not every second for 10,000 idle ones."""
+        self._count_steps += 1
+        if self._changes != self._counted or self._count_steps % RECOUNT_STEPS == 0:
+            self._counted = self._changes
+            self.count_connections()
         self.metrics.flush()
         return CONNECTION_COUNT_SECONDS
 
@@ -317,6 +326,7 @@ class Signaling:
             ) from None
         self.life.add(sid, Session(identity, transport, ip, time.monotonic(),
                                    self.guard.budget()))
+        self._changes += 1
         self.metrics.connects.labels("ok").inc()
         log_event(self.log, "connect", sid=sid, user=identity.user_id, transport=transport,
                   ip=ip, exp=identity.expires_at)
@@ -351,6 +361,7 @@ class Signaling:
         session = await self.life.remove(sid)
         if session is None:
             return
+        self._changes += 1
         self.metrics.disconnects.labels(
             bounded(session.closing or str(reason), DISCONNECT_REASONS)).inc()
         log_event(

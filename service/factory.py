@@ -141,6 +141,8 @@ def create_app(settings: Settings, *, name: str = "signaling") -> Sanic[Any, Any
                 "who reaches the service sign in as any user. Bind to 127.0.0.1 or set "
                 "SIGNAL_DEMO_TOKENS=false.")
 
+    previous_gc: list[int] = []
+
     @app.after_server_start
     async def start_background(app: Sanic[Any, Any]) -> None:
         shared = getattr(app.shared_ctx, "workers", None)
@@ -159,11 +161,15 @@ def create_app(settings: Settings, *, name: str = "signaling") -> Sanic[Any, Any
         # sight, and collections rarer, so a full one (which grows with every connection's
         # objects: ~0.5 s at 10,000 here) does not stall relays and handshakes every few s
         gc.freeze()
+        previous_gc[:] = gc.get_threshold()
         gc.set_threshold(*GC_THRESHOLDS)
 
     @app.before_server_stop
     async def stop_background(app: Sanic[Any, Any]) -> None:
-        gc.unfreeze()  # (a server made in a process that goes on: its objects are collectable)
+        # (a server made in a process that goes on, as the tests': all is as it was)
+        gc.unfreeze()
+        if previous_gc:
+            gc.set_threshold(*previous_gc)
         await signaling.shutdown(settings.shutdown_timeout)
         await signaling.stop()  # (no longer counted online: nothing new is sent here)
         if link is not None:

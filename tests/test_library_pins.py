@@ -192,8 +192,8 @@ def test_engineio_websocket_protocol_we_run_ourselves() -> None:
     a MESSAGE's data to ``_trigger_event('message', sid, data)``; the session is closed with
     ``transport close`` when the connection ends; a PONG schedules the next PING
     (``schedule_ping``), which the wire calls as the PONG arrives. A PING is due
-    ``ping_interval`` after the last PONG: ``_send_ping`` sleeps that long, notes ``last_ping`` and sends PING (what the
-    ping timer in ``EngineServer._ping`` does)."""
+    ``ping_interval`` after the last PONG: ``_send_ping`` sleeps that long, notes
+    ``last_ping`` and sends PING (what the ping timer in ``EngineServer._ping`` does)."""
     handler = source(async_socket.AsyncSocket._websocket_handler)
     for fragment in ("decoded_pkt.data != 'probe'", "packet.Packet(packet.PONG, data='probe')",
                      "await self.queue.put(packet.Packet(packet.NOOP))",
@@ -303,3 +303,56 @@ async def test_handlers_of_the_main_namespace_are_kept_by_name() -> None:
     source = inspect.getsource(socketio.AsyncServer._handle_event_internal)
     assert "if r is None:" in source and "isinstance(r, tuple)" in source
     assert "data = [r]" in source
+
+
+async def test_a_disconnect_leaves_only_its_own_rooms() -> None:
+    """``InlineManager.basic_disconnect`` does what ``BaseManager.basic_disconnect`` does (its
+    source pinned here) without scanning every room of the namespace: a socket leaves the
+    rooms it entered (kept per socket), its callbacks and pending marks go, and the other
+    sockets' rooms stay. The namespace's rooms are made unreadable as a whole: the library's
+    scan (``.copy().items()``) would fail."""
+    from service.transport import InlineManager
+
+    base = source(socketio.base_manager.BaseManager.basic_disconnect)
+    for fragment in ("for room_name, room in self.rooms[namespace].copy().items():",
+                     "if sid in self.callbacks:", "del self.callbacks[sid]",
+                     "self.pending_connect[namespace].remove(sid)",
+                     "self.pending_disconnect[namespace].remove(sid)"):
+        assert fragment in base, fragment
+
+    class Server:
+        packet_class = socketio.packet.Packet
+
+        class eio:
+            count = 0
+
+            @classmethod
+            def generate_id(cls) -> str:
+                cls.count += 1
+                return f"s{cls.count}"
+
+    manager = InlineManager()
+    manager.set_server(Server)
+    sids = []
+    for n in range(2000):
+        sid = await manager.pre_connect(f"e{n}", "/")
+        manager.basic_enter_room(sid, "/", f"user:u{n % 1000}")
+        sids.append(sid)
+    gone, kept = sids[0], sids[1000]  # both in room user:u0
+    manager.callbacks[gone] = {1: print}
+    manager.pre_disconnect(gone, "/")
+
+    class Unscannable(dict):  # type: ignore[type-arg]
+        def copy(self) -> dict:  # type: ignore[type-arg]
+            raise AssertionError("every room scanned")
+
+        def items(self) -> Any:
+            raise AssertionError("every room scanned")
+
+    manager.rooms["/"] = Unscannable(manager.rooms["/"])
+    manager.basic_disconnect(gone, "/")
+    rooms = dict.items(manager.rooms["/"])
+    assert not [name for name, room in rooms if gone in room]
+    assert gone not in manager.callbacks and "/" not in manager.pending_disconnect
+    assert kept in manager.rooms["/"]["user:u0"] and kept in manager.rooms["/"][None]
+    assert gone not in dict.__getitem__(manager.rooms["/"], None)

@@ -51,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import logging
 import sys
 import time
@@ -410,7 +411,7 @@ class EngineWebSocket(SanicWebSocket):  # type: ignore[misc]
         session.queue.attach(wire)
         # an Engine.IO PONG (the idle peer's only traffic) is handled as it arrives, as
         # ``session.receive`` would (the next PING is scheduled): no task wakes for it
-        wire.pong, wire.on_pong = PONG_TEXT, session.schedule_ping
+        wire.pong, wire.on_pong = PONG_TEXT, functools.partial(_ponged, session)
         # The connection is served by a task of its own from here, and Sanic's request
         # handler returns: its coroutines (ten frames), the request's parser state and the
         # handler task itself were ~5 KB of every idle connection.
@@ -576,3 +577,10 @@ def driver(base: dict[str, Any], send_timeout: float) -> dict[str, Any]:
     websocket = type("EngineWebSocket", (EngineWebSocket,), {"send_timeout": send_timeout})
     return {**base, "websocket": websocket, "create_route": create_route,
             "translate_request": translate_request}
+
+
+def _ponged(session: Any) -> None:
+    """A PONG arrived: the next PING is scheduled (not for a session that is closing: its
+    timer would outlive it)."""
+    if not session.closing and not session.closed:
+        session.schedule_ping()

@@ -218,7 +218,7 @@ class SignalingServer(socketio.AsyncServer):  # type: ignore[misc]
             name = args[0] if isinstance(args, list) and args else None
             handler = self.handlers.get("/", {}).get(name) if isinstance(name, str) else None
             if handler is not None and name not in RESERVED and name != INVALID_EVENT and (
-                    self._coroutine(handler)):
+                    not self.async_handlers and self._coroutine(handler)):
                 await self._answer(eio_sid, sid, handler, args,
                                    int(ident) if ident else None)
             else:

@@ -393,6 +393,8 @@ class Deploy:
         channel = f"resilience-{uuid.uuid4().hex[:8]}"
         self.env = {"SIGNAL_REDIS_URL": redis_url, "SIGNAL_REDIS_SECRET": REDIS_SECRET,
                     "SIGNAL_REDIS_CHANNEL": channel}
+        if LOGS is not None:  # what the call path did, for a run that loses something
+            self.env["SIGNAL_LOG_LEVEL"] = "DEBUG"
         self.a = Node(self.env, 1)
         self.b = Node(self.env, 1)
 

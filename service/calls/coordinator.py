@@ -131,6 +131,9 @@ class Calls:
         delivered, held = await self._carry_out(outcome, relay.size)
         call = outcome.call
         assert call is not None
+        if held and not delivered:  # (ids and numbers only: never a signal's body)
+            log_event(self.log, "signal_held", logging.DEBUG, call=call.id, to=relay.to,
+                      seq=seq, kind=event)
         ack: Ack = {"ok": True, "delivered": delivered}
         if event == OFFER:
             ack["callId"] = call.id
@@ -189,7 +192,12 @@ class Calls:
 
         outcome = await self._update((send.user,), hold)
         if outcome.sends:  # the party is on another device now
-            return await self._deliver(outcome.sends[0]), False
+            got = await self._deliver(outcome.sends[0])
+            log_event(self.log, "signal_redirected", logging.DEBUG, call=call_id,
+                      to=send.user, seq=send.body.get("seq"), delivered=got)
+            return got, False
+        log_event(self.log, "signal_hold", logging.DEBUG, call=call_id, to=send.user,
+                  seq=send.body.get("seq"), held=outcome.held, device=device)
         return False, outcome.held
 
     async def undelivered(self, user: str, device: str, event: str,
@@ -240,6 +248,9 @@ class Calls:
             sends = await self._update((user,), lambda ledger: self.rules.joined(
                 ledger, user, device))
             await self._deliver_all(sends)
+            if sends:
+                log_event(self.log, "joined_sent", logging.DEBUG, user=user,
+                          seqs=[s.body.get("seq") for s in sends])
         if self.lifecycle is not None:
             await self.lifecycle.joined(user)
 
@@ -262,6 +273,10 @@ class Calls:
                     replayed += await self._deliver(Send(event, body, user, device),
                                                     record=False)
             await self._deliver_all(outcome.sends)
+            log_event(self.log, "claim_sent", logging.DEBUG, call=claim.call_id, user=user,
+                      last_seq=claim.last_seq,
+                      outbox=[seq for seq, _, _ in written],
+                      held=[s.body.get("seq") for s in outcome.sends])
         if outcome.replaced is not None:
             with contextlib.suppress(DeliveryUnavailable, PresenceUnavailable):
                 await self.delivery.close(outcome.replaced)

@@ -228,3 +228,35 @@ def test_events_survive_the_json_round_trip() -> None:
     for name in ("answered_at", "pushed", "events"):  # a record written before them
         del older[name]
     assert Call.from_json(older).events == 0
+
+
+def test_a_closed_socket_does_not_take_its_call_back() -> None:
+    """A party found away whose own device speaks is bound back (a delivery failed while
+    its node was briefly unreachable), but not when that socket has closed since it sent
+    the message (``alive`` False: a relay read before the close, handled after it): the
+    party stays away and what was held for it stays held for the device that claims the
+    call. Its message still reaches the other party. (The deploy harness lost one signal in
+    ~200 SIGTERM runs this way: flushed into the closed socket.)"""
+    ledger = Ledger()
+    call = open_call(ledger, answered=True)
+    RULES.gone(ledger, "alice", "a1", 110.0)  # alice's node shut her socket
+    RULES.relay(ledger, "candidate", "bob", "b1", "alice", call.id, {"to": "alice"}, 20,
+                111.0, seq=35)
+    assert [m[1]["seq"] for m in call.caller.held] == [35]
+    late = RULES.relay(ledger, "candidate", "alice", "a1", "bob", call.id, {"to": "bob"}, 20,
+                       111.1, alive=False)
+    assert [(s.event, s.user) for s in late.sends] == [("candidate", "bob")]
+    assert call.caller.away_until is not None and len(call.caller.held) == 1
+    claimed = RULES.claim(ledger, call.id, "alice", "a2")
+    assert [s.body["seq"] for s in claimed.sends] == [35]
+    assert (call.caller.device, call.caller.away_until) == ("a2", None)
+
+    ledger = Ledger()  # the same socket, open: it is back and gets what was held
+    call = open_call(ledger, answered=True)
+    RULES.gone(ledger, "alice", "a1", 110.0)
+    RULES.relay(ledger, "candidate", "bob", "b1", "alice", call.id, {"to": "alice"}, 20,
+                111.0, seq=35)
+    back = RULES.relay(ledger, "candidate", "alice", "a1", "bob", call.id, {"to": "bob"}, 20,
+                       111.1)
+    assert (back.sends[0].user, back.sends[0].body.get("seq")) == ("alice", 35)
+    assert call.caller.away_until is None

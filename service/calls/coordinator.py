@@ -108,10 +108,14 @@ class Calls:
         # around the hook)
         may_open = self.policy is None
 
+        # a message read before its socket closed may be handled after the close: its
+        # device must not take the call back (what was held would go to a dead socket)
+        alive = self.delivery.is_open(sid)
+
         def decide(ledger: Ledger) -> Outcome:
             return self.rules.relay(ledger, event, sender, device, relay.to, relay.call_id,
                                     body, relay.size, now, seq=seq, fresh=fresh,
-                                    may_open=may_open)
+                                    may_open=may_open, alive=alive)
 
         try:
             try:

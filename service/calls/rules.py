@@ -242,14 +242,16 @@ class CallRules:
     def relay(self, ledger: Ledger, event: str, sender: str, device: str, to: str,
               call_id: str | None, body: Mapping[str, Any], size: int, now: float, *,
               seq: int | None = None, fresh: tuple[str, int] | None = None,
-              may_open: bool = True) -> Outcome:
+              may_open: bool = True, alive: bool = True) -> Outcome:
         """``offer``/``answer``/``candidate``/``hangup`` from ``device`` of ``sender`` to
         ``to`` (``body``: what the client sent, ``size``: its JSON length). ``seq``: the
         number reserved for this message to ``to`` in call ``call_id``; ``fresh``: the id of
         the call an offer opens, and the offer's number in it. A message given its number
         here keeps it wherever it goes (a ring log, a hold): a device that gets it again
         can tell. Without ``may_open``, an offer that would open a call raises
-        :class:`PermissionNeeded` (the app's backend is to be asked first)."""
+        :class:`PermissionNeeded` (the app's backend is to be asked first). ``alive``:
+        whether the sending socket is still open (a message handled after its socket
+        closed never binds the party back to it)."""
         if to == sender:
             raise Forbidden("a call needs two users: you cannot call yourself")
         call = ledger.between(sender, to)
@@ -265,7 +267,7 @@ class CallRules:
             raise Glare(call.id)
         outcome = Outcome(call=call)
         me, peer = call.side(sender)
-        self._claim(ledger, outcome, call, me, device, event, now)
+        self._claim(ledger, outcome, call, me, device, event, now, alive)
         message: Message = (event, {**body, "from": sender, "callId": call.id})
         if seq is not None and call_id is not None:
             message[1]["seq"] = seq
@@ -308,7 +310,7 @@ class CallRules:
         return outcome
 
     def _claim(self, ledger: Ledger, outcome: Outcome, call: Call, me: Party, device: str,
-               event: str, now: float) -> None:
+               event: str, now: float, alive: bool = True) -> None:
         """Check that ``device`` speaks for ``me`` in ``call``, and what that changes."""
         if me is call.callee and call.state == RINGING:
             outcome.changed = True
@@ -331,14 +333,16 @@ class CallRules:
         if event == ANSWER and call.state == RINGING:
             raise NotInCall()  # only the callee answers
         if me.device == device:
-            if me.away_until is not None:
+            if me.away_until is not None and alive:
                 # found away (a delivery to it failed: its node briefly unreachable), yet it
-                # speaks: it is back, and gets what was held meanwhile
+                # speaks: it is back, and gets what was held meanwhile (not a socket that has
+                # closed since it sent this: the party stays away, what is held stays held)
                 self._bind(outcome, me, device)
             return
         if me.away_until is None:
             raise NotInCall()  # the call is on another device
-        self._bind(outcome, me, device)
+        if alive:
+            self._bind(outcome, me, device)
 
     def _bind(self, outcome: Outcome, party: Party, device: str) -> None:
         """``party``'s device came back as ``device``: what was held for it goes first."""

@@ -58,5 +58,8 @@ class ClusterDelivery:
     def device(self, sid: str) -> str:
         return self._presence.address(sid)
 
+    def is_open(self, sid: str) -> bool:
+        return bool(self._sio.session_open(sid))
+
     def sid_of(self, device: str) -> str:
         return device.rpartition("|")[2]

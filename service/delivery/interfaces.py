@@ -74,6 +74,9 @@ class Delivery(Protocol):
     def device(self, sid: str) -> str:
         """The cluster-wide address of this node's socket ``sid``."""
 
+    def is_open(self, sid: str) -> bool:
+        """Whether this node's socket ``sid`` is still open (its close not yet seen)."""
+
     def sid_of(self, device: str) -> str:
         """The sid in a device address."""
 

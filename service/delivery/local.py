@@ -123,5 +123,8 @@ class LocalDelivery:
     def device(self, sid: str) -> str:
         return sid
 
+    def is_open(self, sid: str) -> bool:
+        return bool(self._sio.session_open(sid))
+
     def sid_of(self, device: str) -> str:
         return device

@@ -97,17 +97,10 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 0
 """
-#: KEYS: the user's state, the offline-due set, the user's events, the events' due set, this
-#: node's users; ARGV: user, event JSON without seq ('' when not sent), now, ttl, event key,
-#: this node
-_ONLINE = """
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('SADD', KEYS[5], ARGV[1])
-redis.call('EXPIRE', KEYS[5], ARGV[4])
-redis.call('HSET', KEYS[1], 'node', ARGV[6])
-if redis.call('HGET', KEYS[1], 'online') == '1' then return 0 end
-local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-redis.call('HSET', KEYS[1], 'online', '1')
+#: the end of _ONLINE and _OFFLINE: the user's ``online`` flag set ('1' or '0'), its next number
+#: counted, and the event (ARGV[2], unless '') queued with it
+_TELL = """local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+redis.call('HSET', KEYS[1], 'online', %s)
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 if ARGV[2] ~= '' then
   local e = cjson.decode(ARGV[2])
@@ -118,6 +111,16 @@ if ARGV[2] ~= '' then
 end
 return 1
 """
+#: KEYS: the user's state, the offline-due set, the user's events, the events' due set, this
+#: node's users; ARGV: user, event JSON without seq ('' when not sent), now, ttl, event key,
+#: this node
+_ONLINE = """
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('SADD', KEYS[5], ARGV[1])
+redis.call('EXPIRE', KEYS[5], ARGV[4])
+redis.call('HSET', KEYS[1], 'node', ARGV[6])
+if redis.call('HGET', KEYS[1], 'online') == '1' then return 0 end
+""" + _TELL % "'1'"
 #: KEYS: as _ONLINE but the last; ARGV: user, event JSON or '', now, ttl, event key, '1' when
 #: a device is still there, the node users prefix. Only a check still due: a join since took
 #: the user off the set. An offline user leaves the users of the node it last joined on.
@@ -128,18 +131,7 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 if ARGV[6] == '1' or redis.call('HGET', KEYS[1], 'online') ~= '1' then return 0 end
 local node = redis.call('HGET', KEYS[1], 'node')
 if node then redis.call('SREM', ARGV[7] .. node, ARGV[1]) end
-local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-redis.call('HSET', KEYS[1], 'online', '0')
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-if ARGV[2] ~= '' then
-  local e = cjson.decode(ARGV[2])
-  e.seq = seq
-  redis.call('RPUSH', KEYS[3], cjson.encode(e))
-  redis.call('EXPIRE', KEYS[3], ARGV[4])
-  redis.call('ZADD', KEYS[4], 'NX', ARGV[3], ARGV[5])
-end
-return 1
-"""
+""" + _TELL % "'0'"
 #: KEYS: the node registry, the offline-due set, a dead node's users; ARGV: the node, when
 #: its users are checked, how many at most. Moves them to the checks; the users left (0: the
 #: node is forgotten).
